@@ -1,0 +1,1 @@
+"""Avro contracts, the Confluent wire format and the schema-registry client K2 uses."""

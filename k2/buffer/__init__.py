@@ -1,0 +1,1 @@
+"""Durable micro-batch buffers: Arrow chunks kept in changelog-backed Faust tables."""

@@ -1,0 +1,66 @@
+"""The buffer of one source topic: Arrow chunks in a changelog-backed Faust table.
+
+Why a chunk per write and not ``table[k] = v`` per event: every set writes the whole
+value to the changelog, so per-event updates of a growing list cost O(n^2) bytes. A
+chunk is written once, whole, when its events are acked; it is deleted (a tombstone)
+only after its rows are committed to Iceberg. A worker that dies, or loses the
+partition in a rebalance, loses nothing: the next owner restores the chunks from the
+changelog and flushes them, and the offsets recorded in Iceberg drop what was already
+committed.
+
+Writes name their changelog partition explicitly (the source partition of the chunk,
+with which the table is co-partitioned) through Faust's ``send_changelog``, because a
+micro-batch spans partitions and has no single "current event".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from k2.buffer.chunks import ChunkKey, to_ipc
+
+__all__ = ["ChunkStore"]
+
+
+class ChunkStore:
+    """Chunks of one source topic, over a Faust table (``key: str``, ``value: bytes`` raw)."""
+
+    def __init__(self, table: Any, topic: str) -> None:
+        self.table = table
+        self.topic = topic
+
+    def put(self, key: ChunkKey, chunk: pa.Table) -> None:
+        """Store a chunk locally and send it to the changelog (flushed before offsets commit)."""
+        text = key.encode()
+        blob = to_ipc(chunk)
+        self.table.data[text] = blob
+        self.table.send_changelog(key.partition, text, blob, value_serializer="raw")
+
+    def remove(self, keys: Iterable[ChunkKey]) -> None:
+        """Forget flushed chunks, locally and in the changelog (tombstones)."""
+        data = self.table.data
+        for key in keys:
+            text = key.encode()
+            if text in data:
+                del data[text]
+            self.table.send_changelog(key.partition, text, None, value_serializer="raw")
+
+    def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:
+        """Chunk keys held here, in (kind, partition, offset) order, limited to ``partitions`` if given."""
+        out = []
+        for text in list(self.table.data.keys()):
+            key = ChunkKey.decode(text)
+            if partitions is None or key.partition in partitions:
+                out.append(key)
+        out.sort()
+        return out
+
+    def get(self, key: ChunkKey) -> bytes:
+        value: bytes = self.table.data[key.encode()]
+        return value
+
+    def buffered_rows(self, kind: str | None = None) -> int:
+        return sum(k.rows for k in self.chunk_keys() if kind is None or k.kind == kind)

@@ -1,0 +1,55 @@
+"""The ``k2`` command: set K2 up (``k2 init``) and feed it (``k2 replay``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from k2 import __version__
+from k2.cli import init as init_cmd
+from k2.cli import replay as replay_cmd
+from k2.cli import tables as tables_cmd
+from k2.errors import K2Error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k2",
+        description=(
+            "K2 lands exchange market data from Kafka into Iceberg tables. "
+            "The stream worker itself runs as `faust -A k2.app worker`."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"k2 {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    init_cmd.add_parser(sub)
+    replay_cmd.add_parser(sub)
+    tables_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``k2`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except K2Error as exc:
+        print(f"k2 {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"k2 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""``k2 tables``: what landed in Iceberg, and whether the lake has caught up with Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+
+from k2.settings import get_settings
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "tables",
+        help="show K2's Iceberg tables: rows, last commit, offsets, lake lag",
+        description=(
+            "Show each K2 Iceberg table (current snapshot, commit time, rows, Kafka offsets recorded "
+            "in its snapshot summary) and the lake lag per source partition: events in Kafka that are "
+            "not in any table yet. With --wait, poll until the lake lag is zero (exit 1 on timeout)."
+        ),
+    )
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the lake lag to reach zero")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from k2.admin.watermarks import end_offsets
+    from k2.catalog import describe_catalog, load_k2_catalog
+    from k2.lake.status import lake_lag, table_status
+
+    settings = get_settings()
+    catalog = load_k2_catalog(settings)
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        statuses = table_status(catalog)
+        landed: dict[tuple[str, int], int] = {}
+        for st in statuses:
+            for tp, off in st.offsets.items():
+                landed[tp] = max(off, landed.get(tp, -1))
+        ends = end_offsets(settings, settings.source_topics)
+        lag = lake_lag(ends, landed)
+        behind = sum(lag.values())
+        if not args.wait or behind == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    print(f"catalog  {describe_catalog(catalog)}")
+    print(f"{'table':<28} {'rows':>10} {'snapshot':>20} {'committed (UTC)':<24} age")
+    for st in statuses:
+        if not st.exists:
+            print(f"{st.name:<28} {'(missing: run `k2 init`)':>10}")
+            continue
+        when = (
+            datetime.fromtimestamp(st.committed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if st.committed_at_ms
+            else "-"
+        )
+        age = st.age_s()
+        print(
+            f"{st.name:<28} {st.rows:>10} {st.snapshot_id or '-':>20} {when:<24} "
+            f"{'-' if age is None else f'{age:.0f}s'}"
+        )
+    print(f"\n{'topic':<26} {'partition':>9} {'end offset':>11} {'landed up to':>13} {'lake lag':>9}")
+    for (topic, partition), end in sorted(ends.items()):
+        mark = landed.get((topic, partition))
+        print(f"{topic:<26} {partition:>9} {end:>11} {'-' if mark is None else mark:>13} {lag[(topic, partition)]:>9}")
+    print(f"\nlake lag: {behind} event(s)")
+    if args.wait and behind:
+        print(f"the lake did not catch up within {args.wait:.0f}s: is the worker running? (see var/log/worker.log)")
+        return 1
+    return 0

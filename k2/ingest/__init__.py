@@ -1,0 +1,1 @@
+"""From raw Kafka records to accepted rows and rejects: pure, testable without Kafka."""

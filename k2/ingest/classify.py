@@ -1,0 +1,137 @@
+"""Sort a batch of raw records into accepted rows and rejects, errors as data.
+
+This is the bytewax shape: one pass returns ``(oks, errs)``; a bad record is a value
+that flows to the rejects output with its reason, never an exception that stops the
+partition or takes its neighbours down with it. Everything here is pure: the writer
+schemas are resolved beforehand (the only I/O, done once per new schema id), so the
+per-record work is a header split, one fastavro read and a few comparisons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from k2.avro.codec import decode, split_frame
+from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UndecodableError
+from k2.lake.records import BufferedEvent, RejectRecord
+
+__all__ = ["BatchOutcome", "RawRecord", "Resolution", "ResolvedSchema", "Validator", "classify", "schema_ids"]
+
+
+class RawRecord(NamedTuple):
+    """One Kafka record as consumed: position, and the key and value bytes untouched."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class ResolvedSchema(Protocol):
+    """What :func:`classify` needs of a writer schema fetched from the registry."""
+
+    @property
+    def parsed(self) -> Any: ...
+
+
+#: How a schema id of the batch was resolved: a schema registered under the topic's
+#: subject, or the permanent error to reject its records with (unknown id, wrong subject).
+Resolution = ResolvedSchema | DecodeError
+
+#: A domain validator: returns the broken rule as an :class:`InvalidValue`, or ``None``;
+#: the second item flags a valid-but-notable state (a crossed quote) to be counted.
+Validator = Callable[[dict[str, Any], int], tuple[InvalidValue | None, bool]]
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch became: rows to buffer, rejects to route, and what was seen on the way."""
+
+    accepted: list[BufferedEvent] = field(default_factory=list)
+    rejected: list[RejectRecord] = field(default_factory=list)
+    #: valid records the validator flagged (crossed quotes)
+    flagged: int = 0
+    #: writer schema ids of the accepted records (a new one may mean new columns)
+    accepted_schema_ids: set[int] = field(default_factory=set)
+
+
+def schema_ids(records: Iterable[RawRecord]) -> set[int]:
+    """The schema ids named by the well-framed records of a batch (to resolve before :func:`classify`)."""
+    ids: set[int] = set()
+    for rec in records:
+        v = rec.value
+        if v is not None and len(v) >= 5 and v[0] == 0:
+            ids.add(int.from_bytes(v[1:5], "big"))
+    return ids
+
+
+def _detail(problem: DecodeError) -> str:
+    if isinstance(problem, InvalidValue):
+        return f"{problem.field}={problem.value!r}: {problem.detail}"
+    return str(problem)
+
+
+def classify(
+    topic: str,
+    records: Iterable[RawRecord],
+    schemas: Mapping[int, Resolution],
+    validate: Validator,
+    now_ms: int,
+    worker_id: str | None = None,
+) -> BatchOutcome:
+    """Decode and check each record against its writer schema and the domain rules.
+
+    ``schemas`` maps every schema id of the batch (see :func:`schema_ids`) to its
+    resolution, made beforehand against the topic's subject. Transient registry failures
+    must be retried by the caller *before* this runs: an id absent from ``schemas`` is a
+    bug (``KeyError``), never a reason to reject good data.
+    """
+    out = BatchOutcome()
+    accepted = out.accepted.append
+    rejected = out.rejected.append
+    seen_ids = out.accepted_schema_ids.add
+    for rec in records:
+        schema_id: int | None = None
+        problem: DecodeError | None = None
+        flagged = False
+        record: Any = None
+        try:
+            if rec.value is None:
+                raise NotConfluentFramed("the value is null (a tombstone), not a Confluent-framed Avro record")
+            schema_id, body = split_frame(rec.value)
+            writer = schemas[schema_id]
+            if isinstance(writer, DecodeError):
+                problem = writer  # resolved once for the batch; not re-raised, so no traceback piles up
+            else:
+                record = decode(body, writer.parsed)
+                if isinstance(record, dict):
+                    problem, flagged = validate(record, now_ms)
+                else:
+                    problem = UndecodableError(f"schema id {schema_id} decodes to a {type(record).__name__}")
+        except DecodeError as err:
+            problem = err
+        if problem is not None:
+            rejected(
+                RejectRecord(
+                    topic,
+                    rec.partition,
+                    rec.offset,
+                    problem.reason,
+                    _detail(problem),
+                    now_ms,
+                    schema_id,
+                    rec.key,
+                    rec.value,
+                    worker_id,
+                )
+            )
+            continue
+        if flagged:
+            out.flagged += 1
+        if schema_id is not None:
+            seen_ids(schema_id)
+        accepted(BufferedEvent(topic, rec.partition, rec.offset, record))
+    return out

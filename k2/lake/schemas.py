@@ -1,0 +1,223 @@
+"""The four Iceberg tables K2 lands into: names, schemas, partitioning, sort orders.
+
+Pure spec objects (no catalog, no I/O). Field ids are explicit and numbered in
+schema order, which is also what ``Catalog.create_table`` assigns, so the ids here
+are the ids in the lake. Types mirror the Avro contracts in ``k2/avro`` exactly:
+
+* ``decimal(18,6)`` -> ``DecimalType(18, 6)`` (exact, never a float);
+* ``timestamp-millis`` -> ``TimestamptzType`` (an instant, UTC, microseconds);
+* ``int`` -> ``IntegerType``, ``long`` -> ``LongType``, ``string`` -> ``StringType``;
+* a field is optional exactly where the Avro type is a union with ``null``.
+
+Every table also carries its Kafka position (lineage), which is what makes the
+exactly-once bookkeeping in :mod:`k2.lake.offsets` checkable row by row.
+
+``reference_data.companies`` stores ``start_date``/``end_date`` as ``DateType``
+although the contract carries ISO ``YYYY-MM-DD`` strings: a quant filters
+``end_date IS NULL OR end_date > d`` on dates, and the parse happens once, at
+landing (validation rejects unparseable dates before they get there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import UNSORTED_SORT_ORDER, NullOrder, SortDirection, SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import (
+    BinaryType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+__all__ = [
+    "COMPANIES",
+    "COMPANIES_SCHEMA",
+    "MARKET_DATA",
+    "NAMESPACES",
+    "QUOTES",
+    "QUOTES_SCHEMA",
+    "REFERENCE_DATA",
+    "REJECTS",
+    "REJECTS_SCHEMA",
+    "REQUIRED_PROPERTIES",
+    "TABLES",
+    "TABLE_PROPERTIES",
+    "TRADES",
+    "TRADES_SCHEMA",
+    "SourcePosition",
+    "TableDef",
+]
+
+# Namespaces and table identifiers: the one place they are spelled.
+MARKET_DATA = "market_data"
+REFERENCE_DATA = "reference_data"
+NAMESPACES: tuple[str, ...] = (MARKET_DATA, REFERENCE_DATA)
+
+TRADES = f"{MARKET_DATA}.trades"
+QUOTES = f"{MARKET_DATA}.quotes"
+REJECTS = f"{MARKET_DATA}.rejects"
+COMPANIES = f"{REFERENCE_DATA}.companies"
+
+REQUIRED_PROPERTIES: Mapping[str, str] = {
+    # pyiceberg (>= 0.10) retries a conflicting commit by itself, rebasing the same rows
+    # and the same snapshot summary onto the new head. For K2 that would land rows the
+    # other commit may already hold and record stale offsets (dropping the other
+    # commit's marks): K2 must re-read the offsets and re-filter instead, so the writer
+    # does the retrying and pyiceberg must not. Enforced on existing tables too.
+    "commit.retry.num-retries": "0",
+}
+"""Table properties exactly-once depends on; :func:`k2.lake.tables.ensure_table` enforces them."""
+
+TABLE_PROPERTIES: Mapping[str, str] = {
+    "write.format.default": "parquet",
+    "write.parquet.compression-codec": "zstd",
+    # A streaming sink commits every few seconds: keep the last 100 metadata.json files, not all.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+    **REQUIRED_PROPERTIES,
+}
+"""Properties of a table K2 creates (only :data:`REQUIRED_PROPERTIES` are enforced afterwards)."""
+
+PRICE = DecimalType(18, 6)
+
+_KAFKA_PARTITION_DOC = "Kafka partition the event was read from (lineage)."
+_KAFKA_OFFSET_DOC = "Kafka offset of the event in its partition (lineage, exactly-once key)."
+
+TRADES_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "company_id", IntegerType(), required=True),
+    NestedField(3, "exchange", StringType(), required=True),
+    NestedField(4, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(5, "price", PRICE, required=True),
+    NestedField(6, "volume", LongType(), required=True),
+    NestedField(7, "qualifiers", IntegerType(), required=True),
+    NestedField(8, "venue", StringType(), required=True),
+    NestedField(9, "buyer_id", StringType(), required=False),
+    NestedField(10, "ingestion_timestamp", TimestamptzType(), required=True),
+    NestedField(11, "sequence_number", LongType(), required=False),
+    NestedField(12, "kafka_partition", IntegerType(), required=True, doc=_KAFKA_PARTITION_DOC),
+    NestedField(13, "kafka_offset", LongType(), required=True, doc=_KAFKA_OFFSET_DOC),
+)
+
+QUOTES_SCHEMA = Schema(
+    NestedField(1, "symbol", StringType(), required=True),
+    NestedField(2, "company_id", IntegerType(), required=True),
+    NestedField(3, "exchange", StringType(), required=True),
+    NestedField(4, "exchange_timestamp", TimestamptzType(), required=True),
+    NestedField(5, "bid_price", PRICE, required=True),
+    NestedField(6, "bid_volume", LongType(), required=True),
+    NestedField(7, "ask_price", PRICE, required=True),
+    NestedField(8, "ask_volume", LongType(), required=True),
+    NestedField(9, "ingestion_timestamp", TimestamptzType(), required=True),
+    NestedField(10, "sequence_number", LongType(), required=False),
+    NestedField(11, "kafka_partition", IntegerType(), required=True, doc=_KAFKA_PARTITION_DOC),
+    NestedField(12, "kafka_offset", LongType(), required=True, doc=_KAFKA_OFFSET_DOC),
+)
+
+COMPANIES_SCHEMA = Schema(
+    NestedField(1, "company_id", IntegerType(), required=True),
+    NestedField(2, "symbol", StringType(), required=True),
+    NestedField(3, "company_name", StringType(), required=True),
+    NestedField(4, "isin", StringType(), required=True),
+    NestedField(5, "start_date", DateType(), required=True, doc="First listing date."),
+    NestedField(6, "end_date", DateType(), required=False, doc="Delisting date; null while listed."),
+    NestedField(7, "kafka_partition", IntegerType(), required=True, doc=_KAFKA_PARTITION_DOC),
+    NestedField(8, "kafka_offset", LongType(), required=True, doc=_KAFKA_OFFSET_DOC),
+    NestedField(9, "updated_at", TimestamptzType(), required=True, doc="When K2 landed this version of the row."),
+    identifier_field_ids=[1],
+)
+
+REJECTS_SCHEMA = Schema(
+    NestedField(1, "source_topic", StringType(), required=True),
+    NestedField(2, "source_partition", IntegerType(), required=True),
+    NestedField(3, "source_offset", LongType(), required=True),
+    NestedField(4, "reason", StringType(), required=True, doc="Stable reason code, e.g. undecodable, invalid_value."),
+    NestedField(5, "detail", StringType(), required=False, doc="Human-readable explanation."),
+    NestedField(6, "schema_id", IntegerType(), required=False, doc="Registry schema id from the header, if framed."),
+    NestedField(7, "key", BinaryType(), required=False, doc="Raw Kafka key bytes."),
+    NestedField(8, "value", BinaryType(), required=False, doc="Raw Kafka value bytes."),
+    NestedField(9, "rejected_at", TimestamptzType(), required=True),
+    NestedField(10, "worker_id", StringType(), required=False, doc="Worker that rejected the record."),
+)
+
+
+def _by_time(schema: Schema, time_column: str, *then: str) -> tuple[PartitionSpec, SortOrder]:
+    """Day partitions on ``time_column``; sorted by it, then ``then``, ascending, nulls last."""
+    time_id = schema.find_field(time_column).field_id
+    spec = PartitionSpec(
+        PartitionField(source_id=time_id, field_id=1000, transform=DayTransform(), name=f"{time_column}_day")
+    )
+    order = SortOrder(
+        *(
+            SortField(
+                source_id=schema.find_field(name).field_id,
+                transform=IdentityTransform(),
+                direction=SortDirection.ASC,
+                null_order=NullOrder.NULLS_LAST,
+            )
+            for name in (time_column, *then)
+        )
+    )
+    return spec, order
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    """The columns that give a row's Kafka position.
+
+    ``topic_column`` is None when the table is fed by one topic (the writer knows it);
+    the rejects table is fed by every topic and records it per row.
+    """
+
+    partition_column: str
+    offset_column: str
+    topic_column: str | None = None
+
+
+KAFKA_POSITION = SourcePosition("kafka_partition", "kafka_offset")
+REJECT_POSITION = SourcePosition("source_partition", "source_offset", topic_column="source_topic")
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """Everything needed to create one K2 table and to land rows into it."""
+
+    name: str
+    schema: Schema
+    position: SourcePosition
+    partition_spec: PartitionSpec = UNPARTITIONED_PARTITION_SPEC
+    sort_order: SortOrder = UNSORTED_SORT_ORDER
+    properties: Mapping[str, str] = field(default_factory=lambda: dict(TABLE_PROPERTIES))
+    upsert_keys: tuple[str, ...] = ()
+    """Non-empty for tables that keep one current row per key (upsert) instead of appending."""
+
+    @property
+    def namespace(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+_trade_spec, _trade_order = _by_time(TRADES_SCHEMA, "exchange_timestamp", "sequence_number")
+_quote_spec, _quote_order = _by_time(QUOTES_SCHEMA, "exchange_timestamp", "sequence_number")
+_reject_spec, _reject_order = _by_time(
+    REJECTS_SCHEMA, "rejected_at", "source_topic", "source_partition", "source_offset"
+)
+
+TABLES: Mapping[str, TableDef] = {
+    t.name: t
+    for t in (
+        TableDef(TRADES, TRADES_SCHEMA, KAFKA_POSITION, _trade_spec, _trade_order),
+        TableDef(QUOTES, QUOTES_SCHEMA, KAFKA_POSITION, _quote_spec, _quote_order),
+        TableDef(COMPANIES, COMPANIES_SCHEMA, KAFKA_POSITION, upsert_keys=("company_id",)),
+        TableDef(REJECTS, REJECTS_SCHEMA, REJECT_POSITION, _reject_spec, _reject_order),
+    )
+}
+"""Every K2 table by its identifier, in creation order."""

@@ -1,0 +1,300 @@
+"""The only place K2 writes to Iceberg: one atomic, idempotent commit per call.
+
+Every method here does blocking catalog and file I/O. The worker must call them
+through ``asyncio.to_thread`` (or an executor), never on the event loop::
+
+    result = await asyncio.to_thread(writer.commit, TRADES, batch, offsets, commit_id)
+
+How a commit stays exactly-once (see :mod:`k2.lake.offsets`):
+
+1. refresh the table and read the offsets its newest K2 snapshot recorded;
+2. drop the rows at or below those marks (a replay after a crash, a retry, or a
+   partition that moved to this worker after another landed part of it);
+3. append (or, for ``reference_data.companies``, upsert) the rest with the merged
+   marks in the snapshot summary: data and marks land in one catalog commit;
+4. on ``CommitFailedException`` (someone committed first) or
+   ``CommitStateUnknownException`` (the answer was lost), back off and go to 1 with
+   fresh metadata; step 2 then drops whatever the other commit, or our own lost
+   one, already landed.
+
+pyiceberg's own commit retry (``commit.retry.num-retries``) must be off for this to
+hold, as it replays a commit with its original rows and summary: K2's tables are
+created with it off and the writer switches it off on any table where it is not.
+
+A failed attempt may leave unreferenced Parquet files in the warehouse; Iceberg's
+orphan-file removal cleans those, they are never read.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.types import NestedField
+
+from k2.lake.arrow import keep_last
+from k2.lake.offsets import (
+    COMMIT_ID_KEY,
+    batch_offsets,
+    filter_committed_rows,
+    latest_k2_snapshot,
+    merge_offsets,
+    offsets_from_summary,
+    read_offsets,
+    summary_properties,
+)
+from k2.lake.records import TopicPartition
+from k2.lake.schemas import COMPANIES, QUOTES, TABLES, TRADES, TableDef
+from k2.lake.tables import ensure_table, missing_properties
+from k2.settings import Settings
+
+__all__ = ["CommitResult", "IcebergWriter", "default_worker_id"]
+
+_RETRYABLE = (CommitFailedException, CommitStateUnknownException)
+
+
+def default_worker_id() -> str:
+    """``host:pid``: unique among live workers, readable in a snapshot summary."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What one :meth:`IcebergWriter.commit` did."""
+
+    table_name: str
+    snapshot_id: int | None
+    """The snapshot holding this commit's rows; None when there was nothing new to write."""
+    rows_written: int
+    rows_dropped: int
+    """Rows not written because a previous commit already landed their offsets."""
+    duration_s: float
+    attempts: int
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    """The cumulative marks the table records after this call."""
+    rows_superseded: int = 0
+    """Upsert tables only: older versions of a key in the same batch, replaced by the newest."""
+
+
+class IcebergWriter:
+    """Commits Arrow batches to K2's tables, exactly once per Kafka offset.
+
+    Safe to share between threads: commits to one table are serialised by a lock,
+    commits to different tables may run in parallel.
+
+    Args:
+        catalog: where the tables live (see :func:`k2.catalog.load_k2_catalog`).
+        topics: the one topic feeding each single-topic table, by table name
+            (``market_data.rejects`` records its source topic per row instead).
+        worker_id: written into every commit's summary.
+        max_attempts: tries per commit before the conflict is re-raised.
+        backoff_s: first retry delay; doubles per attempt (with jitter) up to ``max_backoff_s``.
+        sleep: how to wait between attempts (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        topics: Mapping[str, str],
+        worker_id: str | None = None,
+        *,
+        max_attempts: int = 6,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        unknown = set(topics) - set(TABLES)
+        if unknown:
+            raise ValueError(f"unknown K2 tables: {sorted(unknown)}")
+        self.catalog = catalog
+        self.topics = dict(topics)
+        self.worker_id = worker_id or default_worker_id()
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sleep = sleep
+        self._tables: dict[str, Table] = {}
+        self._locks = {name: threading.Lock() for name in TABLES}
+
+    @classmethod
+    def for_settings(cls, catalog: Catalog, settings: Settings) -> IcebergWriter:
+        """A writer whose tables are fed by the topics named in ``settings``."""
+        topics = {TRADES: settings.trades_topic, QUOTES: settings.quotes_topic, COMPANIES: settings.reference_topic}
+        return cls(catalog, topics, settings.worker_id)
+
+    # -- tables -----------------------------------------------------------------------
+
+    def table(self, table_name: str, *, refresh: bool = False) -> Table:
+        """The loaded table (cached), refreshed from the catalog when asked."""
+        table = self._tables.get(table_name)
+        if table is None:
+            table = self.catalog.load_table(TABLES[table_name].name)
+        elif refresh:
+            table.refresh()
+        if missing_properties(table):
+            # pyiceberg would retry conflicts itself with stale offsets: switch that off first.
+            table, _ = ensure_table(self.catalog, TABLES[table_name])
+        self._tables[table_name] = table
+        return table
+
+    def arrow_schema(self, table_name: str) -> pa.Schema:
+        """The table's current Arrow schema, evolved columns included; pass it to ``events_to_arrow``.
+
+        Loads the table on first use (blocking); cached afterwards, and kept current by
+        :meth:`commit` and :meth:`ensure_columns`.
+        """
+        return schema_to_pyarrow(self.table(table_name).schema(), include_field_ids=False)
+
+    def committed_offsets(self, table_name: str) -> dict[TopicPartition, int]:
+        """The marks of the newest K2 commit, read fresh from the catalog (e.g. to seek on assignment)."""
+        return read_offsets(self.table(table_name, refresh=True))
+
+    # -- commits ----------------------------------------------------------------------
+
+    def commit(
+        self,
+        table_name: str,
+        batch: pa.Table,
+        source_offsets: Mapping[TopicPartition, int],
+        commit_id: str,
+    ) -> CommitResult:
+        """Land ``batch`` in ``table_name`` in one snapshot, skipping rows already landed.
+
+        Blocking: run it in a thread (``asyncio.to_thread``).
+
+        Args:
+            table_name: a key of :data:`k2.lake.schemas.TABLES`.
+            batch: rows in the table's Arrow schema (``k2.lake.arrow``), lineage columns included.
+            source_offsets: the highest offset consumed per (topic, partition) for this batch;
+                may exceed the batch's own rows (events rejected in between). Merged with the
+                batch's own maxima and the table's previous marks.
+            commit_id: unique per call (e.g. a UUID); recorded so a lost answer can be recognised.
+
+        Rows are filtered before anything is written; when none is left no snapshot is
+        made (``snapshot_id`` None) and ``source_offsets`` are not recorded, which is
+        harmless: on a replay those offsets again yield no row for this table.
+
+        Raises:
+            CommitFailedException, CommitStateUnknownException: still conflicting after
+                ``max_attempts``; nothing of this batch is in the table unless a later read
+                of the offsets says so.
+            ValueError: ``batch`` does not fit the table, or ``source_offsets`` names another topic.
+        """
+        table_def = TABLES[table_name]
+        topic = self._topic_of(table_def, source_offsets)
+        start = time.perf_counter()
+        with self._locks[table_name]:
+            for attempt in range(1, self.max_attempts + 1):
+                table = self.table(table_name, refresh=True)
+                previous = latest_k2_snapshot(table)
+                summary = {} if previous is None or previous.summary is None else previous.summary.additional_properties
+                committed = offsets_from_summary(summary)
+                rows, dropped = filter_committed_rows(batch, committed, table_def.position, topic)
+                if rows.num_rows == 0:
+                    if previous is not None and summary.get(COMMIT_ID_KEY) == commit_id:
+                        # An attempt whose answer was lost (CommitStateUnknownException) had landed.
+                        return self._landed(table_name, previous.snapshot_id, summary, start, attempt)
+                    return CommitResult(table_name, None, 0, dropped, time.perf_counter() - start, attempt, committed)
+                marks = merge_offsets(
+                    committed, merge_offsets(source_offsets, batch_offsets(rows, table_def.position, topic))
+                )
+                properties = summary_properties(marks, commit_id, self.worker_id)
+                superseded = 0
+                try:
+                    if table_def.upsert_keys:
+                        latest = keep_last(rows, table_def.upsert_keys)
+                        superseded = rows.num_rows - latest.num_rows
+                        rows = latest
+                        table.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
+                    else:
+                        table.append(rows, snapshot_properties=properties)
+                except _RETRYABLE:
+                    if attempt == self.max_attempts:
+                        raise
+                    self._sleep(self._backoff(attempt))
+                    continue
+                snapshot = table.current_snapshot()
+                return CommitResult(
+                    table_name,
+                    None if snapshot is None else snapshot.snapshot_id,
+                    rows.num_rows,
+                    dropped,
+                    time.perf_counter() - start,
+                    attempt,
+                    marks,
+                    superseded,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    @staticmethod
+    def _landed(
+        table_name: str, snapshot_id: int, summary: Mapping[str, str], start: float, attempt: int
+    ) -> CommitResult:
+        """The result of an earlier attempt of this same commit that turned out to have landed."""
+        return CommitResult(
+            table_name,
+            snapshot_id,
+            int(summary.get("added-records", 0)),
+            0,
+            time.perf_counter() - start,
+            attempt,
+            offsets_from_summary(summary),
+        )
+
+    def _topic_of(self, table_def: TableDef, source_offsets: Mapping[TopicPartition, int]) -> str | None:
+        if table_def.position.topic_column is not None:
+            return None
+        topic = self.topics.get(table_def.name)
+        if topic is None:
+            raise ValueError(f"no topic configured for {table_def.name}")
+        others = {t for t, _ in source_offsets if t != topic}
+        if others:
+            raise ValueError(f"{table_def.name} is fed by {topic!r}, got offsets of {sorted(others)}")
+        return topic
+
+    def _backoff(self, attempt: int) -> float:
+        delay: float = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+    # -- schema evolution ---------------------------------------------------------------
+
+    def ensure_columns(self, table_name: str, extra_fields: Sequence[NestedField]) -> bool:
+        """Add ``extra_fields`` the table lacks, as optional columns; True if the schema changed.
+
+        Call once per new Avro writer schema (see :func:`k2.lake.evolution.new_optional_fields`).
+        Idempotent: columns already present are left alone, so a second call, or a
+        worker racing another, changes nothing. Blocking: run it in a thread.
+        """
+        with self._locks[table_name]:
+            for attempt in range(1, self.max_attempts + 1):
+                table = self.table(table_name, refresh=True)
+                present = {f.name for f in table.schema().fields}
+                missing = [f for f in extra_fields if f.name not in present]
+                if not missing:
+                    return False
+                new = Schema(
+                    *(NestedField(i, f.name, f.field_type, required=False, doc=f.doc) for i, f in enumerate(missing, 1))
+                )
+                try:
+                    with table.update_schema() as update:
+                        update.union_by_name(new)
+                except _RETRYABLE:
+                    if attempt == self.max_attempts:
+                        raise
+                    self._sleep(self._backoff(attempt))
+                    continue
+                return True
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""The Iceberg sink: buffered chunks in, one commit per table per flush out."""

@@ -1,0 +1,139 @@
+"""Domain rules a decoded event must meet before it is landed. Pure and cheap: called per event.
+
+Every validator has one shape, ``(record, now_ms) -> (problem, flagged)``
+(:data:`Verdict`, what :data:`k2.ingest.classify.Validator` expects): ``problem`` is
+an :class:`~k2.errors.InvalidValue` *returned*, not raised (errors as data, the
+dead-letter shape), which the caller routes to the rejects path with
+``reason = "invalid_value"``; ``flagged`` marks a valid but notable event (a crossed
+quote) to count. Plain comparisons only, and the common verdicts are preallocated
+tuples: the Avro contract already guarantees types and required fields.
+
+``now_ms`` is a parameter (epoch milliseconds) so the time window is testable and one
+clock read serves a whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+from k2.errors import InvalidValue
+from k2.settings import DAY_MS
+
+__all__ = [
+    "MAX_FUTURE_MS",
+    "MIN_EXCHANGE_TIMESTAMP_MS",
+    "Verdict",
+    "validate_quote",
+    "validate_reference",
+    "validate_trade",
+]
+
+MIN_EXCHANGE_TIMESTAMP_MS = 631_152_000_000
+"""1990-01-01T00:00:00Z: nothing older is a live ASX tick (catches seconds-for-millis bugs)."""
+MAX_FUTURE_MS = DAY_MS
+"""How far ahead of ``now_ms`` an exchange timestamp may be (clock skew, time zones mistaken for UTC)."""
+
+
+Verdict = tuple[InvalidValue | None, bool]
+"""``(problem, flagged)``: the broken rule or None, and whether a valid event is notable (a crossed quote)."""
+
+_OK: Verdict = (None, False)
+_FLAGGED: Verdict = (None, True)
+
+
+def _epoch_ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _check_symbol(record: Mapping[str, Any]) -> InvalidValue | None:
+    symbol = record["symbol"]
+    if not symbol or symbol.isspace():
+        return InvalidValue("symbol", symbol, "symbol is empty")
+    return None
+
+
+def _check_time(record: Mapping[str, Any], now_ms: int) -> InvalidValue | None:
+    ts = record["exchange_timestamp"]
+    ms = ts if type(ts) is int else _epoch_ms(ts)
+    if ms < MIN_EXCHANGE_TIMESTAMP_MS:
+        return InvalidValue("exchange_timestamp", ts, "before 1990-01-01T00:00:00Z")
+    if ms > now_ms + MAX_FUTURE_MS:
+        return InvalidValue("exchange_timestamp", ts, "more than one day in the future")
+    return None
+
+
+def validate_trade(record: Mapping[str, Any], now_ms: int) -> Verdict:
+    """A trade must have price > 0, volume > 0, a symbol and a sane exchange time; never flagged."""
+    price = record["price"]
+    if not price > 0:
+        return InvalidValue("price", price, "price must be > 0"), False
+    volume = record["volume"]
+    if not volume > 0:
+        return InvalidValue("volume", volume, "volume must be > 0"), False
+    invalid = _check_symbol(record) or _check_time(record, now_ms)
+    return _OK if invalid is None else (invalid, False)
+
+
+def validate_quote(record: Mapping[str, Any], now_ms: int) -> Verdict:
+    """A quote's prices and volumes must be >= 0, with at least one side present; flagged when crossed.
+
+    A price of 0 means that side is empty (one-sided quotes are valid). A crossed
+    quote (both sides present, bid > ask) is a real, transient market state: valid,
+    landed, and flagged so it can be counted.
+    """
+    bid, ask = record["bid_price"], record["ask_price"]
+    if bid < 0:
+        return InvalidValue("bid_price", bid, "price must be >= 0"), False
+    if ask < 0:
+        return InvalidValue("ask_price", ask, "price must be >= 0"), False
+    if record["bid_volume"] < 0:
+        return InvalidValue("bid_volume", record["bid_volume"], "volume must be >= 0"), False
+    if record["ask_volume"] < 0:
+        return InvalidValue("ask_volume", record["ask_volume"], "volume must be >= 0"), False
+    if not bid and not ask:
+        return InvalidValue("bid_price,ask_price", (bid, ask), "both sides empty (prices are 0)"), False
+    invalid = _check_symbol(record) or _check_time(record, now_ms)
+    if invalid is not None:
+        return invalid, False
+    return _FLAGGED if bid and ask and bid > ask else _OK
+
+
+def _iso_date(value: str) -> date | None:
+    """``YYYY-MM-DD`` strictly (``date.fromisoformat`` alone also takes ``YYYYMMDD``, weeks...)."""
+    if len(value) != 10 or value[4] != "-" or value[7] != "-":
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def validate_reference(record: Mapping[str, Any], now_ms: int = 0) -> Verdict:
+    """Reference data needs company_id > 0, a symbol, a name and ISO dates in order; never flagged.
+
+    ``now_ms`` is unused: it is there so every validator has one shape.
+    """
+    company_id = record["company_id"]
+    if not company_id > 0:
+        return InvalidValue("company_id", company_id, "company_id must be > 0"), False
+    invalid = _check_symbol(record)
+    if invalid is not None:
+        return invalid, False
+    name = record["company_name"]
+    if not name or name.isspace():
+        return InvalidValue("company_name", name, "company_name is empty"), False
+    start = _iso_date(record["start_date"])
+    if start is None:
+        return InvalidValue("start_date", record["start_date"], "not an ISO date YYYY-MM-DD"), False
+    end_text = record.get("end_date")
+    if end_text is not None:
+        end = _iso_date(end_text)
+        if end is None:
+            return InvalidValue("end_date", end_text, "not an ISO date YYYY-MM-DD"), False
+        if end < start:
+            return InvalidValue("end_date", end_text, "end_date is before start_date"), False
+    return _OK

@@ -1,0 +1,176 @@
+"""An isolated K2 deployment on the shared local stack: own topics, consumer group, var dir, port.
+
+Runs K2 the way users do: ``k2 init`` and ``k2 replay`` as commands, the worker as
+``faust -A k2.app worker`` in its own process, so a test can kill it like a crash would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError
+
+from k2.admin.watermarks import end_offsets
+from k2.catalog import default_catalog_properties
+from k2.lake.offsets import read_offsets
+from k2.lake.schemas import TABLES
+from k2.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Worker:
+    """One ``faust -A k2.app worker`` process."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.port = int(env["K2_WEB_PORT"])
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "faust"), "-A", "k2.app", "worker", "-l", "info"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def wait_started(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            if "Worker ready" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def crash(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+class K2Env:
+    """Settings, commands and lake access of one isolated K2 deployment."""
+
+    def __init__(self, stack: Any, tmp: Path, catalog_kind: str, **overrides: str) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.tmp = tmp
+        self.catalog_kind = catalog_kind
+        self.stack = stack
+        k2 = {
+            "K2_KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+            "K2_SCHEMA_REGISTRY_URL": stack.schema_registry_url,
+            "K2_TRADES_TOPIC": f"t{run}.trades",
+            "K2_QUOTES_TOPIC": f"t{run}.quotes",
+            "K2_REFERENCE_TOPIC": f"t{run}.reference",
+            "K2_REJECTS_TOPIC": f"t{run}.rejects",
+            "K2_APP_ID": f"k2-test-{run}",
+            "K2_VAR_DIR": str(tmp / "var"),
+            "K2_WEB_PORT": str(free_port()),
+            "K2_FLUSH_INTERVAL_S": "1",
+            **overrides,
+        }
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("K2_", "PYICEBERG_"))}
+        self.env.update(k2)
+        self.env["AWS_EC2_METADATA_DISABLED"] = "true"
+        if catalog_kind == "rest":
+            for key, value in stack.pyiceberg_properties().items():
+                self.env[f"PYICEBERG_CATALOG__K2__{key.upper().replace('.', '__').replace('-', '_')}"] = value
+        self.settings = Settings(**{k[3:].lower(): v for k, v in k2.items()})  # type: ignore[arg-type]
+        self.workers: list[Worker] = []
+
+    def k2(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(BIN / "k2"), *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"k2 {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def start_worker(self) -> Worker:
+        worker = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log")
+        self.workers.append(worker)
+        worker.wait_started()
+        return worker
+
+    def catalog(self) -> Catalog:
+        if self.catalog_kind == "rest":
+            return load_catalog("k2", **self.stack.pyiceberg_properties())
+        return SqlCatalog("k2", **default_catalog_properties(Path(self.env["K2_VAR_DIR"])))
+
+    def drop_tables(self) -> None:
+        """Start from empty tables (the REST catalog is shared by every test run)."""
+        catalog = self.catalog()
+        for name in TABLES:
+            with contextlib.suppress(NoSuchTableError):
+                catalog.purge_table(name)
+
+    def landed(self) -> dict[tuple[str, int], int]:
+        catalog = self.catalog()
+        out: dict[tuple[str, int], int] = {}
+        for name in TABLES:
+            for tp, off in read_offsets(catalog.load_table(name)).items():
+                out[tp] = max(off, out.get(tp, -1))
+        return out
+
+    def wait_landed(self, timeout_s: float = 120.0, until: Callable[[], bool] | None = None) -> None:
+        """Wait until every offset of the source topics is recorded in some table."""
+        deadline = time.monotonic() + timeout_s
+        ends: dict[tuple[str, int], int] = {}
+        landed: dict[tuple[str, int], int] = {}
+        while time.monotonic() < deadline:
+            ends = end_offsets(self.settings, self.settings.source_topics)
+            landed = self.landed()
+            if all(landed.get(tp, -1) + 1 >= end for tp, end in ends.items()) and (until is None or until()):
+                return
+            for w in self.workers:
+                if w.proc.poll() is not None and w.proc.returncode not in (0, -9, -15):
+                    raise AssertionError(f"worker died ({w.proc.returncode}):\n{w.tail()}")
+            time.sleep(1.0)
+        tails = "\n".join(w.tail(40) for w in self.workers)
+        raise AssertionError(f"lake did not catch up in {timeout_s}s: ends={ends} landed={landed}\n{tails}")
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()

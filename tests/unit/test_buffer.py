@@ -1,0 +1,49 @@
+"""Chunk keys, Arrow IPC round trips and the chunk store's changelog traffic."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from k2.buffer.chunks import REJECTS, ROWS, ChunkKey, from_ipc, to_ipc
+from k2.buffer.store import ChunkStore
+from k2.lake.arrow import events_to_arrow
+from k2.lake.schemas import TRADES
+from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.lake_helpers import trade_events
+
+
+def test_chunk_key_round_trip_and_order() -> None:
+    a = ChunkKey(ROWS, 1, 10, 19, 10)
+    b = ChunkKey(ROWS, 1, 20, 29, 10)
+    assert ChunkKey.decode(a.encode()) == a
+    assert sorted([b, a]) == [a, b]
+    assert a.encode() == "rows:1:10:19:10"
+
+
+@pytest.mark.parametrize("text", ["", "rows:1:2:3", "other:1:2:3:4", "rows:1:9:3:4", "rows:x:1:2:3"])
+def test_chunk_key_rejects_malformed(text: str) -> None:
+    with pytest.raises(ValueError):
+        ChunkKey.decode(text)
+
+
+def test_ipc_round_trip_is_exact() -> None:
+    table = events_to_arrow(TRADES, trade_events(0, range(5)))
+    again = from_ipc(to_ipc(table))
+    assert again.equals(table) and again.schema.equals(table.schema)
+
+
+def test_store_writes_one_changelog_record_per_chunk_and_tombstones_on_remove() -> None:
+    table = RecordingTable()
+    store = ChunkStore(table, "market.trades.raw")
+    chunk = events_to_arrow(TRADES, trade_events(3, range(100)))
+    key = ChunkKey(ROWS, 3, 0, 99, 100)
+    store.put(key, chunk)
+    store.put(ChunkKey(REJECTS, 3, 100, 100, 1), pa.table({"x": [1]}))
+    assert [(p, k) for p, k, _ in table.changelog] == [(3, key.encode()), (3, "rejects:3:100:100:1")]
+    assert store.buffered_rows() == 101 and store.buffered_rows(ROWS) == 100
+    assert store.chunk_keys({2}) == []
+    store.remove([key])
+    assert table.changelog[-1] == (3, key.encode(), None)
+    assert store.chunk_keys() == [ChunkKey(REJECTS, 3, 100, 100, 1)]
+    assert list(table.restore_from_changelog()) == ["rejects:3:100:100:1"]

@@ -1,0 +1,138 @@
+"""classify(): every bad record becomes a reject with the right reason; good ones are untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from k2.avro.codec import encode, parse_schema
+from k2.avro.schemas import CONTRACTS
+from k2.errors import UnknownSchemaId, WrongSubject
+from k2.ingest.classify import RawRecord, Resolution, classify, schema_ids
+from k2.validation import validate_quote, validate_trade
+from tests.unit.lake_helpers import T0, quote, trade
+
+TOPIC = "market.trades.raw"
+NOW = T0 + 60_000
+TRADE_ID = 11
+QUOTE_ID = 12
+UNKNOWN_ID = 99
+
+
+class Writer:
+    def __init__(self, parsed: Any) -> None:
+        self.parsed = parsed
+
+
+TRADE_SCHEMA = CONTRACTS["trade"].parsed
+SCHEMAS: dict[int, Resolution] = {
+    TRADE_ID: Writer(TRADE_SCHEMA),
+    QUOTE_ID: WrongSubject("schema id 12 is not registered under subject market.trades.raw-value"),
+    UNKNOWN_ID: UnknownSchemaId("schema id 99 is not in the registry"),
+}
+
+
+def raw(offset: int, value: bytes | None, partition: int = 0, key: bytes | None = b"BHP") -> RawRecord:
+    return RawRecord(partition, offset, key, value, NOW)
+
+
+def good(offset: int, **overrides: Any) -> RawRecord:
+    return raw(offset, encode(TRADE_ID, TRADE_SCHEMA, trade(**overrides)))
+
+
+def run(records: list[RawRecord]) -> Any:
+    return classify(TOPIC, records, SCHEMAS, validate_trade, NOW, "w1")
+
+
+def test_good_trade_is_accepted_with_exact_values() -> None:
+    out = run([good(7, price=Decimal("36.667000"))])
+    assert out.rejected == []
+    [event] = out.accepted
+    assert (event.topic, event.partition, event.offset) == (TOPIC, 0, 7)
+    assert event.record["price"] == Decimal("36.667000")
+    assert event.record["exchange_timestamp"] == T0
+    assert out.accepted_schema_ids == {TRADE_ID}
+
+
+def bad_corpus() -> list[tuple[str, bytes | None]]:
+    body = encode(TRADE_ID, TRADE_SCHEMA, trade())
+    return [
+        ("not_confluent_framed", os.urandom(3)),
+        ("not_confluent_framed", b"\x01" + body[1:]),  # wrong magic byte
+        ("not_confluent_framed", None),  # tombstone
+        ("unknown_schema_id", b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + body[5:]),
+        ("wrong_subject", b"\x00" + QUOTE_ID.to_bytes(4, "big") + body[5:]),
+        ("undecodable", body[:-4]),  # truncated
+        ("undecodable", body + b"\x00\x01"),  # trailing garbage
+        ("invalid_value", encode(TRADE_ID, TRADE_SCHEMA, trade(price=Decimal("0")))),
+        ("invalid_value", encode(TRADE_ID, TRADE_SCHEMA, trade(volume=0))),
+        ("invalid_value", encode(TRADE_ID, TRADE_SCHEMA, trade(symbol=""))),
+        ("invalid_value", encode(TRADE_ID, TRADE_SCHEMA, trade(exchange_timestamp=1_000))),
+        ("invalid_value", encode(TRADE_ID, TRADE_SCHEMA, trade(exchange_timestamp=NOW + 2 * 86_400_000))),
+    ]
+
+
+def test_bad_records_are_rejected_with_reason_and_bytes_untouched_among_good_ones() -> None:
+    corpus = bad_corpus()
+    records: list[RawRecord] = []
+    offset = 0
+    for _reason, value in corpus:
+        records.append(good(offset))
+        records.append(raw(offset + 1, value, key=b"key-%d" % offset))
+        offset += 2
+    out = run(records)
+    assert [e.offset for e in out.accepted] == list(range(0, offset, 2))
+    assert [(r.offset, r.reason) for r in out.rejected] == [
+        (i * 2 + 1, reason) for i, (reason, _value) in enumerate(corpus)
+    ]
+    for r, (_reason, value) in zip(out.rejected, corpus, strict=True):
+        assert r.value == value
+        assert r.key == b"key-%d" % (r.offset - 1)
+        assert r.topic == TOPIC and r.worker_id == "w1" and r.detail
+
+
+def test_invalid_value_detail_names_field_and_value() -> None:
+    out = run([raw(0, encode(TRADE_ID, TRADE_SCHEMA, trade(price=Decimal("-1.5"))))])
+    [r] = out.rejected
+    assert r.reason == "invalid_value"
+    assert r.detail.startswith("price=Decimal('-1.500000')")
+    assert r.schema_id == TRADE_ID
+
+
+def test_schema_id_known_only_for_framed_records() -> None:
+    out = run([raw(0, b"garbage"), raw(1, b"\x00" + UNKNOWN_ID.to_bytes(4, "big") + b"\x02")])
+    assert [r.schema_id for r in out.rejected] == [None, UNKNOWN_ID]
+
+
+def test_schema_ids_lists_framed_ids_only() -> None:
+    assert schema_ids([good(0), raw(1, b"\x01\x00\x00\x00\x05x"), raw(2, None), raw(3, b"\x00\x00")]) == {TRADE_ID}
+
+
+def test_crossed_quote_is_accepted_and_counted() -> None:
+    quote_schema = CONTRACTS["quote"].parsed
+    schemas: dict[int, Resolution] = {5: Writer(quote_schema)}
+    crossed = quote(bid_price=Decimal("37.800000"), ask_price=Decimal("37.700000"))
+    records = [RawRecord(0, 0, b"BHP", encode(5, quote_schema, crossed), NOW)]
+    out = classify("market.quotes.raw", records, schemas, validate_quote, NOW)
+    assert len(out.accepted) == 1 and out.rejected == [] and out.flagged == 1
+
+
+def test_newer_writer_schema_with_extra_field_decodes() -> None:
+    tree = json.loads(CONTRACTS["trade"].schema_str)
+    tree["fields"].append({"name": "trade_id", "type": ["null", "string"], "default": None, "doc": "x"})
+    v2 = parse_schema(tree)
+    schemas: dict[int, Resolution] = {21: Writer(v2)}
+    rec = raw(0, encode(21, v2, {**trade(), "trade_id": "T-1"}))
+    out = classify(TOPIC, [rec], schemas, validate_trade, NOW)
+    assert out.accepted[0].record["trade_id"] == "T-1"
+    assert out.accepted_schema_ids == {21}
+
+
+@pytest.mark.parametrize("n", [1, 500])
+def test_order_is_preserved(n: int) -> None:
+    out = run([good(i, sequence_number=i) for i in range(n)])
+    assert [e.record["sequence_number"] for e in out.accepted] == list(range(n))

@@ -1,0 +1,152 @@
+"""Merge order, --loop shifting and the rate limiter: pure functions, no Kafka."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from k2.replay.asx_csv import Quote, Trade, data_span_ms
+from k2.replay.feed import TokenBucket, loop_shift_ms, merge_by_time, replay_plan, to_record
+
+P = Decimal("1.000000")
+
+
+def trade(symbol: str, ts: int, seq: int) -> Trade:
+    return Trade(symbol, 1, "ASX", ts, P, 1, 0, "", None, seq)
+
+
+def quote(symbol: str, ts: int, seq: int) -> Quote:
+    return Quote(symbol, 1, "ASX", ts, P, 1, P, 1, seq)
+
+
+def test_merge_interleaves_by_time_and_keeps_ties_stable() -> None:
+    bhp_trades = [trade("BHP", 10, 1), trade("BHP", 30, 2), trade("BHP", 30, 3)]
+    dvn_trades = [trade("DVN", 20, 1), trade("DVN", 30, 2)]
+    bhp_quotes = [quote("BHP", 5, 1), quote("BHP", 30, 2), quote("BHP", 40, 3)]
+    merged = list(merge_by_time([bhp_trades, dvn_trades, bhp_quotes]))
+    assert [(type(e).__name__, e.symbol, e.exchange_timestamp, e.sequence_number) for e in merged] == [
+        ("Quote", "BHP", 5, 1),
+        ("Trade", "BHP", 10, 1),
+        ("Trade", "DVN", 20, 1),
+        ("Trade", "BHP", 30, 2),  # ties: stream order, then file order
+        ("Trade", "BHP", 30, 3),
+        ("Trade", "DVN", 30, 2),
+        ("Quote", "BHP", 30, 2),
+        ("Quote", "BHP", 40, 3),
+    ]
+
+
+def test_loop_shift() -> None:
+    assert loop_shift_ms(100, 0) == 0
+    assert loop_shift_ms(100, 1) == 101
+    assert loop_shift_ms(100, 3) == 303
+    assert loop_shift_ms(0, 2) == 2
+    with pytest.raises(ValueError):
+        loop_shift_ms(-1, 1)
+
+
+def test_replay_plan_loops_are_strictly_newer_and_sequences_continue() -> None:
+    events = list(
+        merge_by_time(
+            [
+                [trade("BHP", 1000, 1), trade("BHP", 1500, 2)],
+                [trade("DVN", 1200, 1)],
+                [quote("BHP", 1000, 1), quote("BHP", 2000, 2), quote("BHP", 2000, 3)],
+            ]
+        )
+    )
+    span = data_span_ms(events)
+    assert span == 1000
+    records = [to_record(e, shift, off, ingestion_ms=7) for e, shift, off in replay_plan(events, 3, span)]
+    assert len(records) == 3 * len(events)
+    times = [r["exchange_timestamp"] for r in records]
+    per_pass = len(events)
+    for i in range(1, 3):
+        assert min(times[i * per_pass : (i + 1) * per_pass]) > max(times[(i - 1) * per_pass : i * per_pass])
+        assert min(times[i * per_pass : (i + 1) * per_pass]) == max(times[:per_pass]) + 1 + (i - 1) * (span + 1)
+    assert times == sorted(times)
+
+    def seqs(kind: type, symbol: str) -> list[int]:
+        return [
+            r["sequence_number"]
+            for r, (e, _, _) in zip(records, replay_plan(events, 3, span), strict=True)
+            if type(e) is kind and e.symbol == symbol
+        ]
+
+    assert seqs(Trade, "BHP") == [1, 2, 3, 4, 5, 6]
+    assert seqs(Trade, "DVN") == [1, 2, 3]
+    assert seqs(Quote, "BHP") == list(range(1, 10))
+    assert {r["ingestion_timestamp"] for r in records} == {7}
+
+
+def test_single_pass_is_unchanged() -> None:
+    events = [trade("A", 5, 1)]
+    assert list(replay_plan(events, 1, 0)) == [(events[0], 0, 0)]
+    with pytest.raises(ValueError):
+        list(replay_plan(events, 0, 0))
+
+
+def test_to_record_is_the_avro_shape() -> None:
+    record = to_record(trade("BHP", 10, 4), 100, 5, 99)
+    assert record == {
+        "symbol": "BHP",
+        "company_id": 1,
+        "exchange": "ASX",
+        "exchange_timestamp": 110,
+        "price": P,
+        "volume": 1,
+        "qualifiers": 0,
+        "venue": "",
+        "buyer_id": None,
+        "sequence_number": 9,
+        "ingestion_timestamp": 99,
+    }
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_holds_the_rate_without_spinning() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(1000, burst=10, clock=t.clock, sleep=t.sleep)
+    for _ in range(5010):
+        bucket.acquire()
+    # 10 free (the burst), then 5000 at 1000/s: 5 s, in sleeps of at least 2 ms.
+    assert t.now == pytest.approx(5.0, abs=0.003)
+    assert all(s >= 0.002 - 1e-9 for s in t.slept)
+    assert len(t.slept) <= 2600
+
+
+def test_token_bucket_slow_rate_sleeps_per_event() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(2, burst=1, clock=t.clock, sleep=t.sleep)
+    for _ in range(5):
+        bucket.acquire()
+    assert t.now == pytest.approx(2.0)
+
+
+def test_token_bucket_refills_while_idle_up_to_burst() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(100, burst=50, clock=t.clock, sleep=t.sleep)
+    t.now = 60.0  # long idle: only `burst` tokens accrue
+    for _ in range(50):
+        bucket.acquire()
+    assert t.slept == []
+    bucket.acquire(10)
+    assert sum(t.slept) == pytest.approx(0.1)
+
+
+def test_token_bucket_rejects_bad_rate() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0)

@@ -1,0 +1,159 @@
+"""The flush, on a real SQLite catalog: exactly once across crashes, overlaps and partial ownership."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
+from k2.buffer.store import ChunkStore
+from k2.lake.arrow import events_to_arrow, rejects_to_arrow
+from k2.lake.offsets import read_offsets
+from k2.lake.schemas import QUOTES, TRADES
+from k2.lake.schemas import REJECTS as REJECTS_TABLE
+from k2.lake.tables import ensure_tables
+from k2.lake.writer import IcebergWriter
+from k2.metrics import K2Metrics
+from k2.sink.batches import PendingChunk, overlaps, source_offsets
+from k2.sink.flusher import Flusher, SourceBuffer
+from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.lake_helpers import QUOTES_TOPIC, TOPICS, TRADES_TOPIC, reject, sqlite_catalog, trade_events
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        catalog = sqlite_catalog(tmp_path)
+        ensure_tables(catalog)
+        self.writer = IcebergWriter(catalog, TOPICS, "test:1")
+        self.trades = RecordingTable()
+        self.quotes = RecordingTable()
+        self.stores = {
+            TRADES_TOPIC: ChunkStore(self.trades, TRADES_TOPIC),
+            QUOTES_TOPIC: ChunkStore(self.quotes, QUOTES_TOPIC),
+        }
+        self.metrics = K2Metrics(CollectorRegistry())
+        self.flusher = Flusher(
+            [
+                SourceBuffer(TRADES_TOPIC, TRADES, self.stores[TRADES_TOPIC]),
+                SourceBuffer(QUOTES_TOPIC, QUOTES, self.stores[QUOTES_TOPIC]),
+            ],
+            lambda: self.writer,
+            self.metrics,
+        )
+
+    def put_trades(self, partition: int, offsets: range) -> ChunkKey:
+        key = ChunkKey(ROWS, partition, offsets[0], offsets[-1], len(offsets))
+        self.stores[TRADES_TOPIC].put(key, events_to_arrow(TRADES, trade_events(partition, offsets)))
+        return key
+
+    def rows(self, table: str) -> list[tuple[int, int]]:
+        data = self.writer.table(table, refresh=True).scan().to_arrow()
+        return sorted(zip(data["kafka_partition"].to_pylist(), data["kafka_offset"].to_pylist(), strict=True))
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+ALL = {TRADES_TOPIC: {0, 1, 2}, QUOTES_TOPIC: {0, 1, 2}}
+
+
+async def test_flush_commits_buffered_rows_once_and_clears_the_buffer(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.put_trades(0, range(0, 10))
+    h.put_trades(0, range(10, 15))
+    h.put_trades(1, range(0, 3))
+    report = await h.flusher.flush(ALL)
+    assert report.failed == {} and report.rows_written == 18
+    assert h.rows(TRADES) == [(0, o) for o in range(15)] + [(1, o) for o in range(3)]
+    assert read_offsets(h.writer.table(TRADES)) == {(TRADES_TOPIC, 0): 14, (TRADES_TOPIC, 1): 2}
+    assert h.stores[TRADES_TOPIC].chunk_keys() == []
+    assert h.trades.restore_from_changelog() == {}
+    assert h.metric("k2_rows_written_total", table=TRADES) == 18
+    assert h.metric("k2_buffered_rows", table=TRADES) == 0
+    assert h.metric("k2_iceberg_last_commit_timestamp_seconds", table=TRADES) > 0
+
+
+async def test_crash_between_commit_and_cleanup_writes_nothing_twice(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.put_trades(2, range(0, 50))
+    restored_before_cleanup = dict(h.trades.data)  # what the changelog held when the commit landed
+    await h.flusher.flush(ALL)
+    # The worker "died" before its tombstones were written: the next owner restores the chunk.
+    h.trades.data.update(restored_before_cleanup)
+    h.put_trades(2, range(50, 60))
+    report = await h.flusher.flush(ALL)
+    [result] = report.results
+    assert (result.rows_written, result.rows_dropped) == (10, 50)
+    assert h.rows(TRADES) == [(2, o) for o in range(60)]
+    assert h.metric("k2_rows_skipped_already_committed_total", table=TRADES) == 50
+
+
+async def test_overlapping_chunks_from_a_reconsumed_batch_land_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.put_trades(0, range(0, 20))
+    h.put_trades(0, range(10, 30))  # re-consumed after a crash, cut into a different chunk
+    await h.flusher.flush(ALL)
+    assert h.rows(TRADES) == [(0, o) for o in range(30)]
+
+
+async def test_only_owned_partitions_are_flushed(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.put_trades(0, range(5))
+    kept = h.put_trades(1, range(5))
+    await h.flusher.flush({TRADES_TOPIC: {0}})
+    assert h.rows(TRADES) == [(0, o) for o in range(5)]
+    assert h.stores[TRADES_TOPIC].chunk_keys() == [kept]
+
+
+async def test_rejects_of_all_sources_go_to_one_commit_with_per_topic_offsets(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.stores[TRADES_TOPIC].put(ChunkKey(REJECTS, 0, 4, 4, 1), rejects_to_arrow([reject(TRADES_TOPIC, 0, 4)]))
+    h.stores[QUOTES_TOPIC].put(ChunkKey(REJECTS, 0, 9, 9, 1), rejects_to_arrow([reject(QUOTES_TOPIC, 0, 9)]))
+    report = await h.flusher.flush(ALL)
+    assert [r.table_name for r in report.results] == [REJECTS_TABLE]
+    table = h.writer.table(REJECTS_TABLE, refresh=True)
+    assert read_offsets(table) == {(TRADES_TOPIC, 0): 4, (QUOTES_TOPIC, 0): 9}
+    data = table.scan().to_arrow()
+    assert sorted(data["source_topic"].to_pylist()) == [QUOTES_TOPIC, TRADES_TOPIC]
+    assert len(table.history()) == 1
+
+
+async def test_a_failing_table_keeps_its_chunks_and_others_proceed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(tmp_path)
+    h.put_trades(0, range(3))
+    qkey = ChunkKey(ROWS, 0, 0, 0, 1)
+    h.stores[QUOTES_TOPIC].put(qkey, events_to_arrow(TRADES, trade_events(0, range(1))))  # wrong shape for quotes
+    report = await h.flusher.flush(ALL)
+    assert QUOTES in report.failed and [r.table_name for r in report.results] == [TRADES]
+    assert h.stores[QUOTES_TOPIC].chunk_keys() == [qkey]
+    assert h.metric("k2_iceberg_commit_failures_total", table=QUOTES) == 1
+
+
+def test_source_offsets_and_overlaps_are_per_topic_partition() -> None:
+    def pc_(topic: str, p: int, first: int, last: int) -> PendingChunk:
+        return PendingChunk(topic, ChunkKey(ROWS, p, first, last, last - first + 1), b"")
+
+    chunks = [pc_("a", 0, 0, 9), pc_("a", 0, 10, 19), pc_("b", 0, 5, 15), pc_("a", 1, 0, 3)]
+    assert source_offsets(chunks) == {("a", 0): 19, ("b", 0): 15, ("a", 1): 3}
+    assert not overlaps(chunks)
+    assert overlaps([*chunks, pc_("a", 0, 19, 25)])
+
+
+def test_sorted_by_time_then_sequence(tmp_path: Path) -> None:
+    from k2.sink.batches import TableBatch, build_batch
+
+    h = Harness(tmp_path)
+    late = h.put_trades(0, range(100, 110))
+    early = h.put_trades(1, range(0, 10))
+    batch = TableBatch(
+        TRADES, tuple(PendingChunk(TRADES_TOPIC, k, h.stores[TRADES_TOPIC].get(k)) for k in (late, early))
+    )
+    table = build_batch(batch)
+    ts = table["exchange_timestamp"]
+    assert pc.all(pc.greater_equal(ts[1:], ts[:-1])).as_py()

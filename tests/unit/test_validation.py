@@ -1,0 +1,158 @@
+"""Domain rules: each rule, its edges, and what is flagged rather than rejected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from k2.errors import DecodeError, InvalidValue
+from k2.validation import (
+    MAX_FUTURE_MS,
+    MIN_EXCHANGE_TIMESTAMP_MS,
+    validate_quote,
+    validate_reference,
+    validate_trade,
+)
+
+from .lake_helpers import T0, company, quote, trade
+
+NOW = T0 + 60_000
+
+
+def problem_field(verdict: tuple[InvalidValue | None, bool]) -> str | None:
+    problem, _ = verdict
+    return None if problem is None else problem.field
+
+
+def test_invalid_value_is_a_typed_reject_reason() -> None:
+    problem, flagged = validate_trade(trade(price=Decimal("0")), NOW)
+    assert isinstance(problem, InvalidValue)
+    assert isinstance(problem, DecodeError)
+    assert problem.reason == "invalid_value"
+    assert (problem.field, problem.value) == ("price", Decimal("0"))
+    assert "price" in str(problem)
+    assert flagged is False
+
+
+def test_valid_trade() -> None:
+    assert validate_trade(trade(), NOW) == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"price": Decimal("0")}, "price"),
+        ({"price": Decimal("0.000000")}, "price"),
+        ({"price": Decimal("-1")}, "price"),
+        ({"volume": 0}, "volume"),
+        ({"volume": -5}, "volume"),
+        ({"symbol": ""}, "symbol"),
+        ({"symbol": "  "}, "symbol"),
+        ({"exchange_timestamp": MIN_EXCHANGE_TIMESTAMP_MS - 1}, "exchange_timestamp"),
+        ({"exchange_timestamp": NOW + MAX_FUTURE_MS + 1}, "exchange_timestamp"),
+        ({"exchange_timestamp": T0 // 1000}, "exchange_timestamp"),  # seconds sent as millis
+    ],
+)
+def test_invalid_trades(overrides: dict[str, Any], field: str) -> None:
+    assert problem_field(validate_trade(trade(**overrides), NOW)) == field
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"price": Decimal("0.000001")},
+        {"volume": 1},
+        {"exchange_timestamp": MIN_EXCHANGE_TIMESTAMP_MS},
+        {"exchange_timestamp": NOW + MAX_FUTURE_MS},
+        {"exchange_timestamp": datetime(2025, 1, 1, tzinfo=UTC)},
+        {"symbol": "A"},
+    ],
+)
+def test_trade_edges_that_pass(overrides: dict[str, Any]) -> None:
+    assert validate_trade(trade(**overrides), NOW) == (None, False)
+
+
+def test_1990_boundary_is_the_documented_instant() -> None:
+    assert datetime.fromtimestamp(MIN_EXCHANGE_TIMESTAMP_MS / 1000, UTC) == datetime(1990, 1, 1, tzinfo=UTC)
+
+
+def test_valid_quote() -> None:
+    assert validate_quote(quote(), NOW) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"bid_price": Decimal("0"), "bid_volume": 0},  # ask only
+        {"ask_price": Decimal("0"), "ask_volume": 0},  # bid only
+        {"bid_price": Decimal("0"), "bid_volume": 0, "ask_price": Decimal("0.000001")},
+        {"bid_volume": 0, "ask_volume": 0},  # prices but no size: kept
+        {"bid_price": Decimal("36.67"), "ask_price": Decimal("36.67")},  # locked: not crossed
+    ],
+)
+def test_one_sided_and_edge_quotes_are_valid(overrides: dict[str, Any]) -> None:
+    assert validate_quote(quote(**overrides), NOW) == (None, False)
+
+
+def test_crossed_quote_is_flagged_not_rejected() -> None:
+    assert validate_quote(quote(bid_price=Decimal("36.700000"), ask_price=Decimal("36.690000")), NOW) == (None, True)
+
+
+def test_crossed_needs_both_sides() -> None:
+    # bid > ask only because the ask side is empty: one-sided, not crossed.
+    assert validate_quote(quote(ask_price=Decimal("0"), ask_volume=0), NOW) == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"bid_price": Decimal("0"), "ask_price": Decimal("0")}, "bid_price,ask_price"),
+        ({"bid_price": Decimal("-0.000001")}, "bid_price"),
+        ({"ask_price": Decimal("-1")}, "ask_price"),
+        ({"bid_volume": -1}, "bid_volume"),
+        ({"ask_volume": -1}, "ask_volume"),
+        ({"symbol": ""}, "symbol"),
+        ({"exchange_timestamp": MIN_EXCHANGE_TIMESTAMP_MS - 1}, "exchange_timestamp"),
+        ({"exchange_timestamp": NOW + MAX_FUTURE_MS + 1}, "exchange_timestamp"),
+    ],
+)
+def test_invalid_quotes(overrides: dict[str, Any], field: str) -> None:
+    assert problem_field(validate_quote(quote(**overrides), NOW)) == field
+
+
+def test_valid_reference() -> None:
+    assert validate_reference(company(), NOW) == (None, False)
+    assert validate_reference(company(end_date="2020-01-01")) == (None, False)
+    assert validate_reference(company(end_date="1885-08-13")) == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"company_id": 0}, "company_id"),
+        ({"company_id": -3}, "company_id"),
+        ({"symbol": ""}, "symbol"),
+        ({"company_name": ""}, "company_name"),
+        ({"company_name": " "}, "company_name"),
+        ({"start_date": "18850813"}, "start_date"),
+        ({"start_date": "2024-02-30"}, "start_date"),
+        ({"start_date": ""}, "start_date"),
+        ({"end_date": "2024-13-01"}, "end_date"),
+        ({"end_date": "1800-01-01"}, "end_date"),  # before start_date
+    ],
+)
+def test_invalid_reference(overrides: dict[str, Any], field: str) -> None:
+    assert problem_field(validate_reference(company(**overrides), NOW)) == field
+
+
+def test_validators_are_fast() -> None:
+    import time
+
+    records = [trade(exchange_timestamp=T0 + i) for i in range(20_000)]
+    start = time.perf_counter()
+    for r in records:
+        validate_trade(r, NOW)
+    assert time.perf_counter() - start < 1.0  # ~1 µs each in practice; generous for slow CI
