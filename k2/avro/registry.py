@@ -64,9 +64,6 @@ COMPATIBILITY = "BACKWARD"
 
 _T = TypeVar("_T")
 _TRANSIENT_STATUS = frozenset({408, 429})
-# Confluent error codes for "not found": subject, version, schema.
-_SUBJECT_NOT_FOUND = 40401
-_SCHEMA_NOT_FOUND = 40403
 
 
 def registry_conf(settings: Settings, *, timeout_s: float = 10.0, max_retries: int = 2) -> dict[str, Any]:
