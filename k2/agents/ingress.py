@@ -9,9 +9,6 @@ from k2.agents.wiring import flush_requests, quotes_topic, reference_topic, runt
 from k2.app import app
 from k2.ingest.classify import RawRecord
 
-BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.25
-
 
 def raw_records(events: Sequence[Any]) -> list[RawRecord]:
     """Faust events as :class:`RawRecord` (position, untouched bytes, broker time in ms)."""
@@ -28,7 +25,7 @@ async def request_flush(reason: str) -> None:
 
 async def consume(topic: str, stream: Any) -> None:
     """The loop of every ingress agent: micro-batches of events, acked after they are buffered."""
-    async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+    async for events in stream.take_events(settings.ingest_batch_max, within=settings.ingest_batch_within_s):
         await runtime.ingest(topic, raw_records(events), request_flush)
 
 

@@ -1,0 +1,68 @@
+"""`k2 init` against the real stack: topics with their configs, schemas by id, tables; twice = no change."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from tests.integration.k2env import K2Env
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+
+
+def test_init_creates_everything_and_a_second_run_changes_nothing(stack: Any, tmp_path: Path) -> None:
+    env = K2Env(stack, tmp_path, "sqlite", K2_REJECTS_PARTITIONS="4")
+    s = env.settings
+    first = env.k2("init").stdout
+    assert first.count(": created") == 8  # 4 topics + 4 tables
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    assert {
+        t: len(topics[t].partitions) for t in (s.trades_topic, s.quotes_topic, s.reference_topic, s.rejects_topic)
+    } == {
+        s.trades_topic: 6,
+        s.quotes_topic: 6,
+        s.reference_topic: 1,
+        s.rejects_topic: 4,
+    }
+    resources = {t: ConfigResource(ResourceType.TOPIC, t) for t in (s.trades_topic, s.reference_topic, s.rejects_topic)}
+    configs = {
+        t: f.result() for t, f in zip(resources, admin.describe_configs(list(resources.values())).values(), strict=True)
+    }
+    assert configs[s.trades_topic]["retention.ms"].value == str(7 * DAY_MS)
+    assert configs[s.reference_topic]["cleanup.policy"].value == "compact"
+    assert configs[s.rejects_topic]["retention.ms"].value == str(30 * DAY_MS)
+
+    # Every schema is registered under its topic's subject and fetchable by id, BACKWARD.
+    for topic in s.source_topics:
+        subject = f"{topic}-value"
+        with urllib.request.urlopen(f"{s.schema_registry_url}/subjects/{subject}/versions/latest") as resp:
+            latest = json.load(resp)
+        with urllib.request.urlopen(f"{s.schema_registry_url}/schemas/ids/{latest['id']}") as resp:
+            by_id = json.load(resp)
+        assert json.loads(by_id["schema"])["namespace"] == "com.k2.market_data"
+        with urllib.request.urlopen(f"{s.schema_registry_url}/config/{subject}") as resp:
+            assert json.load(resp)["compatibilityLevel"] == "BACKWARD"
+
+    catalog = env.catalog()
+    metadata_before = {
+        t: catalog.load_table(t).metadata_location for t in ("market_data.trades", "market_data.rejects")
+    }
+    second = env.k2("init").stdout
+    assert ": created" not in second and "(registered)" not in second
+    assert {t: catalog.load_table(t).metadata_location for t in metadata_before} == metadata_before
+
+
+def test_init_with_kafka_down_says_what_to_do(stack: Any, tmp_path: Path) -> None:
+    env = K2Env(stack, tmp_path, "sqlite", K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    proc = env.k2("init", check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot reach Kafka at 127.0.0.1:1" in proc.stderr and "make stack-up" in proc.stderr
+    assert "Traceback" not in proc.stderr
