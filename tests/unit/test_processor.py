@@ -1,0 +1,110 @@
+"""IngressProcessor: registry outages are waited out, never turned into rejects."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry
+
+from k2.avro.codec import encode
+from k2.avro.registry import WriterSchema
+from k2.avro.schemas import CONTRACTS
+from k2.buffer.chunks import ChunkKey
+from k2.buffer.store import ChunkStore
+from k2.errors import RegistryUnavailable, UnknownSchemaId
+from k2.ingest.classify import RawRecord
+from k2.ingest.processor import IngressProcessor, LakeSchemas, Source
+from k2.lake.arrow import arrow_schema
+from k2.lake.schemas import TRADES
+from k2.metrics import K2Metrics
+from k2.validation import validate_trade
+from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.lake_helpers import T0, trade
+
+TOPIC = "market.trades.raw"
+SUBJECT = "market.trades.raw-value"
+
+
+class FlakyRegistry:
+    """Answers like WriterSchemaCache.check_subject, after ``failures`` outages."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def check_subject(self, schema_id: int, subject: str) -> WriterSchema:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RegistryUnavailable("connection refused")
+        if schema_id != 1:
+            raise UnknownSchemaId(f"schema id {schema_id} is not in the registry")
+        c = CONTRACTS["trade"]
+        return WriterSchema(schema_id=1, schema_str=c.schema_str, parsed=c.parsed, versions=None)
+
+
+def make(registry: Any) -> tuple[IngressProcessor, RecordingTable, list[Any], K2Metrics]:
+    table = RecordingTable()
+    sent: list[Any] = []
+    metrics = K2Metrics(CollectorRegistry())
+
+    async def send_reject(record: Any, reject: Any) -> None:
+        sent.append((record, reject))
+
+    lake = LakeSchemas(lambda name: arrow_schema(name), lambda name, writer: False)
+    proc = IngressProcessor(
+        Source(TOPIC, TRADES, SUBJECT, validate_trade),
+        ChunkStore(table, TOPIC),
+        registry,
+        lake,
+        send_reject,
+        metrics,
+        "w:1",
+        clock=lambda: (T0 + 1000) / 1000,
+        max_retry_delay_s=0.01,
+    )
+    return proc, table, sent, metrics
+
+
+def rec(offset: int, value: bytes, partition: int = 0) -> RawRecord:
+    return RawRecord(partition, offset, b"BHP", value, T0)
+
+
+async def test_registry_outage_delays_but_rejects_nothing() -> None:
+    registry = FlakyRegistry(failures=3)
+    proc, table, sent, metrics = make(registry)
+    good = encode(1, CONTRACTS["trade"].parsed, trade())
+    assert await proc.process([rec(0, good), rec(1, good)]) == 2
+    assert sent == []
+    assert metrics.registry.get_sample_value("k2_schema_registry_retries_total") == 3
+    [key] = [ChunkKey.decode(k) for k in table.data]
+    assert (key.kind, key.first_offset, key.last_offset, key.rows) == ("rows", 0, 1, 2)
+
+
+async def test_batch_builds_one_chunk_per_partition_and_kind() -> None:
+    proc, table, sent, metrics = make(FlakyRegistry(failures=0))
+    parsed = CONTRACTS["trade"].parsed
+    batch = [
+        rec(0, encode(1, parsed, trade())),
+        rec(5, encode(1, parsed, trade()), partition=2),
+        rec(1, encode(1, parsed, trade(price=Decimal(0)))),
+        rec(2, encode(7, parsed, trade())),
+        rec(3, encode(1, parsed, trade())),
+    ]
+    assert await proc.process(batch) == 3
+    keys = sorted(ChunkKey.decode(k) for k in table.data)
+    assert [(k.kind, k.partition, k.first_offset, k.last_offset, k.rows) for k in keys] == [
+        ("rejects", 0, 1, 2, 2),
+        ("rows", 0, 0, 3, 2),
+        ("rows", 2, 5, 5, 1),
+    ]
+    assert len(table.changelog) == 3  # one changelog write per chunk, not per event
+    assert [(r.offset, m.reason) for r, m in sent] == [(1, "invalid_value"), (2, "unknown_schema_id")]
+    value = lambda name, **labels: metrics.registry.get_sample_value(name, labels)  # noqa: E731
+    assert value("k2_events_consumed_total", topic=TOPIC) == 5
+    assert value("k2_events_accepted_total", topic=TOPIC) == 3
+    assert value("k2_events_rejected_total", topic=TOPIC, reason="invalid_value") == 1
+    assert value("k2_events_rejected_total", topic=TOPIC, reason="unknown_schema_id") == 1
+    chunk = pa.ipc.open_stream(table.data["rows:0:0:3:2"]).read_all()
+    assert chunk["kafka_offset"].to_pylist() == [0, 3]
