@@ -85,9 +85,26 @@ def assert_law(env: K2Env) -> None:
     assert not missing, f"never landed: {sorted(missing)[:10]}"
 
 
+CATALOGS = ["sqlite", pytest.param("rest", marks=pytest.mark.rest)]
+
+
+@pytest.fixture(params=CATALOGS)
+def catalog_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on the embedded SQLite catalog and on the REST catalog over S3."""
+    kind: str = request.param
+    return kind
+
+
+def new_env(stack: Any, tmp_path: Path, catalog_kind: str, **overrides: str) -> K2Env:
+    e = K2Env(stack, tmp_path, catalog_kind, **overrides)
+    if catalog_kind == "rest":
+        e.drop_tables()  # the REST catalog is shared: start from empty tables
+    return e
+
+
 @pytest.fixture
-def env(stack: Any, tmp_path: Path) -> Iterator[K2Env]:
-    e = K2Env(stack, tmp_path, "sqlite")
+def env(stack: Any, tmp_path: Path, catalog_kind: str) -> Iterator[K2Env]:
+    e = new_env(stack, tmp_path, catalog_kind)
     e.k2("init")
     yield e
     e.close()
@@ -172,8 +189,10 @@ def test_bad_messages_land_in_rejects_with_reasons_and_good_ones_are_unaffected(
     assert_law(env)
 
 
-def test_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(stack: Any, tmp_path: Path) -> None:
-    env = K2Env(stack, tmp_path, "sqlite", K2_FLUSH_MAX_ROWS="500")
+def test_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(
+    stack: Any, tmp_path: Path, catalog_kind: str
+) -> None:
+    env = new_env(stack, tmp_path, catalog_kind, K2_FLUSH_MAX_ROWS="500")
     try:
         env.k2("init")
         worker = env.start_worker()
