@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     return K2App(
         s.app_id,
         broker=[f"kafka://{hostport.strip()}" for hostport in s.kafka_bootstrap_servers.split(",")],
-        autodiscover=["k2.agents"],
+        autodiscover=["k2.agents", "k2.web"],
         origin="k2",
         # Chunks live in memory and in their changelog; a restarted worker restores them.
         store="memory://",

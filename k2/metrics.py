@@ -3,13 +3,26 @@
 Like faust's ``PrometheusMonitor``: production uses the process-wide default registry,
 each test a fresh ``CollectorRegistry()`` so metric movements are asserted exactly.
 Names follow Prometheus conventions: ``k2_`` prefix, base units, ``_total`` counters.
+
+The age of the last commit is computed when scraped (:class:`CommitAgeCollector`), not
+set by a periodic task: a task's value is stale by up to its period and freezes, still
+looking healthy, if the task dies; a scrape-time value is exact and needs no task.
 """
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ["K2Metrics"]
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from k2.observe.lag import PartitionLag
+
+__all__ = ["CommitAgeCollector", "K2Metrics"]
 
 _COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -17,7 +30,7 @@ _COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 class K2Metrics:
     """Every metric K2 exports besides faust's own."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, registry: CollectorRegistry = REGISTRY, *, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
         self.events_consumed = Counter(
             "k2_events_consumed_total", "Records read from a source topic.", ["topic"], registry=registry
@@ -83,3 +96,79 @@ class K2Metrics:
             ["table"],
             registry=registry,
         )
+        self.commit_age = CommitAgeCollector(self.last_commit, clock)
+        registry.register(self.commit_age)
+        self.consumer_lag = Gauge(
+            "k2_consumer_lag",
+            "Events in a source partition not yet committed by the consumer group (end offset minus committed).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.lake_lag = Gauge(
+            "k2_lake_lag",
+            "Events in a source partition not yet recorded in an Iceberg snapshot (end offset minus landed).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._last_commit_s: dict[str, float] = {}
+
+    def init_labels(self, topics: Iterable[str], tables: Iterable[str]) -> None:
+        """Export 0 for every known topic and table from the start.
+
+        A labelled counter has no series until first incremented, and ``rate()`` or
+        ``increase()`` over a missing series is empty, not zero: an alert on commit
+        failures would stay silent for the first failure.
+        """
+        for topic in topics:
+            for counter in (self.events_consumed, self.events_accepted):
+                counter.labels(topic)
+        for table in tables:
+            for metric in (self.flushes, self.rows_written, self.rows_skipped, self.commit_failures):
+                metric.labels(table)
+            self.buffered_rows.labels(table)
+
+    def record_commit(self, table: str, at_s: float) -> None:
+        """Move a table's last-commit time forward, never back (a snapshot read later may be older)."""
+        if at_s > self._last_commit_s.get(table, float("-inf")):
+            self._last_commit_s[table] = at_s
+            self.last_commit.labels(table).set(at_s)
+
+    def publish_lag(self, rows: Iterable[PartitionLag]) -> None:
+        """Set both lag gauges for the partitions this worker owns; drop the partitions it no longer owns."""
+        seen = set()
+        for row in rows:
+            labels = (row.topic, str(row.partition))
+            seen.add(labels)
+            self.consumer_lag.labels(*labels).set(row.consumer_lag)
+            self.lake_lag.labels(*labels).set(row.lake_lag)
+        for labels in self._lag_labels - seen:
+            self.consumer_lag.remove(*labels)
+            self.lake_lag.remove(*labels)
+        self._lag_labels = seen
+
+
+class CommitAgeCollector(Collector):
+    """``k2_iceberg_last_commit_age_seconds``: now minus the last-commit timestamp, per table, at scrape time.
+
+    Tables that never committed have no timestamp and so no age (alert on buffered rows
+    without a commit for those).
+    """
+
+    NAME = "k2_iceberg_last_commit_age_seconds"
+    HELP = "Seconds since the last successful Iceberg commit per table, computed when scraped."
+
+    def __init__(self, last_commit: Gauge, clock: Callable[[], float] = time.time) -> None:
+        self._last_commit = last_commit
+        self._clock = clock
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["table"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["table"])
+        now = self._clock()
+        for metric in self._last_commit.collect():
+            for sample in metric.samples:
+                family.add_metric([sample.labels["table"]], max(0.0, now - sample.value))
+        yield family

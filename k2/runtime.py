@@ -20,11 +20,13 @@ from k2.catalog import load_k2_catalog
 from k2.ingest.classify import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, evolve_for
 from k2.lake.records import RejectRecord
-from k2.lake.schemas import COMPANIES, QUOTES, TRADES
+from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TRADES
+from k2.lake.status import TableStatus, table_status
 from k2.lake.tables import ensure_tables
 from k2.lake.writer import IcebergWriter, default_worker_id
 from k2.metrics import K2Metrics
 from k2.models import Reject
+from k2.observe.lag import merge_marks
 from k2.settings import Settings
 from k2.sink.flusher import Flusher, FlushReport, SourceBuffer
 from k2.validation import validate_quote, validate_reference, validate_trade
@@ -66,8 +68,13 @@ class Runtime:
         self.flusher = Flusher(
             [SourceBuffer(s.topic, s.table_name, self.stores[s.topic]) for s in self.sources], self.writer, metrics
         )
+        metrics.init_labels([s.topic for s in self.sources], [*(s.table_name for s in self.sources), REJECTS])
         self.flush_pending = False
         self.flushed = asyncio.Event()
+        #: The last offset landed in the lake per source partition: read from the tables at
+        #: start, then moved forward by every commit (for lake lag without catalog reads).
+        self.lake_marks: dict[tuple[str, int], int] = {}
+        self.lake_ready = False
 
     # -- lazily built I/O ------------------------------------------------------------------
 
@@ -88,8 +95,26 @@ class Runtime:
         return self._registry
 
     async def start(self) -> None:
-        """Load the catalog and make sure every table exists, off the event loop."""
+        """Load the catalog, make sure every table exists and read how far each got, off the event loop."""
         await asyncio.to_thread(self.writer)
+        await self.reload_lake_marks()
+        self.lake_ready = True
+
+    def table_statuses(self) -> list[TableStatus]:
+        """Snapshot, commit time, rows and offsets of every table (blocking: catalog reads)."""
+        return table_status(self.writer().catalog)
+
+    async def reload_lake_marks(self) -> None:
+        """Read the offsets every table records (e.g. after partitions moved here from another worker).
+
+        Also seeds the last-commit timestamp per table, so the commit age after a restart
+        is the age of the lake's newest snapshot, not unknown.
+        """
+        statuses = await asyncio.to_thread(self.table_statuses)
+        for st in statuses:
+            merge_marks(self.lake_marks, st.offsets)
+            if st.committed_at_ms is not None:
+                self.metrics.record_commit(st.name, st.committed_at_ms / 1000)
 
     def _evolve(self, table_name: str, writer_schema: WriterSchema) -> bool:
         writer = self.writer()
@@ -113,7 +138,7 @@ class Runtime:
     ) -> None:
         """Process one micro-batch, then trigger a flush (and wait for it) when buffers are full."""
         await self.processor(topic).process(records)
-        buffered = sum(self.flusher.buffered_rows().values())
+        buffered = sum(self.flusher.publish_buffered_rows().values())
         limit = self.settings.flush_max_rows
         if buffered >= limit:
             if not self.flush_pending:
@@ -132,6 +157,8 @@ class Runtime:
                 report = FlushReport(skipped="partitions are being recovered")
                 return report
             report = await self.flusher.flush(owned)
+            for result in report.results:
+                merge_marks(self.lake_marks, result.offsets)
             if report.results:
                 log.info(
                     "flush: %s",

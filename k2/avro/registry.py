@@ -202,6 +202,11 @@ class WriterSchemaCache:
         """Close the HTTP session of the underlying client."""
         await self._client.aclose()
 
+    async def ping(self) -> str:
+        """Ask the registry for its subjects (a readiness probe); raises :class:`RegistryUnavailable` if it is down."""
+        subjects = await _call_async("listing subjects", self._client.get_subjects())
+        return f"{len(subjects)} subject(s)"
+
     async def writer_schema(self, schema_id: int) -> WriterSchema:
         """The writer schema registered with ``schema_id``.
 

@@ -105,7 +105,7 @@ class Flusher:
                 self._forget(batch)
                 report.results.append(result)
                 self._count(result)
-            self._update_gauges()
+            self.publish_buffered_rows()
             return report
 
     def _commit(self, batch: TableBatch) -> CommitResult:
@@ -129,8 +129,11 @@ class Flusher:
         self.metrics.rows_skipped.labels(table).inc(result.rows_dropped)
         if result.snapshot_id is not None:
             self.metrics.commit_duration.labels(table).observe(result.duration_s)
-            self.metrics.last_commit.labels(table).set(self.clock())
+            self.metrics.record_commit(table, self.clock())
 
-    def _update_gauges(self) -> None:
-        for table, rows in self.buffered_rows().items():
-            self.metrics.buffered_rows.labels(table).set(rows)
+    def publish_buffered_rows(self) -> dict[str, int]:
+        """Set the buffered-rows gauge per table (after each micro-batch and each flush); returns the counts."""
+        rows = self.buffered_rows()
+        for table, count in rows.items():
+            self.metrics.buffered_rows.labels(table).set(count)
+        return rows

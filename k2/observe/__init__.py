@@ -1,0 +1,1 @@
+"""Observability as pure functions: lag arithmetic, readiness checks, table summaries."""

@@ -1,0 +1,209 @@
+"""The pure parts behind the web views: lag arithmetic and its table, readiness, table summaries, queries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from k2.lake.status import TableStatus
+from k2.observe.lag import PartitionLag, format_lag_table, lag_payload, merge_marks, partition_lags
+from k2.observe.probes import Cached, Check, assignment_check, probe, readiness, recovery_check
+from k2.observe.tables import offsets_json, tables_payload
+from k2.web.query import parse_query
+
+T = "market.trades.raw"
+Q = "market.quotes.raw"
+
+
+# -- lag --------------------------------------------------------------------------------------------
+
+
+def test_partition_lags_follow_kafka_offset_conventions() -> None:
+    ends = {(T, 1): 100, (T, 0): 40, (Q, 0): 0}
+    committed: dict[tuple[str, int], int | None] = {(T, 0): 40, (T, 1): 70, (Q, 0): None}
+    landed = {(T, 0): 39, (T, 1): 49}
+    rows = partition_lags(ends, committed, landed)
+    assert [(r.topic, r.partition) for r in rows] == [(Q, 0), (T, 0), (T, 1)]
+    assert rows[1] == PartitionLag(T, 0, 40, 40, 39, consumer_lag=0, lake_lag=0)
+    assert rows[2] == PartitionLag(T, 1, 100, 70, 49, consumer_lag=30, lake_lag=50)
+    assert rows[0] == PartitionLag(Q, 0, 0, None, None, consumer_lag=0, lake_lag=0)
+
+
+def test_nothing_committed_or_landed_counts_from_the_start() -> None:
+    [row] = partition_lags({(T, 0): 25}, {}, {})
+    assert (row.committed_offset, row.lake_offset, row.consumer_lag, row.lake_lag) == (None, None, 25, 25)
+
+
+def test_merge_marks_only_moves_forward() -> None:
+    marks = {(T, 0): 10}
+    merge_marks(marks, {(T, 0): 5, (T, 1): 3})
+    merge_marks(marks, {(T, 0): 12})
+    assert marks == {(T, 0): 12, (T, 1): 3}
+
+
+def test_lag_payload_has_partitions_and_totals() -> None:
+    rows = partition_lags({(T, 0): 10, (T, 1): 5}, {(T, 0): 8}, {(T, 0): 2})
+    body = lag_payload(rows)
+    assert body["total"] == {"consumer_lag": 2 + 5, "lake_lag": 7 + 5}
+    assert body["partitions"][0] == {
+        "topic": T,
+        "partition": 0,
+        "end_offset": 10,
+        "committed_offset": 8,
+        "lake_offset": 2,
+        "consumer_lag": 2,
+        "lake_lag": 7,
+    }
+
+
+def test_lag_table_is_aligned_with_a_total() -> None:
+    rows = partition_lags({(T, 0): 12345, (T, 11): 7}, {(T, 0): 12000}, {(T, 0): 11999})
+    assert format_lag_table(rows) == (
+        "topic              partition  end offset  committed  in lake  consumer lag  lake lag\n"
+        "-----------------  ---------  ----------  ---------  -------  ------------  --------\n"
+        "market.trades.raw          0       12345      12000    11999           345       345\n"
+        "market.trades.raw         11           7          -        -             7         7\n"
+        "-----------------  ---------  ----------  ---------  -------  ------------  --------\n"
+        "total                                                                  352       352\n"
+    )
+
+
+def test_lag_table_widens_for_long_values() -> None:
+    rows = partition_lags({("t", 0): 10**12}, {}, {})
+    lines = format_lag_table(rows).splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].split() == ["t", "0", str(10**12), "-", "-", str(10**12), str(10**12)]
+
+
+def test_lag_table_without_partitions_still_has_its_header() -> None:
+    lines = format_lag_table([]).splitlines()
+    assert lines[0].split()[0] == "topic" and lines[-1].split() == ["total", "0", "0"]
+
+
+# -- readiness ----------------------------------------------------------------------------------------
+
+
+def test_ready_only_when_every_check_passes() -> None:
+    ok = [Check("partitions", True, "3"), Check("registry", True, "up")]
+    assert readiness(ok)[0] == 200
+    status, body = readiness([*ok, Check("catalog", False, "timeout")])
+    assert status == 503
+    assert body["ready"] is False and body["failed"] == ["catalog"]
+    assert body["checks"]["catalog"] == {"ok": False, "detail": "timeout"}
+
+
+def test_assignment_and_recovery_checks() -> None:
+    assert assignment_check(0).ok is False and assignment_check(4).ok is True
+    recovering = recovery_check(rebalancing=True, in_recovery=True, completed=True, remaining=42)
+    assert not recovering.ok and "42" in recovering.detail
+    assert not recovery_check(rebalancing=True, in_recovery=False, completed=True, remaining=0).ok
+    assert not recovery_check(rebalancing=False, in_recovery=False, completed=False, remaining=0).ok
+    assert recovery_check(rebalancing=False, in_recovery=False, completed=True, remaining=0).ok
+
+
+async def test_probe_turns_errors_and_timeouts_into_failed_checks() -> None:
+    async def fine() -> str:
+        return "3 subjects"
+
+    async def broken() -> str:
+        raise ConnectionRefusedError("refused")
+
+    async def hung() -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    assert await probe("registry", fine, 1) == Check("registry", True, "3 subjects")
+    failed = await probe("registry", broken, 1)
+    assert not failed.ok and "ConnectionRefusedError" in failed.detail
+    slow = await probe("catalog", hung, 0.05)
+    assert not slow.ok and "0.05s" in slow.detail
+
+
+async def test_cached_reuses_a_result_for_its_ttl_and_shares_one_load() -> None:
+    now = [0.0]
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.01)
+        return loads
+
+    cache = Cached(load, 5.0, clock=lambda: now[0])
+    assert await asyncio.gather(cache.get(), cache.get(), cache.get()) == [1, 1, 1]
+    now[0] = 4.9
+    assert await cache.get() == 1
+    now[0] = 5.0
+    assert await cache.get() == 2
+
+
+async def test_cached_does_not_keep_failures() -> None:
+    calls = 0
+
+    async def load() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("catalog down")
+        return "up"
+
+    cache = Cached(load, 60.0)
+    with pytest.raises(OSError):
+        await cache.get()
+    assert await cache.get() == "up"
+    with pytest.raises(ValueError):
+        Cached(load, -1)
+
+
+# -- tables ------------------------------------------------------------------------------------------
+
+
+def test_tables_payload_shape() -> None:
+    statuses = [
+        TableStatus("market_data.trades", True, 77, 1_000_000, 2243, {(T, 4): 1999, (T, 0): 231}),
+        TableStatus("market_data.rejects", False),
+    ]
+    body = tables_payload(statuses, {"market_data.trades": 5}, now_s=1_010.5)
+    trades, rejects = body["tables"]
+    assert trades == {
+        "table": "market_data.trades",
+        "exists": True,
+        "snapshot_id": 77,
+        "committed_at": "1970-01-01T00:16:40.000+00:00",
+        "commit_age_seconds": 10.5,
+        "rows": 2243,
+        "offsets": {T: {"0": 231, "4": 1999}},
+        "buffered_rows": 5,
+    }
+    assert rejects["exists"] is False and rejects["snapshot_id"] is None and rejects["commit_age_seconds"] is None
+    assert rejects["buffered_rows"] == 0 and rejects["offsets"] == {}
+
+
+def test_offsets_json_groups_by_topic() -> None:
+    assert offsets_json({(Q, 1): 3, (T, 0): 1, (Q, 0): 2}) == {Q: {"0": 2, "1": 3}, T: {"0": 1}}
+
+
+# -- query strings -----------------------------------------------------------------------------------
+
+
+def test_parse_query_accepts_known_parameters() -> None:
+    assert parse_query({}, {"format": ("json", "text")}) == {}
+    assert parse_query({"format": "text"}, {"format": ("json", "text")}) == {"format": "text"}
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([("fmt", "text")], "unknown query parameter 'fmt'"),
+        ([("format", "xml")], "format='xml' is not one of json, text"),
+        ([("format", "json"), ("format", "text")], "more than once"),
+    ],
+)
+def test_parse_query_rejects_bad_parameters(items: list[tuple[str, str]], message: str) -> None:
+    class Multi:
+        def items(self) -> list[tuple[str, str]]:
+            return items
+
+    with pytest.raises(ValueError, match=message):
+        parse_query(Multi(), {"format": ("json", "text")})
