@@ -26,10 +26,10 @@ run: venv stack-up
 	$(K2) tables --wait 120
 	@echo
 	@echo "The sample is in Iceberg. Look at it with:"
-	@echo "  $(K2) tables                                   # rows, commits, offsets, lake lag"
-	@echo "  $(PY) -c \"from k2.catalog import load_k2_catalog; from k2.settings import get_settings; \\"
-	@echo "      print(load_k2_catalog(get_settings()).load_table('market_data.trades').scan(limit=5).to_pandas())\""
-	@echo "  curl -s http://127.0.0.1:6066/performance/     # the worker's own view of lag"
+	@echo "  $(K2) tables                                  # rows, commits, offsets, lake lag"
+	@echo "  $(K2) tables --head market_data.trades -n 5   # the first rows of a table"
+	@echo "  pyiceberg's own CLI and API work too: the catalog is named k2 (see README, Configuration)"
+	@echo "  curl -s http://127.0.0.1:$${K2_WEB_PORT:-6066}/performance/   # the worker's own view of lag"
 	@echo "The worker keeps running (log: var/log/worker.log); stop it with 'make worker-stop',"
 	@echo "and the stack with 'make stack-down'."
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -20,14 +21,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the lake lag to reach zero")
+    p.add_argument("--head", metavar="TABLE", help="also print the first rows of TABLE, e.g. market_data.trades")
+    p.add_argument("-n", "--rows", type=int, default=5, help="rows to print with --head (default 5)")
     p.set_defaults(func=run)
+
+
+def _short(value: object) -> str:
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def run(args: argparse.Namespace) -> int:
     from k2.admin.watermarks import end_offsets
     from k2.catalog import describe_catalog, load_k2_catalog
+    from k2.lake.schemas import TABLES
     from k2.lake.status import lake_lag, table_status
 
+    if args.head is not None and args.head not in TABLES:
+        print(f"k2 tables: no table {args.head!r}; K2's tables are {', '.join(TABLES)}", file=sys.stderr)
+        return 2
     settings = get_settings()
     catalog = load_k2_catalog(settings)
     deadline = time.monotonic() + (args.wait or 0)
@@ -64,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         mark = landed.get((topic, partition))
         print(f"{topic:<26} {partition:>9} {end:>11} {'-' if mark is None else mark:>13} {lag[(topic, partition)]:>9}")
     print(f"\nlake lag: {behind} event(s)")
+    if args.head is not None:
+        rows = catalog.load_table(args.head).scan(limit=args.rows).to_arrow()
+        print(f"\nfirst {rows.num_rows} row(s) of {args.head}:")
+        for row in rows.to_pylist():
+            print("  " + ", ".join(f"{k}={_short(v)}" for k, v in row.items()))
     if args.wait and behind:
         print(f"the lake did not catch up within {args.wait:.0f}s: is the worker running? (see var/log/worker.log)")
         return 1
