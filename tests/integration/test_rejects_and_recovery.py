@@ -25,7 +25,7 @@ from k2.avro.codec import encode, parse_schema
 from k2.avro.registry import lookup_schema_id, registry_client
 from k2.avro.schemas import CONTRACTS
 from k2.models import Reject
-from tests.integration.k2env import BIN, K2Env
+from tests.integration.k2env import BIN, K2Env, Worker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +257,41 @@ def test_new_backward_compatible_schema_adds_a_column_without_restart(env: K2Env
     # Evolved once, not once per batch.
     assert len([s for s in table.metadata.schemas]) == 2
     assert_law(env)
+
+
+def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path: Path) -> None:
+    """Scale-out is the consumer group: a second worker joins mid-stream, then the first dies.
+
+    The survivor restores the dead worker's buffered chunks from their changelogs and lands
+    them; the offsets in Iceberg keep anything from landing twice.
+    """
+    env = new_env(stack, tmp_path, "sqlite", K2_FLUSH_MAX_ROWS="500")
+    try:
+        env.k2("init")
+        first = env.start_worker()
+        replay = subprocess.Popen(
+            [str(BIN / "k2"), "replay", str(SAMPLE), "--loop", "6", "--rate", "3000", "--no-progress"],
+            env=env.env,
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(2)
+        second_env = dict(env.env, K2_WEB_PORT=str(free_port()))
+        second = Worker(second_env, tmp_path / "worker-second.log")
+        env.workers.append(second)
+        second.wait_started()
+        time.sleep(3)
+        first.crash()
+        assert replay.wait(300) == 0
+        env.wait_landed(timeout_s=180)
+        catalog = env.catalog()
+        assert catalog.load_table("market_data.trades").scan().to_arrow().num_rows == 6 * 2243
+        assert catalog.load_table("market_data.quotes").scan().to_arrow().num_rows == 6 * 2609
+        assert_law(env)
+        workers = {
+            snap.summary.additional_properties.get("k2.worker-id")
+            for snap in catalog.load_table("market_data.trades").snapshots()
+            if snap.summary is not None
+        }
+        assert len(workers - {None}) == 2, f"both workers should have committed: {workers}"
+    finally:
+        env.close()
