@@ -4,6 +4,7 @@
 # The local stack needs no Docker: see deploy/local/stack.py.
 #   make stack-up PROFILE=rest             (profiles: rest, prometheus; comma separated)
 #   make stack-down [PURGE=1]              (PURGE=1 also deletes the stack's data under var/)
+#   make system-deps                        (Debian's prometheus: promtool and a server, for the tests)
 
 PYTHON3 ?= python3
 VENV ?= .venv
@@ -14,26 +15,42 @@ STACK := $(PYTHON3) deploy/local/stack.py
 STACK_PROFILES := $(if $(strip $(PROFILE)),--profile "$(strip $(PROFILE))")
 SAMPLE ?= data/sample
 PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+comma := ,
+# `make run` adds the prometheus profile when Debian's prometheus is installed.
+HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
+RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test venv lint worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
-run: venv stack-up
+run: venv
+	$(MAKE) --no-print-directory stack-up PROFILE="$(RUN_PROFILE)"
 	$(K2) init
 	$(MAKE) --no-print-directory worker
 	$(K2) replay $(SAMPLE)
 	$(K2) tables --wait 120
 	@echo
+ifeq ($(HAVE_PROMETHEUS),yes)
+	$(PYTHON3) deploy/local/scrape.py
+else
+	@echo "Prometheus is not installed, so there is no scrape to show: 'make system-deps' installs"
+	@echo "Debian's prometheus package; 'make run' then starts it with the stack (profile prometheus)."
+endif
+	@echo
 	@echo "The sample is in Iceberg. Look at it with:"
 	@echo "  $(K2) tables                                  # rows, commits, offsets, lake lag"
 	@echo "  $(K2) tables --head market_data.trades -n 5   # the first rows of a table"
 	@echo "  pyiceberg's own CLI and API work too: the catalog is named k2 (see README, Configuration)"
-	@echo "  curl -s http://127.0.0.1:$${K2_WEB_PORT:-6066}/performance/   # the worker's own view of lag"
+	@echo "  curl -s 'http://127.0.0.1:$${K2_WEB_PORT:-6066}/k2/lag?format=text'   # consumer and lake lag per partition"
+	@echo "  curl -s http://127.0.0.1:$${K2_WEB_PORT:-6066}/k2/tables   # snapshots, commit ages, buffered rows"
+	@echo "  curl -s http://127.0.0.1:$${K2_WEB_PORT:-6066}/metrics     # what Prometheus scrapes"
+	@echo "  curl -s http://127.0.0.1:$${K2_WEB_PORT:-6066}/performance/   # faust's own view of lag"
 	@echo "The worker keeps running (log: var/log/worker.log); stop it with 'make worker-stop',"
 	@echo "and the stack with 'make stack-down'."
 
-test: venv
+test: venv system-deps
 	$(STACK) up --profile rest
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
@@ -49,6 +66,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
+
+# promtool checks the Prometheus configs, rules and exposition, and the integration tests run
+# a real Prometheus server: Debian's package, installed only when either tool is missing.
+system-deps:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; else \
+	  echo "installing Debian's prometheus package (promtool, prometheus) for the tests"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check k2 tests deploy bench

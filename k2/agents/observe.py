@@ -21,8 +21,9 @@ __all__ = ["committed_offsets", "current_lag", "source_partitions"]
 
 log = logging.getLogger(__name__)
 
-#: Lag changes at most once per flush; refreshing more often than that only costs requests.
-LAG_REFRESH_S = min(5.0, settings.flush_interval_s)
+#: Lag changes at most once per flush: refreshing more often only costs requests (and not
+#: under 2 s, since a refresh after a rebalance reads every table's offsets from the catalog).
+LAG_REFRESH_S = min(5.0, max(2.0, settings.flush_interval_s))
 
 _seen: set[TopicPartition] = set()
 

@@ -74,16 +74,24 @@ async def probe(name: str, call: Callable[[], Awaitable[str]], timeout_s: float)
 class Cached(Generic[T]):
     """The result of an async loader, reused for ``ttl_s`` seconds; concurrent callers share one load.
 
-    A loader that raises is not cached: the next caller tries again.
+    A loader that raises is not cached, nor a result ``keep`` refuses (e.g. a failed
+    check: a dependency that comes back should make the worker ready at once, not after
+    the TTL): the next caller tries again.
     """
 
     def __init__(
-        self, load: Callable[[], Awaitable[T]], ttl_s: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        load: Callable[[], Awaitable[T]],
+        ttl_s: float,
+        *,
+        keep: Callable[[T], bool] = lambda _: True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl_s < 0:
             raise ValueError("ttl_s must not be negative")
         self._load = load
         self.ttl_s = ttl_s
+        self._keep = keep
         self._clock = clock
         self._value: T | None = None
         self._at: float | None = None
@@ -95,5 +103,8 @@ class Cached(Generic[T]):
             if self._at is not None and now - self._at < self.ttl_s:
                 return self._value  # type: ignore[return-value]
             value = await self._load()
-            self._value, self._at = value, self._clock()
+            if self._keep(value):
+                self._value, self._at = value, self._clock()
+            else:
+                self._value, self._at = None, None
             return value

@@ -119,8 +119,6 @@ async def _catalog() -> str:
         namespaces = catalog.list_namespaces()
         return f"{describe_catalog(catalog)}: {len(namespaces)} namespace(s)"
 
-    if not runtime.lake_ready:
-        raise RuntimeError("tables not loaded yet (the worker is starting)")
     return await asyncio.to_thread(call)
 
 
@@ -132,8 +130,15 @@ async def _registry_check() -> Check:
     return await probe("registry", runtime.registry.ping, PROBE_TIMEOUT_S)
 
 
-_catalog_probe = Cached(_catalog_check, PROBE_TTL_S)
-_registry_probe = Cached(_registry_check, PROBE_TTL_S)
+# Remote probes are cached while they pass; a failure is probed again on the next request.
+_catalog_probe = Cached(_catalog_check, PROBE_TTL_S, keep=lambda c: c.ok)
+_registry_probe = Cached(_registry_check, PROBE_TTL_S, keep=lambda c: c.ok)
+
+
+async def _lake_check() -> Check:
+    if not runtime.lake_ready:
+        return Check("catalog", False, "tables not loaded yet (the worker is starting)")
+    return await _catalog_probe.get()
 
 
 @blueprint.route("/ready", name="ready")
@@ -150,7 +155,7 @@ class ReadyView(K2View):
                 completed=recovery.completed.is_set(),
                 remaining=recovery.active_remaining_total(),
             ),
-            *await asyncio.gather(_catalog_probe.get(), _registry_probe.get()),
+            *await asyncio.gather(_lake_check(), _registry_probe.get()),
         ]
         status, body = readiness(checks)
         return self.json(body, status=status)

@@ -128,10 +128,12 @@ class K2Env:
             raise AssertionError(f"k2 {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def start_worker(self) -> Worker:
+    def start_worker(self, *, wait: bool = True) -> Worker:
+        """Start a worker; with ``wait=False`` return at once (to watch it come up)."""
         worker = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
-        worker.wait_started()
+        if wait:
+            worker.wait_started()
         return worker
 
     def catalog(self) -> Catalog:

@@ -156,6 +156,18 @@ async def test_cached_does_not_keep_failures() -> None:
         Cached(load, -1)
 
 
+async def test_cached_keeps_only_what_keep_accepts() -> None:
+    answers = iter([Check("catalog", False, "down"), Check("catalog", True, "up"), Check("catalog", False, "x")])
+
+    async def load() -> Check:
+        return next(answers)
+
+    cache = Cached(load, 60.0, keep=lambda c: c.ok)
+    assert not (await cache.get()).ok  # a failure is not kept...
+    assert (await cache.get()).ok  # ...so the recovery shows at once
+    assert (await cache.get()).detail == "up"  # and a success is kept for the TTL
+
+
 # -- tables ------------------------------------------------------------------------------------------
 
 
