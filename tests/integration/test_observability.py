@@ -326,10 +326,13 @@ def test_every_dashboard_and_alert_expression_runs_on_prometheus(run: Run) -> No
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "k2.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     exprs = [re.sub(r'(job|instance)=~"\$\w+"', r'\1=~".*"', e) for e in exprs]
-    returned = 0
+    # Every query must be accepted; those over gauges must show data for a worker that just
+    # landed the sample (rates and ratios may be empty, depending on where the 1-5 min windows fall).
+    gauges = ("up{", "k2_lake_lag{", "k2_consumer_lag{", "k2_buffered_rows{", "k2_iceberg_last_commit_age_seconds{")
     for expr in exprs:
-        returned += bool(run.prom.query(expr))  # raises on a query Prometheus rejects
-    assert returned >= len(exprs) - 3, "most panels should show data for a worker that just landed the sample"
+        result = run.prom.query(expr)  # raises on a query Prometheus rejects
+        if "rate(" not in expr and any(g in expr for g in gauges):
+            assert result, f"no data for {expr}"
     rules = run.prom.api("rules")
     loaded = [r for g in rules["groups"] for r in g["rules"]]
     assert len(loaded) == 7 and all(r["health"] == "ok" for r in loaded), loaded
