@@ -9,7 +9,7 @@ per-record work is a header split, one fastavro read and a few comparisons.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -17,7 +17,16 @@ from k2.avro.codec import decode, split_frame
 from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UndecodableError
 from k2.lake.records import BufferedEvent, RejectRecord
 
-__all__ = ["BatchOutcome", "RawRecord", "Resolution", "ResolvedSchema", "Validator", "classify", "schema_ids"]
+__all__ = [
+    "BatchOutcome",
+    "RawRecord",
+    "Resolution",
+    "ResolvedSchema",
+    "Validator",
+    "classify",
+    "in_offset_order",
+    "schema_ids",
+]
 
 
 class RawRecord(NamedTuple):
@@ -66,6 +75,30 @@ def schema_ids(records: Iterable[RawRecord]) -> set[int]:
         if v is not None and len(v) >= 5 and v[0] == 0:
             ids.add(int.from_bytes(v[1:5], "big"))
     return ids
+
+
+def in_offset_order(records: Sequence[RawRecord]) -> Sequence[RawRecord]:
+    """``records`` with each (partition, offset) once and each partition's records in offset order.
+
+    Everything downstream assumes a batch is a run of offsets per partition (a chunk's key
+    names its first and last offset; the flush de-duplicates overlapping chunks, not the
+    rows of one chunk). faust breaks that after a rebalance: it seeks back to the committed
+    offsets while newer messages are still buffered, and hands over both, so a batch may
+    go 7531, ..., 6866, ..., and repeat messages. The usual batch (offsets rising per
+    partition) costs one dict lookup per record and is returned as is; otherwise the first
+    occurrence of each position is kept and the batch sorted by (partition, offset).
+    """
+    last: dict[int, int] = {}
+    for rec in records:
+        if rec.offset <= last.get(rec.partition, -1):
+            break
+        last[rec.partition] = rec.offset
+    else:
+        return records
+    unique: dict[tuple[int, int], RawRecord] = {}
+    for rec in records:
+        unique.setdefault((rec.partition, rec.offset), rec)
+    return [unique[position] for position in sorted(unique)]
 
 
 def _detail(problem: DecodeError) -> str:

@@ -21,7 +21,7 @@ from k2.avro.registry import WriterSchema, WriterSchemaCache
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import DecodeError, RegistryUnavailable
-from k2.ingest.classify import RawRecord, Resolution, Validator, classify, schema_ids
+from k2.ingest.classify import RawRecord, Resolution, Validator, classify, in_offset_order, schema_ids
 from k2.lake.arrow import companies_to_arrow, events_to_arrow, rejects_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import RejectRecord
@@ -107,6 +107,14 @@ class IngressProcessor:
     async def process(self, records: Sequence[RawRecord]) -> int:
         """Classify and buffer a batch; returns the number of rows buffered for the market table."""
         topic = self.source.topic
+        ordered = in_offset_order(records)
+        if ordered is not records:
+            log.warning(
+                "%s: a batch out of offset order (after a rebalance): %d repeated message(s) dropped, the rest sorted",
+                topic,
+                len(records) - len(ordered),
+            )
+            records = ordered
         self.metrics.events_consumed.labels(topic).inc(len(records))
         resolved = await self.resolve(schema_ids(records))
         now_ms = int(self.clock() * 1000)

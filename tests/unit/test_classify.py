@@ -12,7 +12,7 @@ import pytest
 from k2.avro.codec import encode, parse_schema
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
-from k2.ingest.classify import RawRecord, Resolution, classify, schema_ids
+from k2.ingest.classify import RawRecord, Resolution, classify, in_offset_order, schema_ids
 from k2.validation import validate_quote, validate_trade
 from tests.unit.lake_helpers import T0, quote, trade
 
@@ -136,3 +136,17 @@ def test_newer_writer_schema_with_extra_field_decodes() -> None:
 def test_order_is_preserved(n: int) -> None:
     out = run([good(i, sequence_number=i) for i in range(n)])
     assert [e.record["sequence_number"] for e in out.accepted] == list(range(n))
+
+
+def test_in_offset_order_after_a_rebalance_seek_back() -> None:
+    usual = [raw(5, b"a"), raw(6, b"b"), raw(5, b"c", partition=1)]
+    assert in_offset_order(usual) is usual  # the usual batch: untouched, no copy
+    # Newer buffered messages first, then the same partition again from the committed offset.
+    seek_back = [raw(7, b"n7"), raw(8, b"n8"), raw(2, b"o2", partition=1), raw(5, b"o5"), raw(6, b"o6"), raw(7, b"x")]
+    assert [(r.partition, r.offset, r.value) for r in in_offset_order(seek_back)] == [
+        (0, 5, b"o5"),
+        (0, 6, b"o6"),
+        (0, 7, b"n7"),  # the first copy of a repeated position is kept
+        (0, 8, b"n8"),
+        (1, 2, b"o2"),
+    ]
