@@ -112,6 +112,42 @@ class K2Metrics:
         )
         self._lag_labels: set[tuple[str, str]] = set()
         self._last_commit_s: dict[str, float] = {}
+        # Market-data guarantees: sequence tracking and reference data (k2.sequence, k2.reference).
+        self.sequence_events = Counter(
+            "k2_sequence_events_total",
+            "Trades and quotes by what sequence tracking found: first, in_order, gap, out_of_order, reset, "
+            "duplicate, conflict; untracked (no sequence number); redelivered (re-consumed after a restart, "
+            "decided before); unresolved (re-delivered beyond the decision log).",
+            ["topic", "outcome"],
+            registry=registry,
+        )
+        self.sequence_gaps = Counter(
+            "k2_sequence_gaps_total",
+            "Gaps in sequence numbers, by severity (small: fewer than 10 numbers missing; large: 10 or more).",
+            ["topic", "severity"],
+            registry=registry,
+        )
+        self.sequence_missing = Counter(
+            "k2_sequence_missing_total",
+            "Sequence numbers missing in the gaps found, by gap severity.",
+            ["topic", "severity"],
+            registry=registry,
+        )
+        self.unknown_instruments = Counter(
+            "k2_unknown_instrument_events_total",
+            "Trades and quotes whose symbol the reference data does not know (landed, not rejected).",
+            ["topic", "symbol"],
+            registry=registry,
+        )
+        self.instrument_mismatches = Counter(
+            "k2_instrument_mismatch_events_total",
+            "Trades and quotes whose company_id contradicts the reference data for their symbol (landed).",
+            ["topic", "symbol"],
+            registry=registry,
+        )
+        self.reference_companies = Gauge(
+            "k2_reference_companies", "Companies in the reference-data table held by this worker.", registry=registry
+        )
 
     def init_labels(self, topics: Iterable[str], tables: Iterable[str]) -> None:
         """Export 0 for every known topic and table from the start.

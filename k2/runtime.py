@@ -18,7 +18,7 @@ from k2.avro.schemas import subject_for_topic
 from k2.buffer.store import ChunkStore
 from k2.catalog import load_k2_catalog
 from k2.ingest.classify import RawRecord
-from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, evolve_for
+from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, Stage, evolve_for
 from k2.lake.records import RejectRecord
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TRADES
 from k2.lake.status import TableStatus, table_status
@@ -65,6 +65,7 @@ class Runtime:
         self.lake = LakeSchemas(lambda table: self.writer().arrow_schema(table), self._evolve)
         self._send_reject = send_reject
         self._processors: dict[str, IngressProcessor] = {}
+        self._stages: dict[str, list[Stage]] = {}
         self.flusher = Flusher(
             [SourceBuffer(s.topic, s.table_name, self.stores[s.topic]) for s in self.sources], self.writer, metrics
         )
@@ -123,12 +124,25 @@ class Runtime:
 
     # -- the stream ------------------------------------------------------------------------
 
+    def add_stage(self, topic: str, stage: Stage) -> None:
+        """Run ``stage`` on every batch of ``topic``, after the core checks (call before the worker starts)."""
+        if topic in self._processors:
+            raise RuntimeError(f"{topic} is already being processed: add stages before the worker starts")
+        self._stages.setdefault(topic, []).append(stage)
+
     def processor(self, topic: str) -> IngressProcessor:
         proc = self._processors.get(topic)
         if proc is None:
             source = next(s for s in self.sources if s.topic == topic)
             proc = IngressProcessor(
-                source, self.stores[topic], self.registry, self.lake, self._send_reject, self.metrics, self.worker_id
+                source,
+                self.stores[topic],
+                self.registry,
+                self.lake,
+                self._send_reject,
+                self.metrics,
+                self.worker_id,
+                stages=self._stages.get(topic, ()),
             )
             self._processors[topic] = proc
         return proc

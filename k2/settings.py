@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     stream_buffer_maxsize: int = Field(20000, ge=1, description="Events Faust buffers per partition before pausing.")
     worker_id: str | None = Field(None, description="Identifier written into Iceberg commits; defaults to host:pid.")
 
+    # Market-data guarantees
+    dedup_window: int = Field(
+        1000,
+        ge=1,
+        description="Sequence numbers per (exchange, symbol) kept to recognise duplicates (the last N); "
+        "also how many gap/duplicate decisions per key a re-delivery after a crash can find again.",
+    )
+
     @property
     def source_topics(self) -> tuple[str, str, str]:
         return (self.trades_topic, self.quotes_topic, self.reference_topic)

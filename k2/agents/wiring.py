@@ -31,14 +31,13 @@ reference_topic = _raw_topic(settings.reference_topic)
 rejects_topic = _raw_topic(settings.rejects_topic)
 
 
+def bytes_table(name: str, partitions: int, help: str) -> Any:
+    """A changelog-backed table of raw bytes by string key, with as many partitions as its source topic."""
+    return app.Table(name, key_type=str, value_type=bytes, partitions=partitions, help=help)
+
+
 def _buffer_table(source: str, partitions: int) -> Any:
-    return app.Table(
-        f"buffer-{source}",
-        key_type=str,
-        value_type=bytes,
-        partitions=partitions,
-        help=f"Arrow chunks of {source} not yet committed to Iceberg.",
-    )
+    return bytes_table(f"buffer-{source}", partitions, f"Arrow chunks of {source} not yet committed to Iceberg.")
 
 
 buffers = {

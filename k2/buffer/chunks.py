@@ -6,8 +6,10 @@ says everything the flusher needs without opening it::
 
     <kind>:<partition>:<first_offset>:<last_offset>:<rows>
 
-where ``kind`` is ``rows`` (accepted events, bound for the topic's market table) or
-``rejects`` (refused events, bound for ``market_data.rejects``).
+where ``kind`` is ``rows`` (accepted events, bound for the topic's market table),
+``rejects`` (refused events, bound for ``market_data.rejects``) or ``gaps`` (sequence
+gaps, bound for ``market_data.sequence_gaps``, keyed by the offsets of the events that
+revealed them).
 
 Keying by offsets means a chunk rebuilt from the same events after a crash lands on the
 same key and overwrites instead of duplicating (the idea of Quix Streams' file sinks),
@@ -20,11 +22,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["KINDS", "REJECTS", "ROWS", "ChunkKey", "from_ipc", "to_ipc"]
+__all__ = ["GAPS", "KINDS", "REJECTS", "ROWS", "ChunkKey", "from_ipc", "to_ipc"]
 
 ROWS = "rows"
 REJECTS = "rejects"
-KINDS = frozenset({ROWS, REJECTS})
+GAPS = "gaps"
+KINDS = frozenset({ROWS, REJECTS, GAPS})
 
 
 @dataclass(frozen=True, order=True)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -21,7 +21,15 @@ from k2.avro.registry import WriterSchema, WriterSchemaCache
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import DecodeError, RegistryUnavailable
-from k2.ingest.classify import RawRecord, Resolution, Validator, classify, in_offset_order, schema_ids
+from k2.ingest.classify import (
+    BatchOutcome,
+    RawRecord,
+    Resolution,
+    Validator,
+    classify,
+    in_offset_order,
+    schema_ids,
+)
 from k2.lake.arrow import companies_to_arrow, events_to_arrow, rejects_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import RejectRecord
@@ -29,7 +37,7 @@ from k2.lake.schemas import COMPANIES
 from k2.metrics import K2Metrics
 from k2.models import Reject
 
-__all__ = ["IngressProcessor", "Source"]
+__all__ = ["IngressProcessor", "Source", "Stage"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,19 @@ class LakeSchemas:
             self._evolved.add(key)
 
 
+class Stage(Protocol):
+    """A step between :func:`classify` and buffering, for rules that need state (sequence numbers, reference data).
+
+    It may move events from ``outcome.accepted`` to ``outcome.rejected`` (keeping each in
+    consumption order) and returns extra chunks to buffer. It runs inside the agent's
+    stream iteration, before the batch is acked, so it may write to Faust tables.
+    """
+
+    def __call__(
+        self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
+    ) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
+
+
 def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
     """Iceberg fields a writer schema has and the table lacks (pure; see :mod:`k2.lake.evolution`)."""
     return new_optional_fields(json.loads(writer_schema.schema_str), table_schema)
@@ -92,6 +113,7 @@ class IngressProcessor:
         *,
         clock: Callable[[], float] = time.time,
         max_retry_delay_s: float = 10.0,
+        stages: Sequence[Stage] = (),
     ) -> None:
         self.source = source
         self.store = store
@@ -102,6 +124,7 @@ class IngressProcessor:
         self.worker_id = worker_id
         self.clock = clock
         self.max_retry_delay_s = max_retry_delay_s
+        self.stages = tuple(stages)
         self._ids_seen: set[int] = set()
 
     async def process(self, records: Sequence[RawRecord]) -> int:
@@ -119,6 +142,9 @@ class IngressProcessor:
         resolved = await self.resolve(schema_ids(records))
         now_ms = int(self.clock() * 1000)
         outcome = classify(topic, records, resolved, self.source.validate, now_ms, self.worker_id)
+        for stage in self.stages:
+            for key, chunk in stage(records, outcome, now_ms):
+                self.store.put(key, chunk)
         if outcome.accepted_schema_ids - self._ids_seen:
             await self._on_new_schemas(outcome.accepted_schema_ids - self._ids_seen, resolved)
         if outcome.accepted:

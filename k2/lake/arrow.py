@@ -24,14 +24,15 @@ import pyarrow.compute as pc
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table.sorting import NullOrder, SortDirection
 
-from k2.lake.records import BufferedEvent, RejectRecord
-from k2.lake.schemas import COMPANIES, REJECTS, TABLES, TableDef
+from k2.lake.records import BufferedEvent, GapRecord, RejectRecord
+from k2.lake.schemas import COMPANIES, REJECTS, SEQUENCE_GAPS, TABLES, TableDef
 
 __all__ = [
     "arrow_schema",
     "column_to_arrow",
     "companies_to_arrow",
     "events_to_arrow",
+    "gaps_to_arrow",
     "keep_last",
     "rejects_to_arrow",
     "sort_for_table",
@@ -179,22 +180,32 @@ def companies_to_arrow(
     return _build(COMPANIES, column, schema)
 
 
-def rejects_to_arrow(rejects: Sequence[RejectRecord], schema: pa.Schema | None = None) -> pa.Table:
-    """Rejected records as rows of ``market_data.rejects``, raw key and value bytes kept."""
-    names = {
-        "source_topic": "topic",
-        "source_partition": "partition",
-        "source_offset": "offset",
-    }
+_SOURCE_NAMES = {"source_topic": "topic", "source_partition": "partition", "source_offset": "offset"}
+
+
+def _tuples_to_arrow(
+    table_name: str, fields: tuple[str, ...], rows: Sequence[tuple[Any, ...]], schema: pa.Schema | None
+) -> pa.Table:
+    """Named tuples with ``fields`` as rows of ``table_name``; ``source_*`` columns read topic, partition, offset."""
 
     def column(name: str) -> list[Any]:
-        attr = names.get(name, name)
-        if attr not in RejectRecord._fields:
-            return [None] * len(rejects)
-        index = RejectRecord._fields.index(attr)
-        return [r[index] for r in rejects]
+        attr = _SOURCE_NAMES.get(name, name)
+        if attr not in fields:
+            return [None] * len(rows)
+        index = fields.index(attr)
+        return [r[index] for r in rows]
 
-    return _build(REJECTS, column, schema)
+    return _build(table_name, column, schema)
+
+
+def rejects_to_arrow(rejects: Sequence[RejectRecord], schema: pa.Schema | None = None) -> pa.Table:
+    """Rejected records as rows of ``market_data.rejects``, raw key and value bytes kept."""
+    return _tuples_to_arrow(REJECTS, RejectRecord._fields, rejects, schema)
+
+
+def gaps_to_arrow(gaps: Sequence[GapRecord], schema: pa.Schema | None = None) -> pa.Table:
+    """Sequence gaps as rows of ``market_data.sequence_gaps``."""
+    return _tuples_to_arrow(SEQUENCE_GAPS, GapRecord._fields, gaps, schema)
 
 
 def keep_last(batch: pa.Table, keys: Sequence[str]) -> pa.Table:

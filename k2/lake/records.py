@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["BufferedEvent", "HasPosition", "RejectRecord", "TopicPartition"]
+__all__ = ["BufferedEvent", "GapRecord", "HasPosition", "RejectRecord", "TopicPartition"]
 
 TopicPartition = tuple[str, int]
 """A Kafka ``(topic, partition)``; the key of every offset map in :mod:`k2.lake.offsets`."""
@@ -55,3 +55,25 @@ class RejectRecord(NamedTuple):
     key: bytes | None = None
     value: bytes | None = None
     worker_id: str | None = None
+
+
+class GapRecord(NamedTuple):
+    """A gap in a feed's sequence numbers, found at the event that revealed it (its Kafka position).
+
+    Keyed by that event's position, so a gap found again after a crash (the same event
+    re-delivered) is the same row, and the lake's offset marks drop it if it landed.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    exchange: str
+    symbol: str
+    expected: int
+    """The first missing sequence number (the last one seen, plus one)."""
+    received: int
+    missing: int
+    severity: str
+    event_time: int | datetime
+    """Exchange time of the revealing event: epoch milliseconds or an aware datetime."""
+    detected_at: int | datetime

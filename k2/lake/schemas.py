@@ -1,4 +1,4 @@
-"""The four Iceberg tables K2 lands into: names, schemas, partitioning, sort orders.
+"""The Iceberg tables K2 lands into: names, schemas, partitioning, sort orders.
 
 Pure spec objects (no catalog, no I/O). Field ids are explicit and numbered in
 schema order, which is also what ``Catalog.create_table`` assigns, so the ids here
@@ -49,6 +49,8 @@ __all__ = [
     "REJECTS",
     "REJECTS_SCHEMA",
     "REQUIRED_PROPERTIES",
+    "SEQUENCE_GAPS",
+    "SEQUENCE_GAPS_SCHEMA",
     "TABLES",
     "TABLE_PROPERTIES",
     "TRADES",
@@ -66,6 +68,7 @@ TRADES = f"{MARKET_DATA}.trades"
 QUOTES = f"{MARKET_DATA}.quotes"
 REJECTS = f"{MARKET_DATA}.rejects"
 COMPANIES = f"{REFERENCE_DATA}.companies"
+SEQUENCE_GAPS = f"{MARKET_DATA}.sequence_gaps"
 
 REQUIRED_PROPERTIES: Mapping[str, str] = {
     # pyiceberg (>= 0.10) retries a conflicting commit by itself, rebasing the same rows
@@ -149,6 +152,20 @@ REJECTS_SCHEMA = Schema(
     NestedField(10, "worker_id", StringType(), required=False, doc="Worker that rejected the record."),
 )
 
+SEQUENCE_GAPS_SCHEMA = Schema(
+    NestedField(1, "source_topic", StringType(), required=True, doc="Topic of the event that revealed the gap."),
+    NestedField(2, "source_partition", IntegerType(), required=True),
+    NestedField(3, "source_offset", LongType(), required=True, doc="Offset of the revealing event (exactly-once key)."),
+    NestedField(4, "exchange", StringType(), required=True),
+    NestedField(5, "symbol", StringType(), required=True),
+    NestedField(6, "expected", LongType(), required=True, doc="First missing sequence number."),
+    NestedField(7, "received", LongType(), required=True, doc="Sequence number that arrived instead."),
+    NestedField(8, "missing", LongType(), required=True, doc="How many numbers are missing: received - expected."),
+    NestedField(9, "severity", StringType(), required=True, doc="small (fewer than 10 missing) or large."),
+    NestedField(10, "event_time", TimestamptzType(), required=True, doc="Exchange time of the revealing event."),
+    NestedField(11, "detected_at", TimestamptzType(), required=True, doc="When K2 found the gap."),
+)
+
 
 def _by_time(schema: Schema, time_column: str, *then: str) -> tuple[PartitionSpec, SortOrder]:
     """Day partitions on ``time_column``; sorted by it, then ``then``, ascending, nulls last."""
@@ -185,6 +202,8 @@ class SourcePosition:
 
 KAFKA_POSITION = SourcePosition("kafka_partition", "kafka_offset")
 REJECT_POSITION = SourcePosition("source_partition", "source_offset", topic_column="source_topic")
+#: A gap row carries the position of the event that revealed it (trades or quotes).
+GAP_POSITION = SourcePosition("source_partition", "source_offset", topic_column="source_topic")
 
 
 @dataclass(frozen=True)
@@ -210,6 +229,7 @@ _quote_spec, _quote_order = _by_time(QUOTES_SCHEMA, "exchange_timestamp", "seque
 _reject_spec, _reject_order = _by_time(
     REJECTS_SCHEMA, "rejected_at", "source_topic", "source_partition", "source_offset"
 )
+_gap_spec, _gap_order = _by_time(SEQUENCE_GAPS_SCHEMA, "event_time", "symbol")
 
 TABLES: Mapping[str, TableDef] = {
     t.name: t
@@ -218,6 +238,7 @@ TABLES: Mapping[str, TableDef] = {
         TableDef(QUOTES, QUOTES_SCHEMA, KAFKA_POSITION, _quote_spec, _quote_order),
         TableDef(COMPANIES, COMPANIES_SCHEMA, KAFKA_POSITION, upsert_keys=("company_id",)),
         TableDef(REJECTS, REJECTS_SCHEMA, REJECT_POSITION, _reject_spec, _reject_order),
+        TableDef(SEQUENCE_GAPS, SEQUENCE_GAPS_SCHEMA, GAP_POSITION, _gap_spec, _gap_order),
     )
 }
 """Every K2 table by its identifier, in creation order."""

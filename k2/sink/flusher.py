@@ -23,9 +23,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from k2.buffer.chunks import ROWS
+from k2.buffer.chunks import GAPS, REJECTS, ROWS
 from k2.buffer.store import ChunkStore
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
+from k2.lake.schemas import SEQUENCE_GAPS
 from k2.lake.writer import CommitResult, IcebergWriter
 from k2.metrics import K2Metrics
 from k2.sink.batches import PendingChunk, TableBatch, build_batch, source_offsets
@@ -42,6 +43,14 @@ class SourceBuffer:
     topic: str
     table_name: str
     store: ChunkStore
+
+    def target(self, kind: str) -> str:
+        """The table chunks of ``kind`` go to: rows to the source's own, the others to a shared one."""
+        return self.table_name if kind == ROWS else SHARED_TABLES[kind]
+
+
+#: Tables every source feeds, by chunk kind.
+SHARED_TABLES = {REJECTS: REJECTS_TABLE, GAPS: SEQUENCE_GAPS}
 
 
 @dataclass
@@ -77,17 +86,17 @@ class Flusher:
         per_table: dict[str, list[PendingChunk]] = {}
         for src in self.sources:
             for key in src.store.chunk_keys(owned.get(src.topic, set())):
-                target = src.table_name if key.kind == ROWS else REJECTS_TABLE
-                per_table.setdefault(target, []).append(PendingChunk(src.topic, key, src.store.get(key)))
+                per_table.setdefault(src.target(key.kind), []).append(PendingChunk(src.topic, key, src.store.get(key)))
         return [TableBatch(name, tuple(chunks)) for name, chunks in per_table.items()]
 
     def buffered_rows(self) -> dict[str, int]:
         """Rows waiting per table (all partitions held locally)."""
         out: dict[str, int] = {src.table_name: 0 for src in self.sources}
-        out.setdefault(REJECTS_TABLE, 0)
+        for table in SHARED_TABLES.values():
+            out.setdefault(table, 0)
         for src in self.sources:
             for key in src.store.chunk_keys():
-                out[src.table_name if key.kind == ROWS else REJECTS_TABLE] += key.rows
+                out[src.target(key.kind)] += key.rows
         return out
 
     async def flush(self, owned: Mapping[str, set[int]]) -> FlushReport:

@@ -9,6 +9,8 @@
 ``/k2/health``      liveness: 200 whenever the event loop answers
 ``/k2/ready``       readiness: 200 when partitions are assigned, buffer tables recovered,
                     catalog and registry reachable; else 503 naming the failed checks
+``/k2/instruments`` known instruments, unknown symbols and contradicting company ids seen
+                    (:mod:`k2.web.instruments`)
 ==================  ====================================================================
 
 Every answer under ``/k2/`` is JSON (the text lag table aside), errors included: an
@@ -21,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 from faust import web
-from faust.web.exceptions import WebError
 
 from k2.agents.observe import current_lag, source_partitions
 from k2.agents.wiring import metrics, runtime
@@ -35,8 +36,9 @@ from k2.lake.status import TableStatus
 from k2.observe.lag import format_lag_table, lag_payload
 from k2.observe.probes import Cached, Check, assignment_check, probe, readiness, recovery_check
 from k2.observe.tables import tables_payload
+from k2.web import instruments
+from k2.web.base import K2View
 from k2.web.prometheus import install
-from k2.web.query import parse_query
 
 __all__ = ["blueprint"]
 
@@ -48,29 +50,6 @@ PROBE_TTL_S = 5.0
 TABLES_TTL_S = 2.0
 
 blueprint = web.Blueprint("k2")
-
-
-class K2View(web.View):
-    """A GET view with a validated query string and JSON errors."""
-
-    #: Accepted query parameters and their accepted values.
-    params: ClassVar[Mapping[str, Collection[str]]] = {}
-
-    async def get(self, request: web.Request, **kwargs: Any) -> web.Response:
-        try:
-            query = parse_query(request.query, self.params)
-        except ValueError as exc:
-            return self.error(400, str(exc))
-        try:
-            return await self.answer(query, **kwargs)
-        except WebError:
-            raise
-        except Exception as exc:  # an answer, never a stack trace; the traceback is logged
-            log.exception("%s failed", request.url)
-            return self.error(500, f"{type(exc).__name__}: {exc}")
-
-    async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
-        raise NotImplementedError
 
 
 @blueprint.route("/lag", name="lag")
@@ -166,7 +145,7 @@ class NotFoundView(K2View):
     """Any other path under ``/k2/``: a JSON 404 listing what exists."""
 
     async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
-        paths = [f"{PREFIX}{name}" for name in ("lag", "tables", "health", "ready")]
+        paths = [f"{PREFIX}{name}" for name in ("lag", "tables", "health", "ready", "instruments")]
         return self.error(404, f"no such view: {PREFIX}{kwargs.get('path', '')}", views=paths)
 
     async def get(self, request: web.Request, **kwargs: Any) -> web.Response:
@@ -175,4 +154,5 @@ class NotFoundView(K2View):
 
 
 install(app, metrics.registry)
+instruments.blueprint.register(app, url_prefix=PREFIX)  # before this blueprint's catch-all 404
 blueprint.register(app, url_prefix=PREFIX)

@@ -125,6 +125,7 @@ def test_names_in_one_place() -> None:
         "market_data.trades",
         "market_data.quotes",
         "market_data.rejects",
+        "market_data.sequence_gaps",
         "reference_data.companies",
     }
     assert NAMESPACES == ("market_data", "reference_data")

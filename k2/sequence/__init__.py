@@ -1,0 +1,1 @@
+"""Market-data sequence tracking: gaps, duplicates and conflicts per (exchange, symbol)."""

@@ -1,0 +1,278 @@
+"""The market-data stages in the ingress processor, and the gaps they buffer flushed to Iceberg exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry
+
+from k2.avro.codec import encode
+from k2.avro.registry import WriterSchema
+from k2.avro.schemas import CONTRACTS
+from k2.buffer.chunks import ChunkKey
+from k2.buffer.store import ChunkStore
+from k2.ingest.classify import BatchOutcome, RawRecord
+from k2.ingest.processor import IngressProcessor, LakeSchemas, Source
+from k2.lake.arrow import arrow_schema
+from k2.lake.records import BufferedEvent
+from k2.lake.schemas import SEQUENCE_GAPS, TRADES
+from k2.lake.tables import ensure_tables
+from k2.lake.writer import IcebergWriter
+from k2.metrics import K2Metrics
+from k2.models import ReferenceData
+from k2.reference.instruments import (
+    OTHER_LABEL,
+    InstrumentCheck,
+    Instruments,
+    InstrumentWatch,
+    ReferenceUpdate,
+    check_batch,
+    instruments_payload,
+    latest_by_company,
+)
+from k2.sequence.stage import SequenceStage
+from k2.sink.flusher import Flusher, SourceBuffer
+from k2.validation import validate_trade
+from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.lake_helpers import T0, TOPICS, TRADES_TOPIC, sqlite_catalog, trade
+
+SUBJECT = f"{TRADES_TOPIC}-value"
+PARSED = CONTRACTS["trade"].parsed
+
+
+class Registry:
+    async def check_subject(self, schema_id: int, subject: str) -> WriterSchema:
+        return WriterSchema(schema_id=1, schema_str=CONTRACTS["trade"].schema_str, parsed=PARSED, versions=None)
+
+
+class Harness:
+    def __init__(self, window: int = 1000) -> None:
+        self.buffer = RecordingTable()
+        self.sequences = RecordingTable()
+        self.sent: list[Any] = []
+        self.metrics = K2Metrics(CollectorRegistry())
+        self.stage = SequenceStage(TRADES_TOPIC, self.sequences, window, self.metrics, "w:1")
+
+        async def send_reject(record: Any, reject: Any) -> None:
+            self.sent.append((record, reject))
+
+        self.proc = IngressProcessor(
+            Source(TRADES_TOPIC, TRADES, SUBJECT, validate_trade),
+            ChunkStore(self.buffer, TRADES_TOPIC),
+            Registry(),  # type: ignore[arg-type]
+            LakeSchemas(arrow_schema, lambda name, writer: False),
+            send_reject,
+            self.metrics,
+            "w:1",
+            clock=lambda: (T0 + 1000) / 1000,
+            stages=[self.stage],
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def chunk(self, kind: str) -> pa.Table:
+        [key] = [k for k in self.buffer.data if k.startswith(kind)]
+        return pa.ipc.open_stream(self.buffer.data[key]).read_all()
+
+
+def rec(offset: int, seq: int, partition: int = 0, **kw: Any) -> RawRecord:
+    value = encode(1, PARSED, trade(sequence_number=seq, **kw))
+    return RawRecord(partition, offset, b"BHP", value, T0)
+
+
+async def test_duplicates_go_to_rejects_with_their_bytes_and_gaps_to_a_chunk() -> None:
+    h = Harness()
+    batch = [
+        rec(0, 1),
+        rec(1, 2),
+        rec(2, 5),  # gap: 3, 4
+        rec(3, 2, ingestion_timestamp=T0 + 777),  # duplicate of offset 1
+        rec(4, 6, price=Decimal("1.5")),
+        rec(5, 6),  # conflict with offset 4
+        rec(6, 7, price=Decimal(0)),  # invalid: rejected before sequence tracking sees it
+    ]
+    assert await h.proc.process(batch) == 4
+    keys = sorted(ChunkKey.decode(k) for k in h.buffer.data)
+    assert [(k.kind, k.first_offset, k.last_offset, k.rows) for k in keys] == [
+        ("gaps", 2, 2, 1),
+        ("rejects", 3, 6, 3),
+        ("rows", 0, 4, 4),
+    ]
+    assert h.chunk("rows")["kafka_offset"].to_pylist() == [0, 1, 2, 4]
+    rejects = h.chunk("rejects").to_pylist()
+    assert [(r["source_offset"], r["reason"]) for r in rejects] == [
+        (3, "duplicate"),
+        (5, "sequence_conflict"),
+        (6, "invalid_value"),
+    ]
+    assert rejects[0]["value"] == batch[3].value and rejects[0]["key"] == b"BHP" and rejects[0]["schema_id"] == 1
+    assert "offset 1" in rejects[0]["detail"]
+    assert [(r.offset, m.reason) for r, m in h.sent] == [
+        (3, "duplicate"),
+        (5, "sequence_conflict"),
+        (6, "invalid_value"),
+    ]
+    gap = h.chunk("gaps").to_pylist()[0]
+    assert (gap["expected"], gap["received"], gap["missing"], gap["severity"], gap["source_offset"]) == (
+        3,
+        5,
+        2,
+        "small",
+        2,
+    )
+    assert gap["source_topic"] == TRADES_TOPIC and gap["symbol"] == "BHP"
+    # Sequence state: one write per key (a block, then the head), to the source partition.
+    assert [(p, k) for p, k, _ in h.sequences.changelog] == [(0, "w|0|ASX|BHP|0|0"), (0, "h|0|ASX|BHP")]
+    assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="duplicate") == 1
+    assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="conflict") == 1
+    assert h.metric("k2_sequence_gaps_total", topic=TRADES_TOPIC, severity="small") == 1
+    assert h.metric("k2_sequence_missing_total", topic=TRADES_TOPIC, severity="small") == 2
+    assert h.metric("k2_events_rejected_total", topic=TRADES_TOPIC, reason="duplicate") == 1
+    assert h.metric("k2_events_accepted_total", topic=TRADES_TOPIC) == 4
+
+
+async def test_redelivered_batch_rebuilds_the_same_chunks_and_counts_nothing_twice() -> None:
+    h = Harness()
+    batch = [rec(0, 1), rec(1, 3), rec(2, 3), rec(3, 4)]
+    await h.proc.process(batch)
+    first = {k: pa.ipc.open_stream(v).read_all() for k, v in h.buffer.data.items()}
+    # A new worker restores the sequence state (it got ahead of the consumer group) and the batch comes again.
+    h2 = Harness()
+    h2.sequences.data.update(h.sequences.restore_from_changelog())
+    await h2.proc.process(batch)
+    again = {k: pa.ipc.open_stream(v).read_all() for k, v in h2.buffer.data.items()}
+    assert again.keys() == first.keys()
+    for key in first:
+        assert (
+            again[key]
+            .drop_columns(["detected_at"] if key.startswith("gaps") else [])
+            .equals(first[key].drop_columns(["detected_at"] if key.startswith("gaps") else []))
+        ), key
+    assert h2.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="redelivered") == 4
+    assert h2.metric("k2_sequence_gaps_total", topic=TRADES_TOPIC, severity="small") == 0
+
+
+async def test_events_without_sequence_numbers_are_landed_untracked() -> None:
+    h = Harness()
+    assert await h.proc.process([rec(0, None), rec(1, None)]) == 2  # type: ignore[arg-type]
+    assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="untracked") == 2
+    assert h.sequences.changelog == []
+
+
+def test_gap_chunks_flush_to_their_table_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.proc.process([rec(0, 1), rec(1, 4), rec(2, 5), rec(3, 20)])
+        catalog = sqlite_catalog(tmp_path)
+        ensure_tables(catalog)
+        writer = IcebergWriter(catalog, TOPICS, "test:1")
+        store = ChunkStore(h.buffer, TRADES_TOPIC)
+        flusher = Flusher([SourceBuffer(TRADES_TOPIC, TRADES, store)], lambda: writer, h.metrics)
+        assert flusher.buffered_rows()[SEQUENCE_GAPS] == 2
+        gaps_chunk = {k: v for k, v in h.buffer.data.items() if k.startswith("gaps")}
+        await flusher.flush({TRADES_TOPIC: {0}})
+        # A crash between the commit and the tombstones: the chunk comes back and is flushed again.
+        h.buffer.data.update(gaps_chunk)
+        report = await flusher.flush({TRADES_TOPIC: {0}})
+        assert [(r.table_name, r.rows_written, r.rows_dropped) for r in report.results] == [(SEQUENCE_GAPS, 0, 2)]
+        rows = writer.table(SEQUENCE_GAPS, refresh=True).scan().to_arrow().to_pylist()
+        assert sorted((r["expected"], r["received"], r["severity"]) for r in rows) == [
+            (2, 4, "small"),
+            (6, 20, "large"),
+        ]
+
+    asyncio.run(scenario())
+
+
+# -- reference data ------------------------------------------------------------------------------
+
+
+def ref(company_id: int, symbol: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "company_id": company_id,
+        "symbol": symbol,
+        "company_name": f"{symbol} Ltd",
+        "isin": f"AU{company_id}",
+        "start_date": "2001-01-01",
+        "end_date": None,
+        **kw,
+    }
+
+
+def ev(offset: int, record: dict[str, Any], partition: int = 0) -> BufferedEvent:
+    return BufferedEvent("t", partition, offset, record)
+
+
+def test_reference_update_writes_the_last_version_of_each_company_once() -> None:
+    table = RecordingTable()
+    instruments = Instruments(table.data)
+    metrics = K2Metrics(CollectorRegistry())
+    stage = ReferenceUpdate(table, instruments, metrics)
+    assert instruments.by_symbol() == {}
+    outcome = BatchOutcome(accepted=[ev(0, ref(1, "AAA")), ev(1, ref(2, "BBB")), ev(2, ref(1, "AAX"))])
+    assert stage([], outcome, T0) == []
+    assert [(p, k) for p, k, _ in table.changelog] == [(0, "1"), (0, "2")]
+    assert isinstance(table.changelog[0][2], ReferenceData)
+    assert instruments.by_symbol() == {"AAX": {1}, "BBB": {2}}
+    assert metrics.registry.get_sample_value("k2_reference_companies") == 2
+    assert latest_by_company([ev(0, ref(3, "C"), partition=4)]) == {"3": (4, ref(3, "C"))}
+
+
+def test_unknown_symbols_and_contradicting_company_ids_are_counted_not_rejected() -> None:
+    data = {"1": ReferenceData(**ref(1, "AAA")), "2": ref(2, "BBB"), "3": ref(3, "BBB")}  # BBB reused
+    instruments = Instruments(data)
+    events = [
+        ev(0, trade(symbol="AAA", company_id=1)),
+        ev(1, trade(symbol="ZZZ", company_id=9)),
+        ev(2, trade(symbol="ZZZ", company_id=9)),
+        ev(3, trade(symbol="AAA", company_id=2)),
+        ev(4, trade(symbol="BBB", company_id=3)),
+    ]
+    unknown, mismatched = check_batch(events, instruments.by_symbol())
+    assert unknown == {"ZZZ": 2} and mismatched == {("AAA", 2): 1}
+    metrics = K2Metrics(CollectorRegistry())
+    watch = InstrumentWatch(metrics)
+    outcome = BatchOutcome(accepted=events)
+    assert InstrumentCheck("trades", instruments, watch)([], outcome, T0) == []
+    assert len(outcome.accepted) == 5
+    value = metrics.registry.get_sample_value
+    assert value("k2_unknown_instrument_events_total", {"topic": "trades", "symbol": "ZZZ"}) == 2
+    assert value("k2_instrument_mismatch_events_total", {"topic": "trades", "symbol": "AAA"}) == 1
+    # The reference data arrives later: the view says so.
+    data["9"] = ref(9, "ZZZ")
+    instruments.changed()
+    payload = instruments_payload(instruments, watch)
+    assert [c["symbol"] for c in payload["known"]] == ["AAA", "BBB", "BBB", "ZZZ"]
+    assert payload["unknown_symbols"] == [{"symbol": "ZZZ", "events": {"trades": 2}, "known_now": True}]
+    assert payload["company_mismatches"] == [
+        {"symbol": "AAA", "company_id": 2, "reference_company_ids": [1], "topic": "trades", "events": 1}
+    ]
+
+
+def test_per_symbol_metric_labels_are_bounded() -> None:
+    metrics = K2Metrics(CollectorRegistry())
+    watch = InstrumentWatch(metrics, label_limit=2)
+    watch.add("t", Counter({"A": 1, "B": 1, "C": 5, "D": 1}), Counter())
+    value = metrics.registry.get_sample_value
+    assert value("k2_unknown_instrument_events_total", {"topic": "t", "symbol": OTHER_LABEL}) == 6
+    assert watch.unknown[("t", "C")] == 5  # the view keeps every symbol
+
+
+async def test_a_batch_out_of_offset_order_lands_once_under_its_true_range() -> None:
+    h = Harness()
+    await h.proc.process([rec(0, 1), rec(1, 2)])
+    # After a rebalance faust hands over buffered newer messages, then the same ones again from the committed offset.
+    assert await h.proc.process([rec(3, 4), rec(1, 2), rec(2, 3), rec(3, 4)]) == 3
+    keys = sorted(ChunkKey.decode(k) for k in h.buffer.data)
+    assert [(k.first_offset, k.last_offset, k.rows) for k in keys] == [
+        (0, 1, 2),
+        (1, 3, 3),
+    ]  # overlap: seen by the flush
+    assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="redelivered") == 1
+    assert h.metric("k2_sequence_gaps_total", topic=TRADES_TOPIC, severity="small") == 0

@@ -1,0 +1,326 @@
+"""Sequence tracking on hand-made sequences: every class, its edges, re-delivery and the window bound."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from k2.lake.records import BufferedEvent
+from k2.sequence.book import BLOCK, Block, SequenceBook, decode_head, encode_head
+from k2.sequence.classify import RESET_AFTER_MS, KeyState, Outcome, fingerprint
+from k2.sequence.track import TrackResult, track
+from tests.unit.lake_helpers import T0, trade
+
+TOPIC = "market.trades.raw"
+HOUR = 3_600_000
+
+
+class Feed:
+    """Builds trades of one partition with increasing offsets (each new event one offset further)."""
+
+    def __init__(self, partition: int = 0) -> None:
+        self.partition = partition
+        self.offset = 0
+
+    def ev(self, seq: int | None, *, at: int = 0, symbol: str = "BHP", offset: int | None = None, **kw: Any) -> Any:
+        if offset is None:
+            offset = self.offset
+            self.offset += 1
+        record = trade(symbol=symbol, sequence_number=seq, exchange_timestamp=T0 + at, **kw)
+        return BufferedEvent(TOPIC, self.partition, offset, record)
+
+    def run(self, seqs: list[int | None], **kw: Any) -> list[Any]:
+        return [self.ev(s, **kw) for s in seqs]
+
+
+def outcomes(result: TrackResult, events: list[Any]) -> list[str]:
+    """The class of each event, in order, rebuilt from the result (accepted, gaps, rejected)."""
+    rejected = {e.offset: v.outcome.label for e, v in result.rejected}
+    gaps = {g.offset for g in result.gaps}
+    out = []
+    for e in events:
+        if e.offset in rejected:
+            out.append(rejected[e.offset])
+        elif e.offset in gaps:
+            out.append("gap")
+        else:
+            out.append("accepted")
+    return out
+
+
+def run(book: SequenceBook, events: list[Any]) -> TrackResult:
+    return track(TOPIC, events, book, now_ms=T0 + 10 * HOUR)
+
+
+@pytest.fixture
+def book() -> SequenceBook:
+    return SequenceBook({}, size=1000)
+
+
+def test_in_order_feed_counts_first_and_in_order(book: SequenceBook) -> None:
+    feed = Feed()
+    result = run(book, feed.run([1, 2, 3, 4, 5]))
+    assert result.counts == {"first": 1, "in_order": 4}
+    assert not result.gaps and not result.rejected and len(result.accepted) == 5
+
+
+def test_a_small_gap_becomes_a_gap_row(book: SequenceBook) -> None:
+    feed = Feed()
+    events = feed.run([1, 2, 5, 6], at=1000)
+    result = run(book, events)
+    assert [(g.expected, g.received, g.missing, g.severity, g.offset) for g in result.gaps] == [(3, 5, 2, "small", 2)]
+    gap = result.gaps[0]
+    assert (gap.topic, gap.partition, gap.exchange, gap.symbol, gap.event_time) == (TOPIC, 0, "ASX", "BHP", T0 + 1000)
+    assert len(result.accepted) == 4  # a gap is reported, the event still lands
+    assert result.counts == {"first": 1, "in_order": 2, "gap": 1}
+
+
+@pytest.mark.parametrize(("received", "missing", "severity"), [(11, 9, "small"), (12, 10, "large"), (3, 1, "small")])
+def test_gap_severity_edges(book: SequenceBook, received: int, missing: int, severity: str) -> None:
+    result = run(book, Feed().run([1, received]))
+    assert [(g.missing, g.severity) for g in result.gaps] == [(missing, severity)]
+
+
+def test_duplicate_same_payload_other_offset_is_rejected_and_the_first_kept(book: SequenceBook) -> None:
+    feed = Feed()
+    events = [*feed.run([1, 2, 3]), feed.ev(2, ingestion_timestamp=T0 + 99_999)]  # re-sent: new ingestion time
+    result = run(book, events)
+    assert outcomes(result, events) == ["accepted", "accepted", "accepted", "duplicate"]
+    (dup, verdict), *_ = result.rejected
+    assert dup.offset == 3 and verdict.ref == 1  # the first 2 was at offset 1
+    assert [e.offset for e in result.accepted] == [0, 1, 2]
+
+
+def test_same_number_different_payload_is_a_conflict(book: SequenceBook) -> None:
+    feed = Feed()
+    events = [*feed.run([1, 2, 3]), feed.ev(2, price=Decimal("99.000000"))]
+    result = run(book, events)
+    assert outcomes(result, events)[-1] == "conflict"
+    assert result.counts["conflict"] == 1
+
+
+def test_duplicate_of_the_last_number(book: SequenceBook) -> None:
+    feed = Feed()
+    events = [*feed.run([1, 2]), feed.ev(2)]
+    assert outcomes(run(book, events), events)[-1] == "duplicate"
+
+
+def test_late_event_is_out_of_order_not_a_duplicate(book: SequenceBook) -> None:
+    feed = Feed()
+    events = feed.run([1, 2, 4, 3])
+    result = run(book, events)
+    assert outcomes(result, events) == ["accepted", "accepted", "gap", "accepted"]
+    assert result.counts == {"first": 1, "in_order": 1, "gap": 1, "out_of_order": 1}
+    # ...and a second copy of the late one is a duplicate.
+    again = [feed.ev(3)]
+    assert outcomes(run(book, again), again) == ["duplicate"]
+
+
+def test_session_reset_starts_afresh_without_alarm(book: SequenceBook) -> None:
+    feed = Feed()
+    run(book, feed.run(list(range(1, 101))))
+    events = feed.run([1, 2, 3], at=HOUR + 1)  # numbers restart, an hour and a millisecond later
+    result = run(book, events)
+    assert result.counts == {"reset": 1, "in_order": 2}
+    assert not result.gaps and not result.rejected
+
+
+def test_reset_edges_exactly_half_and_exactly_one_hour_are_not_resets(book: SequenceBook) -> None:
+    feed = Feed()
+    run(book, feed.run(list(range(1, 101))))
+    # 50 is exactly half of 100: not below half, so not a reset; 50 was seen with another time: conflict.
+    half = [feed.ev(50, at=2 * HOUR)]
+    assert run(book, half).counts == {"conflict": 1}
+    # 49 is below half, but the time moved exactly one hour: not more than an hour.
+    hour = [feed.ev(49, at=RESET_AFTER_MS)]
+    assert run(book, hour).counts == {"conflict": 1}
+    # Below half and more than an hour: a reset.
+    both = [feed.ev(49, at=RESET_AFTER_MS + 1)]
+    assert run(book, both).counts == {"reset": 1}
+
+
+def test_reset_forgets_the_old_session_window(book: SequenceBook) -> None:
+    feed = Feed()
+    run(book, feed.run(list(range(1, 201))))
+    run(book, feed.run([1, 2], at=2 * HOUR))
+    events = feed.run([3, 4, 3], at=2 * HOUR)
+    result = run(book, events)
+    assert outcomes(result, events) == ["accepted", "accepted", "duplicate"]
+    assert not any(k.startswith("w|0|ASX|BHP|0|") for k in book.data), "old-session blocks are deleted"
+
+
+def test_untracked_without_sequence_number(book: SequenceBook) -> None:
+    result = run(book, Feed().run([None, None, 1]))
+    assert result.counts == {"untracked": 2, "first": 1}
+    assert len(result.accepted) == 3
+
+
+def test_keys_are_separate_per_symbol_and_exchange(book: SequenceBook) -> None:
+    feed = Feed()
+    events = [feed.ev(1, symbol="BHP"), feed.ev(1, symbol="DVN"), feed.ev(1, symbol="BHP", exchange="CHIA")]
+    assert run(book, events).counts == {"first": 3}
+
+
+def test_first_event_of_a_key_reveals_no_gap(book: SequenceBook) -> None:
+    assert run(book, Feed().run([500, 501])).counts == {"first": 1, "in_order": 1}
+
+
+# -- the window ------------------------------------------------------------------------------
+
+
+def test_window_bounds_duplicate_detection_by_count() -> None:
+    book = SequenceBook({}, size=3)
+    feed = Feed()
+    run(book, feed.run(list(range(1, 11))))
+    old, recent = feed.ev(7), feed.ev(8)  # window: 8, 9, 10
+    result = run(book, [old, recent])
+    assert outcomes(result, [old, recent]) == ["accepted", "duplicate"]
+    assert result.counts == {"out_of_order": 1, "duplicate": 1}
+
+
+def test_window_blocks_out_of_the_window_are_deleted() -> None:
+    book = SequenceBook({}, size=100)
+    last = 300
+    result = run(book, Feed().run(list(range(1, last + 1))))
+    blocks = sorted(int(k.rsplit("|", 1)[1]) for k in book.data if k.startswith("w|"))
+    assert blocks == list(range((last - 100 + 1) // BLOCK, last // BLOCK + 1))
+    deleted = [k for _, k, v in result.changes if v is None]
+    assert deleted == [f"w|0|ASX|BHP|0|{i}" for i in range(blocks[0])]
+
+
+def test_one_write_per_key_and_block_per_batch_in_crash_safe_order(book: SequenceBook) -> None:
+    feed = Feed()
+    events = [feed.ev(s, symbol=sym) for s in range(1, 11) for sym in ("BHP", "DVN")]
+    result = run(book, events)
+    keys = [k for _, k, _ in result.changes]
+    assert keys == ["w|0|ASX|BHP|0|0", "w|0|ASX|DVN|0|0", "h|0|ASX|BHP", "h|0|ASX|DVN"]
+    assert all(p == 0 for p, _, _ in result.changes)
+    assert max(len(v or b"") for _, _, v in result.changes) <= 12 * BLOCK
+
+
+def test_a_huge_jump_does_not_walk_the_numbers_between() -> None:
+    book = SequenceBook({}, size=1000)
+    result = run(book, Feed().run([1, 10**15, 10**15 + 1]))
+    assert [g.missing for g in result.gaps] == [10**15 - 2]
+    assert len(result.changes) == 3  # block of 10**15, head, deletion of block 0
+
+
+# -- re-delivery after a crash ---------------------------------------------------------------
+
+
+def restore(changes: list[Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a new owner restores from the changelog: the last value per key as bytes, deletions applied."""
+    data = dict(base or {})
+    for _, key, value in changes:
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+def verdicts(result: TrackResult) -> tuple[Any, ...]:
+    """Where each event went and the gap rows, minus what legitimately differs (detection time, flags)."""
+    return (
+        [e.offset for e in result.accepted],
+        [(e.offset, v.outcome, v.ref) for e, v in result.rejected],
+        [g._replace(detected_at=0) for g in result.gaps],
+    )
+
+
+def messy_batch(feed: Feed) -> list[Any]:
+    return [
+        feed.ev(4),
+        feed.ev(8),  # gap 5..7
+        feed.ev(6),  # late
+        feed.ev(8),  # duplicate
+        feed.ev(9, price=Decimal(1)),
+        feed.ev(9),  # conflict
+        feed.ev(2, at=3 * HOUR),  # reset
+        feed.ev(5, at=3 * HOUR),  # gap 3..4
+        feed.ev(5, at=3 * HOUR),  # duplicate
+    ]
+
+
+def test_redelivered_events_get_the_decision_they_got_the_first_time() -> None:
+    feed = Feed()
+    history: list[Any] = []
+    book = SequenceBook({}, size=1000)
+    history += run(book, feed.run([1, 2, 3])).changes
+    batch = messy_batch(feed)
+    first = run(book, batch)
+    history += first.changes
+    # The worker dies before the group commits the batch's offsets; the state's writes landed.
+    again = run(SequenceBook(restore(history), size=1000), batch)
+    assert verdicts(again) == verdicts(first)
+    assert again.counts == {"redelivered": len(batch)}
+    # ...and what follows the re-delivery is judged against the state, as if nothing happened.
+    tail = [feed.ev(6, at=3 * HOUR), feed.ev(8, at=3 * HOUR)]
+    book2 = SequenceBook(restore(history + again.changes), size=1000)
+    assert outcomes(run(book2, tail), tail) == ["accepted", "gap"]
+
+
+def test_a_crash_after_any_prefix_of_a_batch_writes_changes_no_decision() -> None:
+    """Kafka keeps the order of one changelog partition: a crash persists some prefix of the writes."""
+    feed = Feed()
+    book = SequenceBook({}, size=1000)
+    before = run(book, feed.run([1, 2, 3])).changes
+    batch = messy_batch(feed)
+    first = run(book, batch)
+    for k in range(len(first.changes) + 1):
+        data = restore(first.changes[:k], restore(before))
+        again = run(SequenceBook(data, size=1000), batch)
+        assert verdicts(again) == verdicts(first), f"crash after {k} of {len(first.changes)} writes"
+
+
+def test_a_crash_after_any_prefix_with_a_small_window_and_many_blocks() -> None:
+    feed = Feed()
+    book = SequenceBook({}, size=70)
+    before = run(book, feed.run(list(range(1, 150)))).changes
+    batch = [*feed.run(list(range(150, 300))), feed.ev(260), feed.ev(200), feed.ev(120)]
+    first = run(book, batch)
+    assert [v.outcome.label for _, v in first.rejected] == ["duplicate"]
+    for k in range(len(first.changes) + 1):
+        again = run(SequenceBook(restore(first.changes[:k], restore(before)), size=70), batch)
+        assert verdicts(again) == verdicts(first), k
+
+
+def test_redelivery_beyond_the_decision_log_is_unresolved_and_lands_as_in_order() -> None:
+    feed = Feed()
+    book = SequenceBook({}, size=2)
+    batch = feed.run([1, 3, 5, 7])  # three gaps; the log keeps the last two
+    first = run(book, batch)
+    again = run(SequenceBook(restore(first.changes), size=2), batch)
+    assert again.counts == {"redelivered": 4, "unresolved": 2}  # offsets 0 and 1: at or below the log floor
+    assert [g.offset for g in again.gaps] == [2, 3]
+
+
+# -- encoding and fingerprints -----------------------------------------------------------------
+
+
+def test_head_and_block_round_trip() -> None:
+    state = KeyState(123, T0, 456, epoch=2, low_block=1, log=[(400, int(Outcome.GAP), 100)], log_floor=7)
+    assert decode_head(encode_head(state)) == state
+    block = Block()
+    block.fps[3], block.offsets[3] = 2**32 - 1, 2**62
+    again = Block.decode(block.encode())
+    assert (again.fps[3], again.offsets[3], again.fps[0]) == (2**32 - 1, 2**62, 0)
+    with pytest.raises(ValueError):
+        Block.decode(b"short")
+
+
+def test_fingerprint_ignores_ingestion_time_only_and_is_stable_across_processes() -> None:
+    base = trade(sequence_number=5)
+    assert fingerprint(base) == fingerprint({**base, "ingestion_timestamp": 1})
+    assert fingerprint(base) != fingerprint({**base, "volume": 101})
+    assert fingerprint(base) != 0
+    code = (
+        "from tests.unit.lake_helpers import trade; from k2.sequence.classify import fingerprint; "
+        "print(fingerprint(trade(sequence_number=5)))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(other) == fingerprint(base)
