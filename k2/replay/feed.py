@@ -7,13 +7,26 @@ without a broker.
 from __future__ import annotations
 
 import heapq
+import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from k2.replay.asx_csv import Quote, Trade
 
-__all__ = ["Event", "TokenBucket", "loop_shift_ms", "merge_by_time", "replay_plan", "to_record"]
+__all__ = [
+    "Event",
+    "Faults",
+    "Injected",
+    "TokenBucket",
+    "loop_shift_ms",
+    "merge_by_time",
+    "plan_faults",
+    "replay_plan",
+    "to_record",
+    "with_faults",
+]
 
 Event = Trade | Quote
 
@@ -77,6 +90,122 @@ def to_record(event: Event, time_shift_ms: int, sequence_offset: int, ingestion_
         record["sequence_number"] += sequence_offset
     record["ingestion_timestamp"] = ingestion_ms
     return record
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Where a replay departs from its plan, by position in the plan (pass-major, 0-based)."""
+
+    drop: frozenset[int] = frozenset()
+    """Events not sent: each one is a gap of exactly one number in its stream."""
+    repeat: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """After the event at a position (sent or dropped), send these earlier events again."""
+
+    @property
+    def duplicates(self) -> int:
+        return sum(len(v) for v in self.repeat.values())
+
+
+def plan_faults(
+    streams: Sequence[Hashable],
+    loops: int,
+    gaps: int,
+    duplicates: int,
+    seed: int,
+    *,
+    max_delay: int = 50,
+) -> Faults:
+    """Reproducible gaps and duplicates for a replay of ``loops`` passes over events whose streams are ``streams``.
+
+    ``streams[i]`` names the numbering event ``i`` of a pass belongs to (kind and symbol:
+    trades and quotes are numbered apart); numbers run on across passes. Each of the
+    ``gaps`` dropped events is neither the first nor the last of its stream (so an event
+    after it reveals it, and the tracking of a stream does not start after it) nor next to
+    another dropped one in its stream: each is one gap of one missing number. Each of the
+    ``duplicates`` events is sent, then sent again 0 to ``max_delay`` positions later.
+    Same arguments, same faults (``random.Random(seed)``).
+
+    Raises:
+        ValueError: the feed is too small for that many faults.
+    """
+    if gaps < 0 or duplicates < 0 or loops < 1:
+        raise ValueError("gaps and duplicates must be >= 0, loops >= 1")
+    n = len(streams)
+    total = n * loops
+    members: dict[Hashable, list[int]] = {}
+    rank = [0] * n
+    for i, key in enumerate(streams):
+        rank[i] = len(members.setdefault(key, []))
+        members[key].append(i)
+
+    def neighbours(pos: int) -> list[int]:
+        """Plan positions of the previous and next event of the same stream (across passes)."""
+        base = pos % n
+        group = members[streams[base]]
+        g = (pos // n) * len(group) + rank[base]
+        out = []
+        for h in (g - 1, g + 1):
+            if 0 <= h < loops * len(group):
+                out.append((h // len(group)) * n + group[h % len(group)])
+        return out
+
+    rng = random.Random(seed)
+    dropped: set[int] = set()
+    attempts = 0
+    while len(dropped) < gaps:
+        attempts += 1
+        if attempts > 100 * gaps + 1000:
+            raise ValueError(f"cannot place {gaps} gaps in a feed of {total} events")
+        pos = rng.randrange(total)
+        around = neighbours(pos)
+        if pos in dropped or len(around) < 2 or any(p in dropped for p in around):
+            continue
+        dropped.add(pos)
+    sent = total - len(dropped)
+    if duplicates > sent:
+        raise ValueError(f"cannot repeat {duplicates} of {sent} events")
+    repeat: dict[int, list[int]] = {}
+    chosen: set[int] = set()
+    while len(chosen) < duplicates:
+        pos = rng.randrange(total)
+        if pos in dropped or pos in chosen:
+            continue
+        chosen.add(pos)
+        repeat.setdefault(min(total - 1, pos + rng.randint(0, max_delay)), []).append(pos)
+    return Faults(frozenset(dropped), {k: tuple(v) for k, v in sorted(repeat.items())})
+
+
+class Injected(NamedTuple):
+    """A fault a replay put in its feed: the stream (``Trade`` or ``Quote``), symbol and sequence number.
+
+    For a ``gap`` the number is the one not sent (the next one, sent, reveals it); for a
+    ``duplicate`` the number sent twice.
+    """
+
+    fault: str
+    kind: type
+    symbol: str
+    sequence_number: int
+
+
+def with_faults(
+    plan: Iterable[tuple[Event, int, int]], faults: Faults, injected: list[Injected]
+) -> Iterator[tuple[Event, int, int]]:
+    """``plan`` (from :func:`replay_plan`) with ``faults`` applied, appending each fault to ``injected``."""
+    originals = {pos for repeats in faults.repeat.values() for pos in repeats}
+    kept: dict[int, tuple[Event, int, int]] = {}
+    for pos, item in enumerate(plan):
+        event, _, seq_offset = item
+        if pos in faults.drop:
+            injected.append(Injected("gap", type(event), event.symbol, event.sequence_number + seq_offset))
+        else:
+            if pos in originals:
+                kept[pos] = item
+            yield item
+        for original in faults.repeat.get(pos, ()):
+            again = kept.pop(original)
+            injected.append(Injected("duplicate", type(again[0]), again[0].symbol, again[0].sequence_number + again[2]))
+            yield again
 
 
 class TokenBucket:

@@ -38,7 +38,7 @@ from k2.replay.asx_csv import (
     parse_reference_file,
     parse_trades_file,
 )
-from k2.replay.feed import Event, TokenBucket, merge_by_time, replay_plan, to_record
+from k2.replay.feed import Event, Faults, Injected, TokenBucket, merge_by_time, replay_plan, to_record, with_faults
 from k2.settings import Settings
 
 __all__ = [
@@ -222,6 +222,7 @@ class ReplayReport:
     errors: list[str] = field(default_factory=list)  # the first few delivery errors, verbatim
     malformed: list[MalformedLine] = field(default_factory=list)
     elapsed_s: float = 0.0
+    injected: list[Injected] = field(default_factory=list)  # gaps and duplicates put in on purpose
 
     @property
     def total_delivered(self) -> int:
@@ -283,17 +284,29 @@ class Replayer:
             self._produce(topic, str(row.company_id).encode(), serialize(row._asdict(), ctx))
 
     def run(
-        self, source: ReplaySource, *, loops: int = 1, rate: float | None = None, progress: bool = True
+        self,
+        source: ReplaySource,
+        *,
+        loops: int = 1,
+        rate: float | None = None,
+        progress: bool = True,
+        faults: Faults | None = None,
     ) -> ReplayReport:
         """Send reference data once, then ``loops`` passes of the events; flush; return the report.
 
         ``rate`` caps events per second (reference rows included); ``progress`` shows a bar
-        on stderr (callers should pass False when stderr is not a terminal).
+        on stderr (callers should pass False when stderr is not a terminal); ``faults``
+        (:func:`~k2.replay.feed.plan_faults`) drops and repeats events, as listed in the
+        report's ``injected``.
         """
         report = self.report
         report.malformed = list(source.malformed)
         bucket = TokenBucket(rate) if rate else None
         total = len(source.reference) + len(source.events) * loops
+        planned = replay_plan(source.events, loops, source.span_ms)
+        if faults is not None:
+            total += faults.duplicates - len(faults.drop)
+            planned = with_faults(planned, faults, report.injected)
         start = time.perf_counter()
         topics: dict[type, str] = {Trade: self._settings.trades_topic, Quote: self._settings.quotes_topic}
         contexts = {cls: SerializationContext(topic, MessageField.VALUE) for cls, topic in topics.items()}
@@ -306,7 +319,7 @@ class Replayer:
             bar.update(len(source.reference))
             produce, poll, now_ms = self._produce, self._producer.poll, self._now_ms
             pending = 0
-            for event, shift, seq_offset in replay_plan(source.events, loops, source.span_ms):
+            for event, shift, seq_offset in planned:
                 if bucket is not None:
                     bucket.acquire()
                 cls = type(event)

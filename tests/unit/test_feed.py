@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from k2.lake.records import BufferedEvent
 from k2.replay.asx_csv import Quote, Trade, data_span_ms
-from k2.replay.feed import TokenBucket, loop_shift_ms, merge_by_time, replay_plan, to_record
+from k2.replay.feed import (
+    Faults,
+    Injected,
+    TokenBucket,
+    loop_shift_ms,
+    merge_by_time,
+    plan_faults,
+    replay_plan,
+    to_record,
+    with_faults,
+)
+from k2.sequence.book import SequenceBook
+from k2.sequence.track import track
 
 P = Decimal("1.000000")
 
@@ -150,3 +166,93 @@ def test_token_bucket_refills_while_idle_up_to_burst() -> None:
 def test_token_bucket_rejects_bad_rate() -> None:
     with pytest.raises(ValueError):
         TokenBucket(0)
+
+
+# -- injected gaps and duplicates ----------------------------------------------------------------
+
+
+def sample_events() -> list[Any]:
+    return list(
+        merge_by_time(
+            [
+                [trade("BHP", 10 * i, i) for i in range(1, 41)],
+                [trade("DVN", 10 * i + 3, i) for i in range(1, 21)],
+                [quote("BHP", 10 * i + 5, i) for i in range(1, 61)],
+            ]
+        )
+    )
+
+
+def streams(events: list[Any]) -> list[tuple[type, str]]:
+    return [(type(e), e.symbol) for e in events]
+
+
+def test_faults_are_reproducible_from_the_seed() -> None:
+    keys = streams(sample_events())
+    a = plan_faults(keys, 2, gaps=6, duplicates=5, seed=7)
+    assert a == plan_faults(keys, 2, gaps=6, duplicates=5, seed=7)
+    assert a != plan_faults(keys, 2, gaps=6, duplicates=5, seed=8)
+    assert (len(a.drop), a.duplicates) == (6, 5)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_dropped_events_are_inside_their_stream_and_never_adjacent(seed: int) -> None:
+    events = sample_events()
+    loops = 2
+    faults = plan_faults(streams(events), loops, gaps=15, duplicates=0, seed=seed)
+    plan = list(replay_plan(events, loops, data_span_ms(events)))
+    by_stream: dict[tuple[type, str], list[tuple[int, int]]] = {}
+    for pos, (e, _, off) in enumerate(plan):
+        by_stream.setdefault((type(e), e.symbol), []).append((pos, e.sequence_number + off))
+    for members in by_stream.values():
+        dropped = [i for i, (pos, _) in enumerate(members) if pos in faults.drop]
+        assert 0 not in dropped and len(members) - 1 not in dropped
+        assert all(b - a > 1 for a, b in itertools.pairwise(dropped))
+
+
+def test_with_faults_drops_and_repeats_what_it_reports() -> None:
+    events = sample_events()
+    faults = plan_faults(streams(events), 1, gaps=4, duplicates=3, seed=1, max_delay=5)
+    injected: list[Injected] = []
+    sent = list(with_faults(replay_plan(events, 1, data_span_ms(events)), faults, injected))
+    assert len(sent) == len(events) - 4 + 3
+    gaps = [i for i in injected if i.fault == "gap"]
+    dups = [i for i in injected if i.fault == "duplicate"]
+    assert len(gaps) == 4 and len(dups) == 3
+    sent_keys = Counter((type(e), e.symbol, e.sequence_number) for e, _, _ in sent)
+    for g in gaps:
+        assert (g.kind, g.symbol, g.sequence_number) not in sent_keys
+    for d in dups:
+        assert sent_keys[(d.kind, d.symbol, d.sequence_number)] == 2
+
+
+@pytest.mark.parametrize("loops", [1, 3])
+def test_sequence_tracking_finds_exactly_the_injected_faults(loops: int) -> None:
+    """The replay's faults and K2's classifier agree: every gap and duplicate, nothing else."""
+    events = sample_events()
+    faults = plan_faults(streams(events), loops, gaps=8, duplicates=6, seed=3)
+    injected: list[Injected] = []
+    books = {Trade: SequenceBook({}, 1000), Quote: SequenceBook({}, 1000)}
+    found_gaps, found_dups = [], []
+    for offset, (e, shift, off) in enumerate(
+        with_faults(replay_plan(events, loops, data_span_ms(events)), faults, injected)
+    ):
+        buffered = BufferedEvent("t", 0, offset, to_record(e, shift, off, ingestion_ms=offset))
+        result = track("t", [buffered], books[type(e)], now_ms=0)
+        found_gaps += [(type(e), g.symbol, g.expected, g.received) for g in result.gaps]
+        found_dups += [(type(e), e.symbol, v.outcome.label) for _, v in result.rejected]
+    assert sorted(found_gaps, key=str) == sorted(
+        ((i.kind, i.symbol, i.sequence_number, i.sequence_number + 1) for i in injected if i.fault == "gap"), key=str
+    )
+    assert sorted(found_dups, key=str) == sorted(
+        ((i.kind, i.symbol, "duplicate") for i in injected if i.fault == "duplicate"), key=str
+    )
+
+
+def test_too_many_faults_is_a_value_error() -> None:
+    keys = streams([trade("A", i, i) for i in range(1, 6)])
+    with pytest.raises(ValueError):
+        plan_faults(keys, 1, gaps=3, duplicates=0, seed=0)  # 5 events: at most 2 non-adjacent inner ones
+    with pytest.raises(ValueError):
+        plan_faults(keys, 1, gaps=0, duplicates=6, seed=0)
+    assert plan_faults(keys, 1, gaps=0, duplicates=0, seed=0) == Faults()

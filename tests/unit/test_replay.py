@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from k2.avro.schemas import CONTRACTS
 from k2.cli import replay as replay_cli
 from k2.errors import ReplayInputError, ServiceUnavailable
 from k2.replay.asx_csv import Quote, Trade
+from k2.replay.feed import plan_faults
 from k2.replay.producer import (
     Replayer,
     ReplayReport,
@@ -247,3 +249,35 @@ def test_format_report_lists_malformed_lines() -> None:
     text = replay_cli.format_report(report, Settings())
     assert "  d/trades/1.csv:7: empty line" in text
     assert "10 records in 2.00 s (5 records/s), 0 failed" in text
+
+
+def test_replayer_injects_gaps_and_duplicates_and_reports_them() -> None:
+    settings = Settings()
+    producer = FakeProducer()
+    source = load_source(SAMPLE, ["DVN"])
+    faults = plan_faults([(type(e), e.symbol) for e in source.events], 1, gaps=3, duplicates=2, seed=5)
+    clock = iter(range(10**6))
+    replayer = Replayer(producer, make_serializers(registered_client(settings)), settings, now_ms=lambda: next(clock))  # type: ignore[arg-type]
+    report = replayer.run(source, progress=False, faults=faults)
+    assert report.total_delivered == 1 + len(source.events) - 3 + 2
+    payload = replay_cli.injected_payload(report.injected, settings, 5)
+    assert payload["seed"] == 5 and len(payload["gaps"]) == 3 and len(payload["duplicates"]) == 2
+    sent: Counter[tuple[str, int]] = Counter()
+    ingestion: dict[tuple[str, int], set[int]] = {}
+    for topic, _, value in producer.sent[1:]:
+        name = "trade" if topic == "market.trades.raw" else "quote"
+        record = decode(split_frame(value)[1], CONTRACTS[name].parsed)
+        sent[(topic, record["sequence_number"])] += 1
+        ingestion.setdefault((topic, record["sequence_number"]), set()).add(record["ingestion_timestamp"])
+    for gap in payload["gaps"]:
+        assert sent[(gap["topic"], gap["expected"])] == 0 and sent[(gap["topic"], gap["received"])] == 1
+    for dup in payload["duplicates"]:
+        key = (dup["topic"], dup["sequence_number"])
+        assert sent[key] == 2 and len(ingestion[key]) == 2  # re-sent later: a new ingestion time
+    text = replay_cli.format_report(report, settings)
+    assert "injected: 3 gap(s), 2 duplicate(s)" in text
+
+
+def test_cli_refuses_more_faults_than_the_feed_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(str(SAMPLE), "--symbols", "MWR", "--inject-gaps", "50", "--no-progress") == 2
+    assert "cannot place 50 gaps" in capsys.readouterr().err
