@@ -9,8 +9,9 @@ changelog and flushes them, and the offsets recorded in Iceberg drop what was al
 committed.
 
 Writes name their changelog partition explicitly (the source partition of the chunk,
-with which the table is co-partitioned) through Faust's ``send_changelog``, because a
-micro-batch spans partitions and has no single "current event".
+with which the table is co-partitioned), because a micro-batch spans partitions and has
+no single "current event"; and they are awaited until the broker has them (see
+:mod:`k2.buffer.changelog`) before the batch's events are acked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey, to_ipc
 
 __all__ = ["ChunkStore"]
@@ -31,22 +33,27 @@ class ChunkStore:
     def __init__(self, table: Any, topic: str) -> None:
         self.table = table
         self.topic = topic
+        self.changelog = ChangelogWriter(table)
 
-    def put(self, key: ChunkKey, chunk: pa.Table) -> None:
-        """Store a chunk locally and send it to the changelog (flushed before offsets commit)."""
+    async def put(self, key: ChunkKey, chunk: pa.Table) -> None:
+        """Store a chunk locally and send it to the changelog; :meth:`durable` waits for the broker."""
         text = key.encode()
         blob = to_ipc(chunk)
         self.table.data[text] = blob
-        self.table.send_changelog(key.partition, text, blob, value_serializer="raw")
+        await self.changelog.send(key.partition, text, blob)
 
-    def remove(self, keys: Iterable[ChunkKey]) -> None:
+    async def remove(self, keys: Iterable[ChunkKey]) -> None:
         """Forget flushed chunks, locally and in the changelog (tombstones)."""
         data = self.table.data
         for key in keys:
             text = key.encode()
             if text in data:
                 del data[text]
-            self.table.send_changelog(key.partition, text, None, value_serializer="raw")
+            await self.changelog.send(key.partition, text, None)
+
+    async def durable(self) -> None:
+        """Wait until every chunk put or removed so far is acknowledged by the broker."""
+        await self.changelog.wait()
 
     def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:
         """Chunk keys held here, in (kind, partition, offset) order, limited to ``partitions`` if given."""

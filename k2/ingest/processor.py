@@ -92,6 +92,10 @@ class Stage(Protocol):
         self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
     ) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
 
+    async def persist(self) -> None:
+        """Make the state this batch changed durable (the batch is acked right after)."""
+        ...
+
 
 def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
     """Iceberg fields a writer schema has and the table lacks (pure; see :mod:`k2.lake.evolution`)."""
@@ -144,7 +148,7 @@ class IngressProcessor:
         outcome = classify(topic, records, resolved, self.source.validate, now_ms, self.worker_id)
         for stage in self.stages:
             for key, chunk in stage(records, outcome, now_ms):
-                self.store.put(key, chunk)
+                await self.store.put(key, chunk)
         if outcome.accepted_schema_ids - self._ids_seen:
             await self._on_new_schemas(outcome.accepted_schema_ids - self._ids_seen, resolved)
         if outcome.accepted:
@@ -154,17 +158,22 @@ class IngressProcessor:
                     chunk = companies_to_arrow(events, now_ms, schema)
                 else:
                     chunk = events_to_arrow(self.source.table_name, events, schema)
-                self.store.put(ChunkKey(ROWS, partition, events[0].offset, events[-1].offset, len(events)), chunk)
+                await self.store.put(ChunkKey(ROWS, partition, events[0].offset, events[-1].offset, len(events)), chunk)
             self.metrics.events_accepted.labels(topic).inc(len(outcome.accepted))
         if outcome.rejected:
             for partition, rejects in _by_partition(outcome.rejected):
                 chunk = rejects_to_arrow(rejects)
-                self.store.put(ChunkKey(REJECTS, partition, rejects[0].offset, rejects[-1].offset, len(rejects)), chunk)
+                key = ChunkKey(REJECTS, partition, rejects[0].offset, rejects[-1].offset, len(rejects))
+                await self.store.put(key, chunk)
             for r in outcome.rejected:
                 self.metrics.events_rejected.labels(topic, r.reason).inc()
                 await self.send_reject(r, _reject_model(r))
         if outcome.flagged:
             self.metrics.crossed_quotes.labels(topic).inc(outcome.flagged)
+        # The batch's events are acked when this returns: their state and chunks must be on the broker.
+        for stage in self.stages:
+            await stage.persist()
+        await self.store.durable()
         return len(outcome.accepted)
 
     async def resolve(self, ids: set[int]) -> dict[int, Resolution]:

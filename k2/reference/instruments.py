@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey
 from k2.ingest.classify import BatchOutcome, RawRecord
 from k2.lake.records import BufferedEvent
@@ -146,6 +147,9 @@ class InstrumentCheck:
                 self.watch.add(self.topic, unknown, mismatched)
         return []
 
+    async def persist(self) -> None:
+        """Nothing to persist: the watch is counters only."""
+
 
 def latest_by_company(events: Iterable[BufferedEvent]) -> dict[str, tuple[int, dict[str, Any]]]:
     """``str(company_id)`` -> (partition, fields) of the last version of each company in ``events``. Pure."""
@@ -166,6 +170,8 @@ class ReferenceUpdate:
         self.table = table
         self.instruments = instruments
         self.metrics = metrics
+        self.changelog = ChangelogWriter(table)
+        self._changes: list[tuple[int, str, ReferenceData]] = []
 
     def __call__(
         self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
@@ -174,11 +180,18 @@ class ReferenceUpdate:
         for key, (partition, fields) in latest.items():
             value = ReferenceData(**fields)
             self.table.data[key] = value
-            self.table.send_changelog(partition, key, value)
+            self._changes.append((partition, key, value))
         if latest:
             self.instruments.changed()
         self.metrics.reference_companies.set(len(self.table.data))
         return []
+
+    async def persist(self) -> None:
+        """Send the batch's company writes to the changelog and wait for the broker."""
+        changes, self._changes = self._changes, []
+        for partition, key, value in changes:
+            await self.changelog.send(partition, key, value, value_serializer=None)
+        await self.changelog.wait()
 
 
 def instruments_payload(instruments: Instruments, watch: InstrumentWatch) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import GAPS, ChunkKey
 from k2.ingest.classify import BatchOutcome, RawRecord
 from k2.lake.arrow import gaps_to_arrow
@@ -71,6 +72,8 @@ class SequenceStage:
         self.book = SequenceBook(getattr(data, "data", data), window)
         self.metrics = metrics
         self.worker_id = worker_id
+        self.changelog = ChangelogWriter(table)
+        self._changes: list[tuple[int, str, bytes | None]] = []
 
     def __call__(
         self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
@@ -78,9 +81,7 @@ class SequenceStage:
         if not outcome.accepted:
             return []
         result = track(self.topic, outcome.accepted, self.book, now_ms)
-        send = self.table.send_changelog
-        for partition, key, value in result.changes:
-            send(partition, key, value, value_serializer="raw")
+        self._changes.extend(result.changes)  # sent, in this order, by persist()
         outcome.accepted = result.accepted
         if result.rejected:
             raw = {(r.partition, r.offset): r for r in records}
@@ -91,6 +92,13 @@ class SequenceStage:
             outcome.rejected = sorted([*outcome.rejected, *extra], key=lambda r: (r.partition, r.offset))
         self._count(result.counts, result.new_gaps)
         return gap_chunks(result.gaps)
+
+    async def persist(self) -> None:
+        """Send the batch's state writes to the changelog, in order, and wait for the broker."""
+        changes, self._changes = self._changes, []
+        for partition, key, value in changes:
+            await self.changelog.send(partition, key, value)
+        await self.changelog.wait()
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events

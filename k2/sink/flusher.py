@@ -111,7 +111,7 @@ class Flusher:
                     report.failed[batch.table_name] = f"{type(exc).__name__}: {exc}"
                     log.exception("commit to %s failed; its %d rows stay buffered", batch.table_name, batch.rows)
                     continue
-                self._forget(batch)
+                await self._forget(batch)
                 report.results.append(result)
                 self._count(result)
             self.publish_buffered_rows()
@@ -123,13 +123,14 @@ class Flusher:
         rows = build_batch(batch, writer.arrow_schema(batch.table_name))
         return writer.commit(batch.table_name, rows, source_offsets(batch.chunks), uuid.uuid4().hex)
 
-    def _forget(self, batch: TableBatch) -> None:
+    async def _forget(self, batch: TableBatch) -> None:
+        """Tombstone the committed chunks (losing a tombstone is harmless: the marks drop the rows)."""
         by_topic: dict[str, list[PendingChunk]] = {}
         for chunk in batch.chunks:
             by_topic.setdefault(chunk.topic, []).append(chunk)
         for src in self.sources:
             if src.topic in by_topic:
-                src.store.remove(c.key for c in by_topic[src.topic])
+                await src.store.remove(c.key for c in by_topic[src.topic])
 
     def _count(self, result: CommitResult) -> None:
         table = result.table_name

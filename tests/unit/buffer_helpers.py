@@ -1,19 +1,33 @@
-"""A stand-in for a Faust table's store and changelog, for unit tests of the buffer and sink.
+"""A stand-in for a Faust table's store and changelog topic, for unit tests of the buffer and sink.
 
-Only the two things :class:`k2.buffer.store.ChunkStore` touches: ``data`` (the local
-store) and ``send_changelog`` (recorded). The real Faust table is exercised end to end
-by the integration tests, against a real broker.
+Only what :class:`k2.buffer.store.ChunkStore` touches: ``data`` (the local store), the
+changelog topic's ``send`` (recorded; delivery is immediate) and the serializer names.
+The real Faust table and broker are exercised end to end by the integration tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
 class RecordingTable:
+    key_serializer = "json"
+    value_serializer = "raw"
+
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.changelog: list[tuple[int | None, str, bytes | None]] = []
+        self.changelog_topic = self
+
+    async def send(self, *, key: str, value: bytes | None, partition: int | None, **_: Any) -> asyncio.Future[None]:
+        self.changelog.append((partition, key, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        pass
 
     def send_changelog(self, partition: int | None, key: str, value: bytes | None, **_: Any) -> None:
         self.changelog.append((partition, key, value))

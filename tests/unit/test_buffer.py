@@ -33,17 +33,17 @@ def test_ipc_round_trip_is_exact() -> None:
     assert again.equals(table) and again.schema.equals(table.schema)
 
 
-def test_store_writes_one_changelog_record_per_chunk_and_tombstones_on_remove() -> None:
+async def test_store_writes_one_changelog_record_per_chunk_and_tombstones_on_remove() -> None:
     table = RecordingTable()
     store = ChunkStore(table, "market.trades.raw")
     chunk = events_to_arrow(TRADES, trade_events(3, range(100)))
     key = ChunkKey(ROWS, 3, 0, 99, 100)
-    store.put(key, chunk)
-    store.put(ChunkKey(REJECTS, 3, 100, 100, 1), pa.table({"x": [1]}))
+    await store.put(key, chunk)
+    await store.put(ChunkKey(REJECTS, 3, 100, 100, 1), pa.table({"x": [1]}))
     assert [(p, k) for p, k, _ in table.changelog] == [(3, key.encode()), (3, "rejects:3:100:100:1")]
     assert store.buffered_rows() == 101 and store.buffered_rows(ROWS) == 100
     assert store.chunk_keys({2}) == []
-    store.remove([key])
+    await store.remove([key])
     assert table.changelog[-1] == (3, key.encode(), None)
     assert store.chunk_keys() == [ChunkKey(REJECTS, 3, 100, 100, 1)]
     assert list(table.restore_from_changelog()) == ["rejects:3:100:100:1"]

@@ -209,7 +209,7 @@ def ev(offset: int, record: dict[str, Any], partition: int = 0) -> BufferedEvent
     return BufferedEvent("t", partition, offset, record)
 
 
-def test_reference_update_writes_the_last_version_of_each_company_once() -> None:
+async def test_reference_update_writes_the_last_version_of_each_company_once() -> None:
     table = RecordingTable()
     instruments = Instruments(table.data)
     metrics = K2Metrics(CollectorRegistry())
@@ -217,6 +217,8 @@ def test_reference_update_writes_the_last_version_of_each_company_once() -> None
     assert instruments.by_symbol() == {}
     outcome = BatchOutcome(accepted=[ev(0, ref(1, "AAA")), ev(1, ref(2, "BBB")), ev(2, ref(1, "AAX"))])
     assert stage([], outcome, T0) == []
+    assert table.changelog == []  # nothing is sent before persist()
+    await stage.persist()
     assert [(p, k) for p, k, _ in table.changelog] == [(0, "1"), (0, "2")]
     assert isinstance(table.changelog[0][2], ReferenceData)
     assert instruments.by_symbol() == {"AAX": {1}, "BBB": {2}}

@@ -167,8 +167,8 @@ async def test_registry_retries_are_counted() -> None:
 async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.flusher.clock = lambda: 1000.0
-    h.put_trades(0, range(0, 10))
-    h.put_trades(1, range(0, 5))
+    await h.put_trades(0, range(0, 10))
+    await h.put_trades(1, range(0, 5))
     assert h.flusher.publish_buffered_rows()[TRADES] == 15
     assert h.metric("k2_buffered_rows", table=TRADES) == 15
 
@@ -183,7 +183,7 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
 
     # A replay of rows already landed: counted as skipped, no new snapshot, no new commit time.
     h.flusher.clock = lambda: 2000.0
-    h.put_trades(0, range(5, 12))
+    await h.put_trades(0, range(5, 12))
     await h.flusher.flush({TRADES_TOPIC: {0}})
     assert h.metric("k2_flushes_total", table=TRADES) == 2
     assert h.metric("k2_rows_written_total", table=TRADES) == 17
@@ -195,7 +195,7 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
 
 async def test_commit_failure_is_counted_and_rows_stay_buffered(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.put_trades(0, range(0, 4))
+    await h.put_trades(0, range(0, 4))
     h.writer.catalog.drop_table(TRADES)  # a real failure: the table is gone from the catalog
     h.writer._tables.clear()
     report = await h.flusher.flush({TRADES_TOPIC: {0}})
@@ -266,7 +266,7 @@ async def test_runtime_reads_marks_and_commit_time_from_the_lake_then_follows_fl
     first = Runtime(settings, stores, _send_nothing, K2Metrics(CollectorRegistry()))
     await first.start()
     assert first.lake_marks == {}
-    stores[TRADES_TOPIC].put(ChunkKey(ROWS, 0, 0, 7, 8), events_to_arrow(TRADES, trade_events(0, range(8))))
+    await stores[TRADES_TOPIC].put(ChunkKey(ROWS, 0, 0, 7, 8), events_to_arrow(TRADES, trade_events(0, range(8))))
     report = await first.flush({TRADES_TOPIC: {0}}, recovering=False)
     assert report.rows_written == 8
     assert first.lake_marks == {(TRADES_TOPIC, 0): 7}

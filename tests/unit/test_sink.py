@@ -44,9 +44,9 @@ class Harness:
             self.metrics,
         )
 
-    def put_trades(self, partition: int, offsets: range) -> ChunkKey:
+    async def put_trades(self, partition: int, offsets: range) -> ChunkKey:
         key = ChunkKey(ROWS, partition, offsets[0], offsets[-1], len(offsets))
-        self.stores[TRADES_TOPIC].put(key, events_to_arrow(TRADES, trade_events(partition, offsets)))
+        await self.stores[TRADES_TOPIC].put(key, events_to_arrow(TRADES, trade_events(partition, offsets)))
         return key
 
     def rows(self, table: str) -> list[tuple[int, int]]:
@@ -63,9 +63,9 @@ ALL = {TRADES_TOPIC: {0, 1, 2}, QUOTES_TOPIC: {0, 1, 2}}
 
 async def test_flush_commits_buffered_rows_once_and_clears_the_buffer(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.put_trades(0, range(0, 10))
-    h.put_trades(0, range(10, 15))
-    h.put_trades(1, range(0, 3))
+    await h.put_trades(0, range(0, 10))
+    await h.put_trades(0, range(10, 15))
+    await h.put_trades(1, range(0, 3))
     report = await h.flusher.flush(ALL)
     assert report.failed == {} and report.rows_written == 18
     assert h.rows(TRADES) == [(0, o) for o in range(15)] + [(1, o) for o in range(3)]
@@ -79,12 +79,12 @@ async def test_flush_commits_buffered_rows_once_and_clears_the_buffer(tmp_path: 
 
 async def test_crash_between_commit_and_cleanup_writes_nothing_twice(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.put_trades(2, range(0, 50))
+    await h.put_trades(2, range(0, 50))
     restored_before_cleanup = dict(h.trades.data)  # what the changelog held when the commit landed
     await h.flusher.flush(ALL)
     # The worker "died" before its tombstones were written: the next owner restores the chunk.
     h.trades.data.update(restored_before_cleanup)
-    h.put_trades(2, range(50, 60))
+    await h.put_trades(2, range(50, 60))
     report = await h.flusher.flush(ALL)
     [result] = report.results
     assert (result.rows_written, result.rows_dropped) == (10, 50)
@@ -94,16 +94,16 @@ async def test_crash_between_commit_and_cleanup_writes_nothing_twice(tmp_path: P
 
 async def test_overlapping_chunks_from_a_reconsumed_batch_land_once(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.put_trades(0, range(0, 20))
-    h.put_trades(0, range(10, 30))  # re-consumed after a crash, cut into a different chunk
+    await h.put_trades(0, range(0, 20))
+    await h.put_trades(0, range(10, 30))  # re-consumed after a crash, cut into a different chunk
     await h.flusher.flush(ALL)
     assert h.rows(TRADES) == [(0, o) for o in range(30)]
 
 
 async def test_only_owned_partitions_are_flushed(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.put_trades(0, range(5))
-    kept = h.put_trades(1, range(5))
+    await h.put_trades(0, range(5))
+    kept = await h.put_trades(1, range(5))
     await h.flusher.flush({TRADES_TOPIC: {0}})
     assert h.rows(TRADES) == [(0, o) for o in range(5)]
     assert h.stores[TRADES_TOPIC].chunk_keys() == [kept]
@@ -111,8 +111,8 @@ async def test_only_owned_partitions_are_flushed(tmp_path: Path) -> None:
 
 async def test_rejects_of_all_sources_go_to_one_commit_with_per_topic_offsets(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.stores[TRADES_TOPIC].put(ChunkKey(REJECTS, 0, 4, 4, 1), rejects_to_arrow([reject(TRADES_TOPIC, 0, 4)]))
-    h.stores[QUOTES_TOPIC].put(ChunkKey(REJECTS, 0, 9, 9, 1), rejects_to_arrow([reject(QUOTES_TOPIC, 0, 9)]))
+    await h.stores[TRADES_TOPIC].put(ChunkKey(REJECTS, 0, 4, 4, 1), rejects_to_arrow([reject(TRADES_TOPIC, 0, 4)]))
+    await h.stores[QUOTES_TOPIC].put(ChunkKey(REJECTS, 0, 9, 9, 1), rejects_to_arrow([reject(QUOTES_TOPIC, 0, 9)]))
     report = await h.flusher.flush(ALL)
     assert [r.table_name for r in report.results] == [REJECTS_TABLE]
     table = h.writer.table(REJECTS_TABLE, refresh=True)
@@ -126,9 +126,9 @@ async def test_a_failing_table_keeps_its_chunks_and_others_proceed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = Harness(tmp_path)
-    h.put_trades(0, range(3))
+    await h.put_trades(0, range(3))
     qkey = ChunkKey(ROWS, 0, 0, 0, 1)
-    h.stores[QUOTES_TOPIC].put(qkey, events_to_arrow(TRADES, trade_events(0, range(1))))  # wrong shape for quotes
+    await h.stores[QUOTES_TOPIC].put(qkey, events_to_arrow(TRADES, trade_events(0, range(1))))  # wrong shape for quotes
     report = await h.flusher.flush(ALL)
     assert QUOTES in report.failed and [r.table_name for r in report.results] == [TRADES]
     assert h.stores[QUOTES_TOPIC].chunk_keys() == [qkey]
@@ -145,12 +145,12 @@ def test_source_offsets_and_overlaps_are_per_topic_partition() -> None:
     assert overlaps([*chunks, pc_("a", 0, 19, 25)])
 
 
-def test_sorted_by_time_then_sequence(tmp_path: Path) -> None:
+async def test_sorted_by_time_then_sequence(tmp_path: Path) -> None:
     from k2.sink.batches import TableBatch, build_batch
 
     h = Harness(tmp_path)
-    late = h.put_trades(0, range(100, 110))
-    early = h.put_trades(1, range(0, 10))
+    late = await h.put_trades(0, range(100, 110))
+    early = await h.put_trades(1, range(0, 10))
     batch = TableBatch(
         TRADES, tuple(PendingChunk(TRADES_TOPIC, k, h.stores[TRADES_TOPIC].get(k)) for k in (late, early))
     )
