@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,12 +19,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import Schema
 
-from k2.admin.watermarks import end_offsets
 from k2.avro.codec import encode, parse_schema
 from k2.avro.registry import lookup_schema_id, registry_client
 from k2.avro.schemas import CONTRACTS
 from k2.models import Reject
 from tests.integration.k2env import BIN, K2Env, Worker, free_port
+from tests.integration.law import assert_law
 
 pytestmark = pytest.mark.integration
 
@@ -52,37 +51,6 @@ def quote(**kw: Any) -> dict[str, Any]:
     }  # fmt: skip
     rec.update(kw)
     return rec
-
-
-def assert_law(env: K2Env) -> None:
-    """Every source offset in exactly one table, once."""
-    catalog = env.catalog()
-    seen: Counter[tuple[str, int, int]] = Counter()
-    topics = {
-        "market_data.trades": env.settings.trades_topic,
-        "market_data.quotes": env.settings.quotes_topic,
-        "reference_data.companies": env.settings.reference_topic,
-    }
-    for table, topic in topics.items():
-        data = catalog.load_table(table).scan(selected_fields=("kafka_partition", "kafka_offset")).to_arrow()
-        for p, o in zip(data["kafka_partition"].to_pylist(), data["kafka_offset"].to_pylist(), strict=True):
-            seen[(topic, p, o)] += 1
-    rej = catalog.load_table("market_data.rejects").scan().to_arrow()
-    for t, p, o in zip(
-        rej["source_topic"].to_pylist(),
-        rej["source_partition"].to_pylist(),
-        rej["source_offset"].to_pylist(),
-        strict=True,
-    ):
-        seen[(t, p, o)] += 1
-    twice = {k: n for k, n in seen.items() if n > 1}
-    assert not twice, f"landed more than once: {sorted(twice)[:10]}"
-    want = {
-        (t, p, o) for (t, p), end in end_offsets(env.settings, env.settings.source_topics).items() for o in range(end)
-    }
-    # Companies are upserted: superseded versions of a company leave the table by design.
-    missing = {k for k in want - set(seen) if k[0] != env.settings.reference_topic}
-    assert not missing, f"never landed: {sorted(missing)[:10]}"
 
 
 CATALOGS = ["sqlite", pytest.param("rest", marks=pytest.mark.rest)]
