@@ -54,7 +54,6 @@ class Settings(BaseSettings):
     flush_max_rows: int = Field(50_000, ge=1)
     ingest_batch_max: int = Field(5000, ge=1, description="Events per micro-batch an ingress agent takes at most.")
     ingest_batch_within_s: float = Field(0.5, gt=0, description="How long an agent waits to fill a micro-batch.")
-    stream_buffer_maxsize: int = Field(20000, ge=1, description="Events Faust buffers per partition before pausing.")
     worker_id: str | None = Field(None, description="Identifier written into Iceberg commits; defaults to host:pid.")
 
     # Market-data guarantees
