@@ -34,7 +34,7 @@ from array import array
 from collections.abc import MutableMapping
 from typing import Any
 
-from k2.sequence.classify import FIRST, KeyState, Verdict, decide, first
+from k2.sequence.classify import FIRST, IN_ORDER, KeyState, Verdict, decide, first
 
 __all__ = ["BLOCK", "Block", "Cursor", "SequenceBook", "decode_head", "encode_head"]
 
@@ -112,7 +112,7 @@ assert array("I").itemsize == 4 and array("q").itemsize == 8
 class Cursor:
     """One key's state and window during a batch; the :class:`~k2.sequence.classify.Window` of :func:`decide`."""
 
-    __slots__ = ("_book", "_dirty", "_head_key", "_prefix", "_start_range", "partition", "state")
+    __slots__ = ("_book", "_dirty", "_head_key", "_last", "_prefix", "_start_range", "partition", "state")
 
     def __init__(self, book: SequenceBook, partition: int, ident: str, state: KeyState | None) -> None:
         self._book = book
@@ -121,12 +121,20 @@ class Cursor:
         self._prefix = f"w|{ident}"
         self.state = state
         self._dirty: dict[tuple[int, int], Block] = {}
+        self._last: tuple[int, int, Block] | None = None  # the block put() wrote last: (epoch, index, block)
         #: window blocks that may exist before this batch: (epoch, lowest index, highest index)
         self._start_range = None if state is None else (state.epoch, state.low_block, state.last // BLOCK)
 
     def track(self, seq: int, time_ms: int, fp: int, offset: int, size: int) -> Verdict:
         """Classify the key's next event (in offset order) and update the state."""
         state = self.state
+        if state is not None and seq == state.last + 1 and offset > state.applied:
+            # The common case, inlined (it is decide()'s first branch for an in-order number).
+            state.applied = offset
+            state.last = seq
+            state.last_time = time_ms
+            self.put(seq, fp, offset)
+            return IN_ORDER
         if state is None:
             self.state = first(seq, time_ms, offset)
             self.state.low_block = seq // BLOCK
@@ -167,9 +175,16 @@ class Cursor:
 
     def put(self, seq: int, fp: int, offset: int) -> None:
         assert self.state is not None
-        block = self._block(self.state.epoch, seq // BLOCK, create=True)
+        epoch = self.state.epoch
+        index, i = divmod(seq, BLOCK)
+        last = self._last
+        if last is not None and last[1] == index and last[0] == epoch:
+            block: Block | None = last[2]
+        else:
+            block = self._block(epoch, index, create=True)
+            assert block is not None
+            self._last = (epoch, index, block)
         assert block is not None
-        i = seq % BLOCK
         block.fps[i] = fp
         block.offsets[i] = offset
 
@@ -193,6 +208,8 @@ class Cursor:
 
     def _drop(self, epoch: int, index: int) -> None:
         self._dirty.pop((epoch, index), None)
+        if self._last is not None and self._last[:2] == (epoch, index):
+            self._last = None
         key = f"{self._prefix}|{epoch}|{index}"
         if self._book.data.pop(key, None) is not None:
             self._book.deleted.append((self.partition, key, None))

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "FIRST",
+    "IN_ORDER",
     "LARGE_GAP_MIN",
     "RESET_AFTER_MS",
     "KeyState",

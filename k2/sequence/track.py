@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from k2.lake.records import BufferedEvent, GapRecord
 from k2.sequence.book import Change, SequenceBook
-from k2.sequence.classify import Outcome, Verdict, event_millis, fingerprint, severity
+from k2.sequence.classify import IN_ORDER, Outcome, Verdict, event_millis, fingerprint, severity
 
 __all__ = ["TrackResult", "track"]
 
@@ -48,7 +48,8 @@ def track(topic: str, events: Sequence[BufferedEvent], book: SequenceBook, now_m
     accept = out.accepted.append
     size = book.size
     by_outcome = [0] * (max(Outcome) + 1)
-    untracked = redelivered = unresolved = 0
+    untracked = redelivered = unresolved = in_order = 0
+    cursor_of = book.cursor
     for event in events:
         record = event.record
         seq = record.get("sequence_number")
@@ -58,9 +59,16 @@ def track(topic: str, events: Sequence[BufferedEvent], book: SequenceBook, now_m
             continue
         exchange = record.get("exchange") or ""
         symbol = record["symbol"]
-        cursor = book.cursor(event.partition, exchange, symbol)
-        event_ms = event_millis(record["exchange_timestamp"])
-        verdict = cursor.track(seq, event_ms, fingerprint(record), event.offset, size)
+        event_ms = record["exchange_timestamp"]
+        if type(event_ms) is not int:
+            event_ms = event_millis(event_ms)
+        verdict = cursor_of(event.partition, exchange, symbol).track(
+            seq, event_ms, fingerprint(record), event.offset, size
+        )
+        if verdict is IN_ORDER:  # the common case first
+            in_order += 1
+            accept(event)
+            continue
         if verdict.redelivered:
             redelivered += 1
             unresolved += verdict.unresolved
@@ -88,6 +96,7 @@ def track(topic: str, events: Sequence[BufferedEvent], book: SequenceBook, now_m
             out.gaps.append(gap)
             if not verdict.redelivered:
                 out.new_gaps.append(gap)
+    by_outcome[Outcome.IN_ORDER] += in_order
     for outcome in Outcome:
         if by_outcome[outcome]:
             out.count(outcome.label, by_outcome[outcome])
