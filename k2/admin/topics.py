@@ -38,6 +38,29 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The worker's own topics: the changelog of every Faust table, and Faust's assignor topic.
+
+    Faust would create them as the worker starts, but a topic created a moment before the
+    group's first assignment can be missing from the broker's metadata then; the assignor
+    skips it and that table never recovers. ``k2 init`` creates them beforehand.
+    """
+    from k2.app import app
+
+    app.discover()
+    specs = [
+        TopicSpec(
+            table.changelog_topic.get_topic_name(),
+            table.partitions or app.conf.topic_partitions,
+            settings.replication_factor,
+            {"cleanup.policy": "compact"},
+        )
+        for table in app.tables.values()
+    ]
+    specs.append(TopicSpec(f"{app.conf.id}-__assignor-__leader", 1, settings.replication_factor, {}))
+    return specs
+
+
 @dataclass
 class TopicsReport:
     created: list[str] = field(default_factory=list)

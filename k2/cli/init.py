@@ -28,9 +28,14 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     warnings = 0
     if not args.skip_topics:
-        from k2.admin.topics import admin_client, ensure_topics, topic_specs
+        from k2.admin.topics import admin_client, ensure_topics, internal_topic_specs, topic_specs
 
-        report = ensure_topics(admin_client(settings), topic_specs(settings))
+        admin = admin_client(settings)
+        report = ensure_topics(admin, topic_specs(settings))
+        internal = ensure_topics(admin, internal_topic_specs(settings))
+        print(
+            f"topic    {len(internal.created)} internal topic(s) of the worker created, {len(internal.existing)} exist"
+        )
         for name in report.created:
             print(f"topic    {name}: created")
         for name in report.existing:
