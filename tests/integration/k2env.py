@@ -56,7 +56,8 @@ class Worker:
                 start_new_session=True,
             )
 
-    def wait_started(self, timeout_s: float = 90.0) -> None:
+    def wait_started(self, timeout_s: float = 180.0) -> None:
+        """Until "Worker ready". After a SIGKILL the group waits out the dead member's session (60 s)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
