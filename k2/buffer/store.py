@@ -17,6 +17,7 @@ no single "current event"; and they are awaited until the broker has them (see
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +26,9 @@ from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey, to_ipc
 
 __all__ = ["ChunkStore"]
+
+#: Keys are parsed after every micro-batch to count buffered rows; each key is parsed once.
+_parse_key = lru_cache(maxsize=1 << 16)(ChunkKey.decode)
 
 
 class ChunkStore:
@@ -55,13 +59,13 @@ class ChunkStore:
         """Wait until every chunk put or removed so far is acknowledged by the broker."""
         await self.changelog.wait()
 
+    def iter_keys(self) -> list[ChunkKey]:
+        """Chunk keys held here, unordered (for counting: read after every micro-batch)."""
+        return [_parse_key(text) for text in list(self.table.data.keys())]
+
     def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:
         """Chunk keys held here, in (kind, partition, offset) order, limited to ``partitions`` if given."""
-        out = []
-        for text in list(self.table.data.keys()):
-            key = ChunkKey.decode(text)
-            if partitions is None or key.partition in partitions:
-                out.append(key)
+        out = [key for key in self.iter_keys() if partitions is None or key.partition in partitions]
         out.sort()
         return out
 
@@ -70,4 +74,4 @@ class ChunkStore:
         return value
 
     def buffered_rows(self, kind: str | None = None) -> int:
-        return sum(k.rows for k in self.chunk_keys() if kind is None or k.kind == kind)
+        return sum(k.rows for k in self.iter_keys() if kind is None or k.kind == kind)

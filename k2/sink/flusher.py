@@ -95,7 +95,7 @@ class Flusher:
         for table in SHARED_TABLES.values():
             out.setdefault(table, 0)
         for src in self.sources:
-            for key in src.store.chunk_keys():
+            for key in src.store.iter_keys():
                 out[src.target(key.kind)] += key.rows
         return out
 

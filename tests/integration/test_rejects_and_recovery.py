@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,7 +22,7 @@ from k2.avro.codec import encode, parse_schema
 from k2.avro.registry import lookup_schema_id, registry_client
 from k2.avro.schemas import CONTRACTS
 from k2.models import Reject
-from tests.integration.k2env import BIN, K2Env, Worker, free_port
+from tests.integration.k2env import K2Env, Worker, free_port
 from tests.integration.law import assert_law
 
 pytestmark = pytest.mark.integration
@@ -164,16 +163,10 @@ def test_worker_killed_mid_stream_loses_nothing_and_doubles_nothing(
     try:
         env.k2("init")
         worker = env.start_worker()
-        replay = subprocess.Popen(
-            [str(BIN / "k2"), "replay", str(SAMPLE), "--loop", "4", "--rate", "4000", "--no-progress"],
-            env=env.env,
-            stdout=subprocess.DEVNULL,
-        )
+        replay = env.replay_in_background(str(SAMPLE), "--loop", "4", "--rate", "4000")
         # Let it commit part of the stream, then kill it without warning.
+        env.wait_first_commit()
         catalog = env.catalog()
-        deadline = time.monotonic() + 120
-        while catalog.load_table("market_data.trades").current_snapshot() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
         worker.crash()
         landed_before = sum(n + 1 for n in env.landed().values())
         env.start_worker()
@@ -237,11 +230,7 @@ def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path:
     try:
         env.k2("init")
         first = env.start_worker()
-        replay = subprocess.Popen(
-            [str(BIN / "k2"), "replay", str(SAMPLE), "--loop", "6", "--rate", "3000", "--no-progress"],
-            env=env.env,
-            stdout=subprocess.DEVNULL,
-        )
+        replay = env.replay_in_background(str(SAMPLE), "--loop", "6", "--rate", "3000")
         time.sleep(2)
         second_env = dict(env.env, K2_WEB_PORT=str(free_port()))
         second = Worker(second_env, tmp_path / "worker-second.log")

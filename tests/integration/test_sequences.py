@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from k2.avro.codec import decode, encode, split_frame
 from k2.avro.registry import lookup_schema_id, registry_client
 from k2.avro.schemas import CONTRACTS
-from tests.integration.k2env import BIN, ROOT, K2Env
+from tests.integration.k2env import ROOT, K2Env
 from tests.integration.law import assert_law
 
 pytestmark = pytest.mark.integration
@@ -176,18 +175,11 @@ def test_restart_mid_stream_continues_the_sequence_state(stack: Any, tmp_path: P
 def restart_mid_stream(env: K2Env, tmp_path: Path, stop: str) -> None:
     worker = env.start_worker()
     report = tmp_path / "injected.json"
-    replay = subprocess.Popen(
-        [
-            str(BIN / "k2"), "replay", str(SAMPLE), "--loop", "4", "--rate", "2500", "--no-progress",
-            "--inject-gaps", "12", "--inject-duplicates", "10", "--seed", "77", "--injected-report", str(report),
-        ],
-        env=env.env,
-        stdout=subprocess.DEVNULL,
+    replay = env.replay_in_background(
+        str(SAMPLE), "--loop", "4", "--rate", "2500",
+        "--inject-gaps", "12", "--inject-duplicates", "10", "--seed", "77", "--injected-report", str(report),
     )  # fmt: skip
-    catalog = env.catalog()
-    deadline = time.monotonic() + 120
-    while catalog.load_table("market_data.trades").current_snapshot() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    env.wait_first_commit()
     time.sleep(1.0)  # past the first commit: sequence state and buffers both hold something
     if stop == "sigterm":
         worker.proc.send_signal(signal.SIGTERM)

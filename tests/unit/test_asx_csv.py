@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -204,16 +205,12 @@ def test_data_span() -> None:
     assert data_span_ms() == 0
 
 
-def test_full_data_parses_fast() -> None:
-    """BHP's ~170k rows must parse in well under a few seconds (about 0.5 s on a laptop)."""
-    import time
+def test_full_bhp_files_parse_without_a_malformed_line() -> None:
+    """The whole BHP sample (~170k rows, beside the repository as ``shared/``) parses cleanly.
 
-    full = Path("/work/shared/data/asx-2014-03")
-    if not full.exists():
-        pytest.skip("full ASX data set not available")
-    start = time.perf_counter()
+    Speed is a benchmark's business, not a unit test's: no timing is asserted here.
+    """
+    full = Path(os.environ.get("K2_ASX_DATA", Path(__file__).resolve().parents[3] / "shared/data/asx-2014-03"))
     t = parse_trades_file(full / "trades" / "7078.csv", symbol="BHP", company_id=7078)
     q = parse_quotes_file(full / "quotes" / "7078.csv", symbol="BHP", company_id=7078)
-    elapsed = time.perf_counter() - start
     assert (len(t.rows), len(q.rows), t.malformed, q.malformed) == (91631, 77849, [], [])
-    assert elapsed < 3.0
