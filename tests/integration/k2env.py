@@ -129,6 +129,19 @@ class K2Env:
             raise AssertionError(f"k2 {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def replay_in_background(self, *args: str) -> subprocess.Popen[bytes]:
+        """``k2 replay ARGS --no-progress`` as a process of its own, to run while workers come and go."""
+        return subprocess.Popen(
+            [str(BIN / "k2"), "replay", *args, "--no-progress"], env=self.env, stdout=subprocess.DEVNULL
+        )
+
+    def wait_first_commit(self, table: str = "market_data.trades", timeout_s: float = 120.0) -> None:
+        """Until ``table`` has a snapshot (something was committed), or ``timeout_s`` passed."""
+        catalog = self.catalog()
+        deadline = time.monotonic() + timeout_s
+        while catalog.load_table(table).current_snapshot() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def start_worker(self, *, wait: bool = True) -> Worker:
         """Start a worker; with ``wait=False`` return at once (to watch it come up)."""
         worker = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log")
