@@ -41,6 +41,8 @@ from pyiceberg.types import (
 __all__ = [
     "COMPANIES",
     "COMPANIES_SCHEMA",
+    "COMPANY_VERSIONS",
+    "COMPANY_VERSIONS_SCHEMA",
     "MARKET_DATA",
     "NAMESPACES",
     "QUOTES",
@@ -68,6 +70,7 @@ TRADES = f"{MARKET_DATA}.trades"
 QUOTES = f"{MARKET_DATA}.quotes"
 REJECTS = f"{MARKET_DATA}.rejects"
 COMPANIES = f"{REFERENCE_DATA}.companies"
+COMPANY_VERSIONS = f"{REFERENCE_DATA}.company_versions"
 SEQUENCE_GAPS = f"{MARKET_DATA}.sequence_gaps"
 
 REQUIRED_PROPERTIES: Mapping[str, str] = {
@@ -138,6 +141,12 @@ COMPANIES_SCHEMA = Schema(
     NestedField(9, "updated_at", TimestamptzType(), required=True, doc="When K2 landed this version of the row."),
     identifier_field_ids=[1],
 )
+
+#: Every version of every company, in Kafka order: the history the upserted ``companies`` table
+#: forgets. Each reference-data offset lands here exactly once (or in the rejects), which is
+#: what lets ``k2 audit`` prove the reference topic like the market topics, and what a quant
+#: joins "as of" a date. Same columns as ``companies``, without its identifier field.
+COMPANY_VERSIONS_SCHEMA = Schema(*COMPANIES_SCHEMA.fields)
 
 REJECTS_SCHEMA = Schema(
     NestedField(1, "source_topic", StringType(), required=True),
@@ -237,6 +246,7 @@ TABLES: Mapping[str, TableDef] = {
         TableDef(TRADES, TRADES_SCHEMA, KAFKA_POSITION, _trade_spec, _trade_order),
         TableDef(QUOTES, QUOTES_SCHEMA, KAFKA_POSITION, _quote_spec, _quote_order),
         TableDef(COMPANIES, COMPANIES_SCHEMA, KAFKA_POSITION, upsert_keys=("company_id",)),
+        TableDef(COMPANY_VERSIONS, COMPANY_VERSIONS_SCHEMA, KAFKA_POSITION),
         TableDef(REJECTS, REJECTS_SCHEMA, REJECT_POSITION, _reject_spec, _reject_order),
         TableDef(SEQUENCE_GAPS, SEQUENCE_GAPS_SCHEMA, GAP_POSITION, _gap_spec, _gap_order),
     )

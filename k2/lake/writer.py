@@ -55,7 +55,7 @@ from k2.lake.offsets import (
     summary_properties,
 )
 from k2.lake.records import TopicPartition
-from k2.lake.schemas import COMPANIES, QUOTES, TABLES, TRADES, TableDef
+from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES, TableDef
 from k2.lake.tables import ensure_table, missing_properties
 from k2.settings import Settings
 
@@ -132,7 +132,12 @@ class IcebergWriter:
     @classmethod
     def for_settings(cls, catalog: Catalog, settings: Settings) -> IcebergWriter:
         """A writer whose tables are fed by the topics named in ``settings``."""
-        topics = {TRADES: settings.trades_topic, QUOTES: settings.quotes_topic, COMPANIES: settings.reference_topic}
+        topics = {
+            TRADES: settings.trades_topic,
+            QUOTES: settings.quotes_topic,
+            COMPANIES: settings.reference_topic,
+            COMPANY_VERSIONS: settings.reference_topic,
+        }
         return cls(catalog, topics, settings.worker_id)
 
     # -- tables -----------------------------------------------------------------------

@@ -127,6 +127,7 @@ def test_names_in_one_place() -> None:
         "market_data.rejects",
         "market_data.sequence_gaps",
         "reference_data.companies",
+        "reference_data.company_versions",
     }
     assert NAMESPACES == ("market_data", "reference_data")
     assert {t.namespace for t in TABLES.values()} == set(NAMESPACES)
