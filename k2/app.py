@@ -1,37 +1,87 @@
 """The Faust application. ``faust -A k2.app worker`` needs nothing but ``app`` here.
 
-This module only builds the app; agents, tables and views live in ``k2.agents`` and
-``k2.web`` and are found by autodiscovery, so importing the app stays cheap and free of
-I/O (a CLI or a test can import it without a broker).
+:func:`create_app` builds everything explicitly, in one place and in one order: the
+topics, the tables, the pipeline service that owns the per-process state, the agents,
+timers and views over it. Nothing here does I/O: the pipeline loads the catalog and opens
+the registry client when the worker starts it, so a CLI or a test can import the app
+without a broker, and a test can build its own app from its own settings and registry.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from prometheus_client import REGISTRY, CollectorRegistry
 
+from k2.agents.ingest import register_ingest
+from k2.agents.market import Market, build_market, bytes_table
+from k2.agents.timers import register_timers
+from k2.avro.schemas import subject_for_topic
+from k2.buffer.store import ChunkStore
+from k2.ingest.processor import Source
+from k2.kafka.batches import BATCH_SCHEMA
+from k2.kafka.transport import SCHEME
+from k2.lake.arrow import companies_to_arrow, events_to_arrow
+from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TRADES
+from k2.lake.writer import default_worker_id
+from k2.metrics import K2Metrics
+from k2.observe.health import Readiness
+from k2.observe.watch import LagWatch
+from k2.pipeline.service import Pipeline, Wiring
 from k2.settings import Settings, get_settings
+from k2.validation import validate_quote, validate_reference, validate_trade
+from k2.web.views import register_views
 
-__all__ = ["app", "create_app"]
+__all__ = ["K2App", "app", "create_app", "sources"]
 
 
 class K2App(faust.App):
-    """A Faust app whose autodiscovery fails loudly.
+    """A Faust app that starts K2's pipeline service with it (before its consumer, stopped after it)."""
 
-    Faust logs a module that fails to import as a warning and starts the worker anyway,
-    which here would mean a healthy-looking worker that consumes nothing. K2 stops instead.
-    """
+    pipeline: Pipeline | None = None
+    market: Market | None = None
 
-    def _on_autodiscovery_error(self, name: str) -> None:
-        raise
+    @property
+    def batch_sink(self) -> Pipeline | None:
+        """What :class:`k2.kafka.consumer.K2Consumer` delivers batches of K2's source topics to."""
+        return self.pipeline
+
+    def on_init_dependencies(self) -> Any:
+        deps = list(super().on_init_dependencies())
+        return [self.pipeline, *deps] if self.pipeline is not None else deps
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
-    """Build the Faust app from K2's settings (read once from ``K2_*`` variables)."""
+def sources(settings: Settings) -> list[Source]:
+    """K2's three source topics: each with its contract's subject, its rules, its tables and its Arrow recipe."""
+
+    def market(table: str) -> Any:
+        return lambda events, now_ms, schema: events_to_arrow(table, events, schema)
+
+    return [
+        Source(
+            settings.trades_topic, subject_for_topic(settings.trades_topic), validate_trade, (TRADES,), market(TRADES)
+        ),
+        Source(
+            settings.quotes_topic, subject_for_topic(settings.quotes_topic), validate_quote, (QUOTES,), market(QUOTES)
+        ),
+        Source(
+            settings.reference_topic,
+            subject_for_topic(settings.reference_topic),
+            validate_reference,
+            (COMPANY_VERSIONS, COMPANIES),
+            companies_to_arrow,
+        ),
+    ]
+
+
+def create_app(settings: Settings | None = None, registry: CollectorRegistry = REGISTRY) -> K2App:
+    """Build the Faust app from K2's settings (read once from ``K2_*`` variables) and a metrics registry."""
     s = settings or get_settings()
-    return K2App(
+    app = K2App(
         s.app_id,
-        broker=[f"kafka://{hostport.strip()}" for hostport in s.kafka_bootstrap_servers.split(",")],
-        autodiscover=["k2.agents", "k2.web"],
+        broker=[f"{SCHEME}://{hostport.strip()}" for hostport in s.kafka_bootstrap_servers.split(",")],
+        autodiscover=False,
         origin="k2",
         # Chunks live in memory and in their changelog; a restarted worker restores them.
         store="memory://",
@@ -39,14 +89,51 @@ def create_app(settings: Settings | None = None) -> faust.App:
         topic_replication_factor=s.replication_factor,
         # A new consumer group starts at the beginning: the lake must hold every event.
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        broker_max_poll_records=s.ingest_batch_max,
         producer_acks=-1,
+        producer_max_request_size=s.max_message_bytes,
         # Chunks (Arrow IPC) and rejects go out compressed; consumers read any codec.
         producer_compression_type="lz4",
         web_bind=s.web_host,
         web_port=s.web_port,
         web_metrics_enabled=True,
-        # Micro-batches are flushed by K2's sink; Faust's own commit cadence stays default.
     )
+    metrics = K2Metrics(registry)
+    worker_id = s.worker_id or default_worker_id()
+    wanted = sources(s)
+    topics = {src.topic: app.topic(src.topic, schema=BATCH_SCHEMA, acks=False, internal=False) for src in wanted}
+    rejects = app.topic(s.rejects_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    partitions = {
+        s.trades_topic: s.trades_partitions,
+        s.quotes_topic: s.quotes_partitions,
+        s.reference_topic: s.reference_partitions,
+    }
+    stores = {
+        src.topic: ChunkStore(
+            bytes_table(
+                app,
+                f"buffer-{src.topic}",
+                partitions[src.topic],
+                f"Arrow chunks of {src.topic} not yet committed to Iceberg.",
+                s,
+            ),
+            src.topic,
+        )
+        for src in wanted
+    }
+    market = build_market(app, s, metrics, worker_id)
+    pipeline = Pipeline(app, s, metrics, Wiring(wanted, stores, market.stages, rejects), worker_id)
+    app.pipeline, app.market = pipeline, market
+    lag = LagWatch(
+        app, pipeline, metrics, interval_s=min(5.0, max(2.0, s.flush_interval_s)), timeout_s=s.catalog_timeout_s
+    )
+    names = {s.trades_topic: "trades", s.quotes_topic: "quotes", s.reference_topic: "reference"}
+    register_ingest(app, pipeline, {names[name]: topic for name, topic in topics.items()})
+    register_timers(app, pipeline, lag)
+    register_views(app, pipeline, metrics, market, lag, Readiness(app, pipeline, lag))
+    return app
 
 
 app = create_app()

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
-from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog import PY_CATALOG_IMPL, Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.io import S3_CONNECT_TIMEOUT, S3_REQUEST_TIMEOUT
 from pyiceberg.utils.config import Config
 
 from k2.errors import CatalogLoadError
+from k2.lake.rest import TIMEOUT_PROPERTY, BoundedRestCatalog
 from k2.settings import Settings
 
-__all__ = ["catalog_is_configured", "default_catalog_properties", "describe_catalog", "load_k2_catalog"]
+__all__ = ["bounded", "catalog_is_configured", "default_catalog_properties", "describe_catalog", "load_k2_catalog"]
 
 
 def catalog_is_configured(name: str) -> bool:
@@ -48,8 +50,11 @@ def load_k2_catalog(settings: Settings) -> Catalog:
     # of the moment pyiceberg was imported), then pass it in explicitly.
     conf = Config().get_catalog_config(name)
     if conf is not None:
+        props = bounded(dict(conf), settings.catalog_timeout_s)
         try:
-            return load_catalog(name, **cast(dict[str, str | None], dict(conf)))
+            if str(props.get("type", "")).lower() == "rest" and PY_CATALOG_IMPL not in props:
+                return BoundedRestCatalog(name, **cast(dict[str, str], props))
+            return load_catalog(name, **cast(dict[str, str | None], props))
         except Exception as exc:  # pyiceberg raises ValueError, OSError, HTTP errors... give one typed error
             raise CatalogLoadError(
                 f"Iceberg catalog {name!r} is configured (.pyiceberg.yaml or PYICEBERG_CATALOG__{name.upper()}__*) "
@@ -61,6 +66,19 @@ def load_k2_catalog(settings: Settings) -> Catalog:
         raise CatalogLoadError(
             f"the embedded SQLite catalog under {settings.var_dir / 'iceberg'} could not be opened: {exc}"
         ) from exc
+
+
+def bounded(props: dict[str, object], timeout_s: float) -> dict[str, object]:
+    """Catalog properties with deadlines on network calls, where the user set none.
+
+    pyiceberg's own keys: ``s3.connect-timeout`` and ``s3.request-timeout`` for its S3 file
+    IO, and K2's :data:`~k2.lake.rest.TIMEOUT_PROPERTY` for REST requests (see :mod:`k2.lake.rest`).
+    """
+    out = dict(props)
+    out.setdefault(S3_CONNECT_TIMEOUT, str(timeout_s))
+    out.setdefault(S3_REQUEST_TIMEOUT, str(max(timeout_s, 60.0)))
+    out.setdefault(TIMEOUT_PROPERTY, str(timeout_s))
+    return out
 
 
 def _without_credentials(uri: str) -> str:

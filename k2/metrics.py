@@ -110,6 +110,37 @@ class K2Metrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.ingest_failures = Counter(
+            "k2_ingest_failures_total",
+            "Batches whose processing failed in a way K2 did not classify as the event's fault: the partition "
+            "stopped (fail closed), nothing of the batch or after it was acknowledged.",
+            ["topic"],
+            registry=registry,
+        )
+        self.ingest_stopped = Gauge(
+            "k2_ingest_stopped_partitions",
+            "Source partitions stopped after a failure (they resume from the committed offset when revoked).",
+            ["topic"],
+            registry=registry,
+        )
+        self.ingest_discontinuities = Counter(
+            "k2_ingest_discontinuities_total",
+            "Batches that did not start where the previous one ended (records in between never reached K2): "
+            "refused, and the partition sought back.",
+            ["topic"],
+            registry=registry,
+        )
+        self.offsets_lost_to_retention = Counter(
+            "k2_offsets_lost_to_retention_total",
+            "Offsets never landed that Kafka deleted (retention) before this worker could read them.",
+            ["topic"],
+            registry=registry,
+        )
+        self.batches_in_flight = Gauge(
+            "k2_batches_in_flight",
+            "Batches taken whose writes the broker has not acknowledged yet.",
+            registry=registry,
+        )
         self._lag_labels: set[tuple[str, str]] = set()
         self._last_commit_s: dict[str, float] = {}
         # Market-data guarantees: sequence tracking and reference data (k2.sequence, k2.reference).
@@ -157,8 +188,15 @@ class K2Metrics:
         failures would stay silent for the first failure.
         """
         for topic in topics:
-            for counter in (self.events_consumed, self.events_accepted):
+            for counter in (
+                self.events_consumed,
+                self.events_accepted,
+                self.ingest_failures,
+                self.ingest_discontinuities,
+                self.offsets_lost_to_retention,
+            ):
                 counter.labels(topic)
+            self.ingest_stopped.labels(topic)
         for table in tables:
             for metric in (self.flushes, self.rows_written, self.rows_skipped, self.commit_failures):
                 metric.labels(table)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # Iceberg
     catalog_name: str = Field("k2", description="Name passed to pyiceberg's load_catalog().")
+    catalog_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one catalog or object-store request (pyiceberg sets none for REST)."
+    )
     var_dir: Path = Field(Path("var"), description="Where the embedded catalog and warehouse live by default.")
 
     # Worker
@@ -52,9 +55,30 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     flush_interval_s: float = Field(5.0, gt=0)
     flush_max_rows: int = Field(50_000, ge=1)
-    ingest_batch_max: int = Field(5000, ge=1, description="Events per micro-batch an ingress agent takes at most.")
-    ingest_batch_within_s: float = Field(0.5, gt=0, description="How long an agent waits to fill a micro-batch.")
+    ingest_batch_max: int = Field(
+        5000,
+        ge=1,
+        description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records).",
+    )
     worker_id: str | None = Field(None, description="Identifier written into Iceberg commits; defaults to host:pid.")
+    session_timeout_s: float = Field(
+        15.0,
+        ge=6,
+        description="Kafka group session timeout: how long a dead worker keeps its partitions before the group "
+        "moves on.",
+    )
+    revoke_timeout_s: float = Field(
+        10.0, gt=0, description="How long a revocation waits for batches in flight to become durable."
+    )
+    stall_after_s: float = Field(
+        30.0, gt=0, description="A partition with lag and no batch taken for this long makes the worker not ready."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest record K2 writes (a chunk, a reject copy): set on the rejects topic and the "
+        "worker's changelog topics, and as the producer's limit; must exceed the source topics' own limit.",
+    )
 
     # Market-data guarantees
     dedup_window: int = Field(

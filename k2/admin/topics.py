@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import CollectorRegistry
 
 from k2.errors import ServiceUnavailable
 from k2.settings import Settings
@@ -33,7 +34,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.rejects_topic,
             settings.rejects_partitions,
             rf,
-            {"cleanup.policy": "delete", "retention.ms": str(settings.rejects_retention_ms)},
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(settings.rejects_retention_ms),
+                # A reject carries its source record whole, so the topic must take what a source may hold.
+                "max.message.bytes": str(settings.max_message_bytes),
+            },
         ),
     ]
 
@@ -45,15 +51,15 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     group's first assignment can be missing from the broker's metadata then; the assignor
     skips it and that table never recovers. ``k2 init`` creates them beforehand.
     """
-    from k2.app import app
+    from k2.app import create_app
 
-    app.discover()
+    app = create_app(settings, CollectorRegistry())
     specs = [
         TopicSpec(
             table.changelog_topic.get_topic_name(),
             table.partitions or app.conf.topic_partitions,
             settings.replication_factor,
-            {"cleanup.policy": "compact"},
+            {"cleanup.policy": "compact", "max.message.bytes": str(settings.max_message_bytes)},
         )
         for table in app.tables.values()
     ]

@@ -1,60 +1,95 @@
-"""The Faust tables of the market-data guarantees, and their steps in the ingress processors.
+"""The Faust tables of the market-data guarantees, and the stages that use them.
 
 * ``sequences-<topic>`` (trades, quotes): sequence state per (exchange, symbol),
   co-partitioned with its source topic like the buffers, so the worker that owns a
   source partition owns its sequence state, and a new owner restores it (no false gaps
   after a restart or a rebalance). See :mod:`k2.sequence`.
 * ``reference-<topic>``: the reference data as a *global* table: every worker holds every
-  company. The reference agent writes it; other workers apply its changelog as standbys,
+  company. The reference stage writes it; other workers apply its changelog as standbys,
   and each write or applied change marks the symbol index stale. faust advises one
   partition and a recovery buffer of 1 for global tables shared by several workers; the
   reference topic has one partition by default.
 
-Stages run in the ingress agents, inside stream iteration, before a batch is acked.
+Stages run in the pipeline, on each batch of their topic, before its writes are handed to
+Kafka (:mod:`k2.ingest.processor`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from k2.agents.wiring import bytes_table, metrics, runtime, settings
-from k2.app import app
+import faust
+
+from k2.ingest.processor import Stage
+from k2.metrics import K2Metrics
 from k2.models import ReferenceData
 from k2.reference.instruments import InstrumentCheck, Instruments, InstrumentWatch, ReferenceUpdate
 from k2.sequence.stage import SequenceStage
+from k2.settings import Settings
 
-__all__ = ["instruments", "reference_table", "sequence_tables", "watch"]
-
-
-def _sequence_table(source: str, partitions: int) -> Any:
-    doc = f"Sequence state per (exchange, symbol) of {source}: last number, its time, recent window."
-    return bytes_table(f"sequences-{source}", partitions, doc)
+__all__ = ["Market", "build_market", "bytes_table"]
 
 
-sequence_tables = {
-    settings.trades_topic: _sequence_table(settings.trades_topic, settings.trades_partitions),
-    settings.quotes_topic: _sequence_table(settings.quotes_topic, settings.quotes_partitions),
-}
+def bytes_table(app: faust.App, name: str, partitions: int, help: str, settings: Settings) -> Any:
+    """A changelog-backed table of raw bytes by string key, with as many partitions as its source topic."""
+    return app.Table(
+        name,
+        key_type=str,
+        value_type=bytes,
+        partitions=partitions,
+        help=help,
+        extra_topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
+    )
 
 
-async def _reference_changed(event: Any) -> None:
-    instruments.changed()
+@dataclass(frozen=True)
+class Market:
+    """The stages per source topic, and what the views show of the reference data."""
+
+    stages: Mapping[str, Sequence[Stage]]
+    reference_table: Any
+    instruments: Instruments
+    watch: InstrumentWatch
 
 
-reference_table = app.GlobalTable(
-    f"reference-{settings.reference_topic}",
-    key_type=str,
-    value_type=ReferenceData,
-    partitions=settings.reference_partitions,
-    recovery_buffer_size=1,
-    on_changelog_event=_reference_changed,
-    help="Reference data by company_id, on every worker.",
-)
+def build_market(app: faust.App, settings: Settings, metrics: K2Metrics, worker_id: str) -> Market:
+    """Declare the sequence and reference tables on ``app`` and build the stages over them."""
+    sequence_tables = {
+        topic: bytes_table(
+            app,
+            f"sequences-{topic}",
+            partitions,
+            f"Sequence state per (exchange, symbol) of {topic}: last number, its time, recent window.",
+            settings,
+        )
+        for topic, partitions in (
+            (settings.trades_topic, settings.trades_partitions),
+            (settings.quotes_topic, settings.quotes_partitions),
+        )
+    }
+    instruments: Instruments
 
-instruments = Instruments(reference_table.data)
-watch = InstrumentWatch(metrics)
+    async def reference_changed(event: Any) -> None:
+        instruments.changed()
 
-for _topic, _table in sequence_tables.items():
-    runtime.add_stage(_topic, SequenceStage(_topic, _table, settings.dedup_window, metrics, runtime.worker_id))
-    runtime.add_stage(_topic, InstrumentCheck(_topic, instruments, watch))
-runtime.add_stage(settings.reference_topic, ReferenceUpdate(reference_table, instruments, metrics))
+    reference_table = app.GlobalTable(
+        f"reference-{settings.reference_topic}",
+        key_type=str,
+        value_type=ReferenceData,
+        partitions=settings.reference_partitions,
+        recovery_buffer_size=1,
+        on_changelog_event=reference_changed,
+        help="Reference data by company_id, on every worker.",
+    )
+    instruments = Instruments(reference_table.data)
+    watch = InstrumentWatch(metrics)
+    stages: dict[str, list[Stage]] = {}
+    for topic, table in sequence_tables.items():
+        stages[topic] = [
+            SequenceStage(topic, table, settings.dedup_window, metrics, worker_id),
+            InstrumentCheck(topic, instruments, watch),
+        ]
+    stages[settings.reference_topic] = [ReferenceUpdate(reference_table, instruments, metrics)]
+    return Market(stages, reference_table, instruments, watch)

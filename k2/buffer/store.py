@@ -2,20 +2,20 @@
 
 Why a chunk per write and not ``table[k] = v`` per event: every set writes the whole
 value to the changelog, so per-event updates of a growing list cost O(n^2) bytes. A
-chunk is written once, whole, when its events are acked; it is deleted (a tombstone)
-only after its rows are committed to Iceberg. A worker that dies, or loses the
-partition in a rebalance, loses nothing: the next owner restores the chunks from the
-changelog and flushes them, and the offsets recorded in Iceberg drop what was already
-committed.
+chunk is written once, whole, when its batch is taken; it is deleted (a tombstone) only
+after its rows are committed to Iceberg. A worker that dies, or loses the partition in a
+rebalance, loses nothing: the next owner restores the chunks from the changelog and
+flushes those below the partition's start position (see :mod:`k2.pipeline.positions`);
+the offsets recorded in Iceberg drop what was committed already.
 
-Writes name their changelog partition explicitly (the source partition of the chunk,
-with which the table is co-partitioned), because a micro-batch spans partitions and has
-no single "current event"; and they are awaited until the broker has them (see
-:mod:`k2.buffer.changelog`) before the batch's events are acked.
+Writes name their changelog partition explicitly (the source partition of the chunk, with
+which the table is co-partitioned), and return the broker's delivery future, which the
+pipeline's ledger waits for before the batch's offsets may be committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -27,7 +27,7 @@ from k2.buffer.chunks import ChunkKey, to_ipc
 
 __all__ = ["ChunkStore"]
 
-#: Keys are parsed after every micro-batch to count buffered rows; each key is parsed once.
+#: Keys are parsed after every batch to count buffered rows; each key is parsed once.
 _parse_key = lru_cache(maxsize=1 << 16)(ChunkKey.decode)
 
 
@@ -39,29 +39,42 @@ class ChunkStore:
         self.topic = topic
         self.changelog = ChangelogWriter(table)
 
-    async def put(self, key: ChunkKey, chunk: pa.Table) -> None:
-        """Store a chunk locally and send it to the changelog; :meth:`durable` waits for the broker."""
+    @property
+    def _data(self) -> Any:
+        return self.table.data
+
+    async def put(self, key: ChunkKey, chunk: pa.Table) -> asyncio.Future[Any]:
+        """Store a chunk locally and send it to the changelog; returns the delivery to wait for."""
         text = key.encode()
         blob = to_ipc(chunk)
-        self.table.data[text] = blob
-        await self.changelog.send(key.partition, text, blob)
+        self._data[text] = blob
+        return await self.changelog.send(key.partition, text, blob)
 
-    async def remove(self, keys: Iterable[ChunkKey]) -> None:
-        """Forget flushed chunks, locally and in the changelog (tombstones)."""
-        data = self.table.data
+    async def remove(self, keys: Iterable[ChunkKey]) -> list[asyncio.Future[Any]]:
+        """Forget chunks, locally and in the changelog (tombstones): after their rows landed, or untrusted ones."""
+        data = self._data
+        futures = []
         for key in keys:
             text = key.encode()
             if text in data:
                 del data[text]
-            await self.changelog.send(key.partition, text, None)
+            futures.append(await self.changelog.send(key.partition, text, None))
+        return futures
 
-    async def durable(self) -> None:
-        """Wait until every chunk put or removed so far is acknowledged by the broker."""
-        await self.changelog.wait()
+    def drop_local(self, partitions: set[int]) -> int:
+        """Forget the local copies of ``partitions``' chunks (no tombstones: their changelog stays); rows dropped."""
+        data = self._data
+        rows = 0
+        for text in list(data.keys()):
+            key = _parse_key(text)
+            if key.partition in partitions:
+                rows += key.rows
+                del data[text]
+        return rows
 
     def iter_keys(self) -> list[ChunkKey]:
-        """Chunk keys held here, unordered (for counting: read after every micro-batch)."""
-        return [_parse_key(text) for text in list(self.table.data.keys())]
+        """Chunk keys held here, unordered (for counting: read after every batch)."""
+        return [_parse_key(text) for text in list(self._data.keys())]
 
     def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:
         """Chunk keys held here, in (kind, partition, offset) order, limited to ``partitions`` if given."""
@@ -70,8 +83,8 @@ class ChunkStore:
         return out
 
     def get(self, key: ChunkKey) -> bytes:
-        value: bytes = self.table.data[key.encode()]
+        value: bytes = self._data[key.encode()]
         return value
 
-    def buffered_rows(self, kind: str | None = None) -> int:
-        return sum(k.rows for k in self.iter_keys() if kind is None or k.kind == kind)
+    def buffered_rows(self, partitions: set[int] | None = None) -> int:
+        return sum(k.rows for k in self.iter_keys() if partitions is None or k.partition in partitions)

@@ -1,8 +1,18 @@
-"""One micro-batch of one source topic: resolve schemas, classify, buffer, route rejects.
+"""One fetched batch of one source partition: resolve schemas, classify, build chunks, write them.
 
-The agent hands over Faust events; everything per record is in :func:`classify` (pure)
-and everything per batch is here: one registry round trip per *new* schema id, one
-Arrow conversion and one changelog write per (batch, partition), one send per reject.
+Everything per record is in :func:`~k2.ingest.classify.classify` (pure); everything per
+batch is here, in two phases the pipeline relies on:
+
+1. :meth:`IngressProcessor.prepare` may wait (a registry outage is waited out, never
+   turned into rejects; a new writer schema adds its columns to the table) but changes
+   nothing, so a batch can be abandoned there (a revocation) at no cost;
+2. :meth:`IngressProcessor.write` classifies, runs the stages (sequence tracking,
+   reference data), turns rows into Arrow chunks, and hands every write to Kafka: chunks
+   and state to their changelogs, rejects to the rejects topic. It returns the delivery
+   futures; the pipeline's ledger decides when the batch counts as durable.
+
+A row that cannot be represented in its table (a value outside its column's type) becomes
+an ``invalid_value`` reject instead of sinking its batch (:func:`_isolate`).
 """
 
 from __future__ import annotations
@@ -10,46 +20,50 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from k2.avro.registry import WriterSchema, WriterSchemaCache
+from k2.avro.registry import WriterSchema
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import DecodeError, RegistryUnavailable
-from k2.ingest.classify import (
-    BatchOutcome,
-    RawRecord,
-    Resolution,
-    Validator,
-    classify,
-    in_offset_order,
-    schema_ids,
-)
-from k2.lake.arrow import companies_to_arrow, events_to_arrow, rejects_to_arrow
+from k2.ingest.classify import BatchOutcome, RawRecord, Resolution, Validator, classify, schema_ids
+from k2.lake.arrow import rejects_to_arrow
 from k2.lake.evolution import new_optional_fields
-from k2.lake.records import RejectRecord
-from k2.lake.schemas import COMPANIES
+from k2.lake.records import BufferedEvent, RejectRecord
 from k2.metrics import K2Metrics
 from k2.models import Reject
 
-__all__ = ["IngressProcessor", "Source", "Stage"]
+__all__ = ["ArrowRecipe", "BatchWrites", "IngressProcessor", "LakeSchemas", "Source", "Stage", "evolve_for"]
 
 log = logging.getLogger(__name__)
+
+#: Builds the Arrow rows of accepted events: ``(events, now_ms, table_schema) -> table``.
+ArrowRecipe = Callable[[Sequence[BufferedEvent], int, pa.Schema], pa.Table]
+
+#: Chunks aim at this size in the changelog (the producer compresses them further).
+CHUNK_TARGET_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class Source:
-    """A source topic and where its events land."""
+    """A source topic: its contract's subject and rules, and where and how its rows land."""
 
     topic: str
-    table_name: str
     subject: str
     validate: Validator
+    tables: tuple[str, ...]
+    """Tables its accepted rows land in (one chunk, committed to each); the first one's schema builds the chunk."""
+    to_arrow: ArrowRecipe
+
+    @property
+    def table_name(self) -> str:
+        return self.tables[0]
 
 
 class LakeSchemas:
@@ -68,33 +82,41 @@ class LakeSchemas:
             self._schemas[table_name] = schema
         return schema
 
-    async def follow(self, table_name: str, writers: Sequence[WriterSchema]) -> None:
+    async def follow(self, table_names: Sequence[str], writers: Sequence[WriterSchema]) -> None:
         """Add the columns new writer schemas bring, once per (table, schema id)."""
-        for writer in writers:
-            key = (table_name, writer.schema_id)
-            if key in self._evolved:
-                continue
-            if await asyncio.to_thread(self._evolve, table_name, writer):
-                log.info("%s: added columns for writer schema id %s", table_name, writer.schema_id)
-                self._schemas.pop(table_name, None)
-            self._evolved.add(key)
+        for table_name in table_names:
+            for writer in writers:
+                key = (table_name, writer.schema_id)
+                if key in self._evolved:
+                    continue
+                if await asyncio.to_thread(self._evolve, table_name, writer):
+                    log.info("%s: added columns for writer schema id %s", table_name, writer.schema_id)
+                    self._schemas.pop(table_name, None)
+                self._evolved.add(key)
+
+    def forget(self) -> None:
+        """Read every table's schema again on next use (the table was recreated or reloaded)."""
+        self._schemas.clear()
+        self._evolved.clear()
+
+
+class SchemaResolver(Protocol):
+    async def check_subject(self, schema_id: int, subject: str) -> WriterSchema: ...
 
 
 class Stage(Protocol):
     """A step between :func:`classify` and buffering, for rules that need state (sequence numbers, reference data).
 
     It may move events from ``outcome.accepted`` to ``outcome.rejected`` (keeping each in
-    consumption order) and returns extra chunks to buffer. It runs inside the agent's
-    stream iteration, before the batch is acked, so it may write to Faust tables.
+    consumption order) and returns extra chunks to buffer; :meth:`persist` sends the state
+    it changed and returns the deliveries (part of the batch's durability).
     """
 
     def __call__(
         self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
     ) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
 
-    async def persist(self) -> None:
-        """Make the state this batch changed durable (the batch is acked right after)."""
-        ...
+    async def persist(self) -> list[asyncio.Future[Any]]: ...
 
 
 def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
@@ -102,16 +124,38 @@ def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
     return new_optional_fields(json.loads(writer_schema.schema_str), table_schema)
 
 
+@dataclass
+class BatchWrites:
+    """What one batch handed to Kafka, and what it buffered."""
+
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    rows: int = 0
+    """Rows buffered in chunks, every kind (what the flush will commit)."""
+    accepted: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What phase 1 resolved for a batch."""
+
+    resolved: dict[int, Resolution]
+    schema: pa.Schema
+
+
+SendReject = Callable[[RejectRecord, Reject], Awaitable[asyncio.Future[Any]]]
+
+
 class IngressProcessor:
-    """Processes micro-batches of one source topic; owned by that topic's agent."""
+    """Processes the batches of one source topic; owned by the pipeline, called by that topic's agent."""
 
     def __init__(
         self,
         source: Source,
         store: ChunkStore,
-        schemas: WriterSchemaCache,
+        schemas: SchemaResolver,
         lake: LakeSchemas,
-        send_reject: Callable[[RejectRecord, Reject], Awaitable[Any]],
+        send_reject: SendReject,
         metrics: K2Metrics,
         worker_id: str,
         *,
@@ -129,58 +173,45 @@ class IngressProcessor:
         self.clock = clock
         self.max_retry_delay_s = max_retry_delay_s
         self.stages = tuple(stages)
+        self.writing = False
+        """True while :meth:`write` hands writes to Kafka (a revocation waits for it instead of cancelling)."""
         self._ids_seen: set[int] = set()
+        self._bytes_per_row = 200.0
 
-    async def process(self, records: Sequence[RawRecord]) -> int:
-        """Classify and buffer a batch; returns the number of rows buffered for the market table."""
-        topic = self.source.topic
-        ordered = in_offset_order(records)
-        if ordered is not records:
-            log.warning(
-                "%s: a batch out of offset order (after a rebalance): %d repeated message(s) dropped, the rest sorted",
-                topic,
-                len(records) - len(ordered),
-            )
-            records = ordered
-        self.metrics.events_consumed.labels(topic).inc(len(records))
+    # -- phase 1: may wait, changes nothing ---------------------------------------------
+
+    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+        """Resolve the batch's schema ids and bring the tables' columns up to date; waits out outages."""
         resolved = await self.resolve(schema_ids(records))
-        now_ms = int(self.clock() * 1000)
-        outcome = classify(topic, records, resolved, self.source.validate, now_ms, self.worker_id)
-        for stage in self.stages:
-            for key, chunk in stage(records, outcome, now_ms):
-                await self.store.put(key, chunk)
-        if outcome.accepted_schema_ids - self._ids_seen:
-            await self._on_new_schemas(outcome.accepted_schema_ids - self._ids_seen, resolved)
-        if outcome.accepted:
-            schema = await self.lake.arrow_schema(self.source.table_name)
-            for partition, events in _by_partition(outcome.accepted):
-                if self.source.table_name == COMPANIES:
-                    chunk = companies_to_arrow(events, now_ms, schema)
-                else:
-                    chunk = events_to_arrow(self.source.table_name, events, schema)
-                await self.store.put(ChunkKey(ROWS, partition, events[0].offset, events[-1].offset, len(events)), chunk)
-            self.metrics.events_accepted.labels(topic).inc(len(outcome.accepted))
-        if outcome.rejected:
-            for partition, rejects in _by_partition(outcome.rejected):
-                chunk = rejects_to_arrow(rejects)
-                key = ChunkKey(REJECTS, partition, rejects[0].offset, rejects[-1].offset, len(rejects))
-                await self.store.put(key, chunk)
-            for r in outcome.rejected:
-                self.metrics.events_rejected.labels(topic, r.reason).inc()
-                await self.send_reject(r, _reject_model(r))
-        if outcome.flagged:
-            self.metrics.crossed_quotes.labels(topic).inc(outcome.flagged)
-        # The batch's events are acked when this returns: their state and chunks must be on the broker.
-        for stage in self.stages:
-            await stage.persist()
-        await self.store.durable()
-        return len(outcome.accepted)
+        writers = [w for w in resolved.values() if isinstance(w, WriterSchema) and w.schema_id not in self._ids_seen]
+        if writers:
+            await self._retrying(
+                "adding the columns of a new writer schema", self.lake.follow, self.source.tables, writers
+            )
+            self._ids_seen.update(w.schema_id for w in writers)
+            self.metrics.schema_versions_seen.labels(self.source.subject).set(len(self._ids_seen))
+        schema = await self._retrying("reading the table schema", self.lake.arrow_schema, self.source.table_name)
+        return Prepared(resolved, schema)
+
+    async def _retrying(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """A catalog call of phase 1: a failure is an outage to wait out (logged once per retry), never a reject."""
+        delay = 0.5
+        while True:
+            try:
+                return await call(*args)
+            except Exception as exc:
+                log.warning(
+                    "%s: %s failed, retrying in %.1fs: %s: %s", self.source.topic, what, delay, type(exc).__name__, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
 
     async def resolve(self, ids: set[int]) -> dict[int, Resolution]:
         """Each schema id checked against the topic's subject; waits out registry outages.
 
         A registry that is down must not turn good events into rejects: the batch waits
-        (and with it the partition, which is what backpressure should do) and retries.
+        (and with it the partition, which is what backpressure should do) and retries,
+        logging one line per retry.
         """
         out: dict[int, Resolution] = {}
         for schema_id in ids:
@@ -194,24 +225,123 @@ class IngressProcessor:
                     break
                 except RegistryUnavailable as err:
                     self.metrics.registry_retries.inc()
-                    log.warning("schema registry unavailable, retrying in %.1fs: %s", delay, err)
+                    log.warning("%s: schema registry unavailable, retrying in %.1fs: %s", self.source.topic, delay, err)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_retry_delay_s)
         return out
 
-    async def _on_new_schemas(self, ids: set[int], resolved: dict[int, Resolution]) -> None:
-        writers = [w for i in sorted(ids) if isinstance(w := resolved[i], WriterSchema)]
-        await self.lake.follow(self.source.table_name, writers)
-        self._ids_seen |= ids
-        self.metrics.schema_versions_seen.labels(self.source.subject).set(len(self._ids_seen))
+    # -- phase 2: classify, build, hand over ----------------------------------------------
+
+    async def write(self, partition: int, records: Sequence[RawRecord], prepared: Prepared) -> BatchWrites:
+        """Classify and buffer a batch of one partition; returns the deliveries to wait for."""
+        topic = self.source.topic
+        now_ms = int(self.clock() * 1000)
+        self.metrics.events_consumed.labels(topic).inc(len(records))
+        outcome = classify(topic, records, prepared.resolved, self.source.validate, now_ms, self.worker_id)
+        extra: list[tuple[ChunkKey, pa.Table]] = []
+        for stage in self.stages:
+            extra.extend(stage(records, outcome, now_ms))
+        rows, unfit = self._rows(outcome.accepted, now_ms, prepared.schema)
+        if unfit:
+            outcome.rejected = sorted([*outcome.rejected, *self._unfit(unfit, records, now_ms)], key=_position)
+        out = BatchWrites(accepted=len(outcome.accepted) - len(unfit), rejected=len(outcome.rejected))
+        self.writing = True
+        try:
+            for key, chunk in rows:
+                out.futures.append(await self.store.put(key, chunk))
+                out.rows += key.rows
+            if outcome.rejected:
+                chunk = rejects_to_arrow(outcome.rejected)
+                first, last = outcome.rejected[0].offset, outcome.rejected[-1].offset
+                key = ChunkKey(REJECTS, partition, first, last, len(outcome.rejected))
+                out.futures.append(await self.store.put(key, chunk))
+                out.rows += key.rows
+            for key, chunk in extra:
+                out.futures.append(await self.store.put(key, chunk))
+                out.rows += key.rows
+            for stage in self.stages:
+                out.futures.extend(await stage.persist())
+            for r in outcome.rejected:
+                out.futures.append(await self.send_reject(r, _reject_model(r)))
+        finally:
+            self.writing = False
+        self.metrics.events_accepted.labels(topic).inc(out.accepted)
+        for r in outcome.rejected:
+            self.metrics.events_rejected.labels(topic, r.reason).inc()
+        if outcome.flagged:
+            self.metrics.crossed_quotes.labels(topic).inc(outcome.flagged)
+        return out
+
+    def _rows(
+        self, events: Sequence[BufferedEvent], now_ms: int, schema: pa.Schema
+    ) -> tuple[list[tuple[ChunkKey, pa.Table]], list[tuple[BufferedEvent, str]]]:
+        """Accepted events as chunks of about :data:`CHUNK_TARGET_BYTES`, and the events no column can hold."""
+        if not events:
+            return [], []
+        per_chunk = max(1, int(CHUNK_TARGET_BYTES / self._bytes_per_row))
+        pieces = math.ceil(len(events) / per_chunk)
+        size = math.ceil(len(events) / pieces)
+        chunks: list[tuple[ChunkKey, pa.Table]] = []
+        unfit: list[tuple[BufferedEvent, str]] = []
+        for i in range(0, len(events), size):
+            piece = events[i : i + size]
+            table, bad = _isolate(lambda evs: self.source.to_arrow(evs, now_ms, schema), piece)
+            unfit.extend(bad)
+            if table is None:
+                continue
+            kept = [e for e in piece if not any(e is b for b, _ in bad)] if bad else piece
+            chunks.append((ChunkKey(ROWS, kept[0].partition, kept[0].offset, kept[-1].offset, len(kept)), table))
+            if table.num_rows:
+                self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (table.nbytes / table.num_rows)
+        return chunks, unfit
+
+    def _unfit(
+        self, unfit: Sequence[tuple[BufferedEvent, str]], records: Sequence[RawRecord], now_ms: int
+    ) -> list[RejectRecord]:
+        raw = {r.offset: r for r in records}
+        out = []
+        for event, why in unfit:
+            rec = raw.get(event.offset)
+            key = rec.key if rec is not None else None
+            value = rec.value if rec is not None else None
+            schema_id = int.from_bytes(value[1:5], "big") if value is not None and len(value) >= 5 else None
+            out.append(
+                RejectRecord(
+                    event.topic,
+                    event.partition,
+                    event.offset,
+                    "invalid_value",
+                    f"does not fit its table: {why}",
+                    now_ms,
+                    schema_id if schema_id is not None and schema_id < 2**31 else None,
+                    key,
+                    value,
+                    self.worker_id,
+                )
+            )
+        return out
 
 
-def _by_partition(items: Sequence[Any]) -> list[tuple[int, list[Any]]]:
-    """Items grouped by ``.partition``, each group in consumption (offset) order."""
-    groups: dict[int, list[Any]] = {}
-    for item in items:
-        groups.setdefault(item.partition, []).append(item)
-    return sorted(groups.items())
+def _isolate(
+    build: Callable[[Sequence[BufferedEvent]], pa.Table], items: Sequence[BufferedEvent]
+) -> tuple[pa.Table | None, list[tuple[BufferedEvent, str]]]:
+    """``build(items)``; when it fails, the items that convert and the reasons of those that do not (bisection)."""
+    try:
+        return build(items), []
+    except (ValueError, TypeError, OverflowError, pa.ArrowException) as exc:
+        if len(items) == 1:
+            return None, [(items[0], f"{type(exc).__name__}: {exc}")]
+    mid = len(items) // 2
+    left, bad_left = _isolate(build, items[:mid])
+    right, bad_right = _isolate(build, items[mid:])
+    if left is None or right is None:
+        return left if right is None else right, [*bad_left, *bad_right]
+    good = [e for e in items if not any(e is b for b, _ in (*bad_left, *bad_right))]
+    return build(good), [*bad_left, *bad_right]
+
+
+def _position(r: RejectRecord) -> tuple[int, int]:
+    return (r.partition, r.offset)
 
 
 def _reject_model(r: RejectRecord) -> Reject:

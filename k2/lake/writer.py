@@ -43,6 +43,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import NestedField
 
+from k2.errors import K2Error
 from k2.lake.arrow import keep_last
 from k2.lake.offsets import (
     COMMIT_ID_KEY,
@@ -59,9 +60,21 @@ from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES,
 from k2.lake.tables import ensure_table, missing_properties
 from k2.settings import Settings
 
-__all__ = ["CommitResult", "IcebergWriter", "default_worker_id"]
+__all__ = ["CommitResult", "IcebergWriter", "TableRecreated", "default_worker_id"]
 
 _RETRYABLE = (CommitFailedException, CommitStateUnknownException)
+
+
+class TableRecreated(K2Error):
+    """A table's identity (UUID) changed under the worker: it was dropped and created again.
+
+    Its history, and the marks exactly-once relies on, are gone; the pipeline positions
+    every partition again from what the lake now records.
+    """
+
+
+def _recreated(exc: BaseException) -> bool:
+    return "UUID does not match" in str(exc)
 
 
 def default_worker_id() -> str:
@@ -164,8 +177,22 @@ class IcebergWriter:
         return schema_to_pyarrow(self.table(table_name).schema(), include_field_ids=False)
 
     def committed_offsets(self, table_name: str) -> dict[TopicPartition, int]:
-        """The marks of the newest K2 commit, read fresh from the catalog (e.g. to seek on assignment)."""
+        """The marks of the newest K2 commit, read fresh from the catalog."""
         return read_offsets(self.table(table_name, refresh=True))
+
+    def lake_marks(self) -> dict[TopicPartition, int]:
+        """How far the lake got per source partition: the highest mark any K2 table records for it.
+
+        Blocking catalog reads (one refresh per table): call it through ``asyncio.to_thread``.
+        """
+        marks: dict[TopicPartition, int] = {}
+        for name in TABLES:
+            marks = merge_offsets(marks, self.committed_offsets(name))
+        return marks
+
+    def forget_tables(self) -> None:
+        """Load every table afresh on next use (after a table was dropped and created again)."""
+        self._tables.clear()
 
     # -- commits ----------------------------------------------------------------------
 
@@ -226,7 +253,11 @@ class IcebergWriter:
                         table.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
                     else:
                         table.append(rows, snapshot_properties=properties)
-                except _RETRYABLE:
+                except _RETRYABLE as exc:
+                    if _recreated(exc):
+                        raise TableRecreated(
+                            f"{table_name} was dropped and created again under this worker ({exc})"
+                        ) from exc
                     if attempt == self.max_attempts:
                         raise
                     self._sleep(self._backoff(attempt))

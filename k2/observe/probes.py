@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Cached", "Check", "assignment_check", "probe", "readiness", "recovery_check"]
+__all__ = ["Cached", "Check", "assignment_check", "readiness", "recovery_check"]
 
 T = TypeVar("T")
 
@@ -55,20 +55,6 @@ def readiness(checks: Sequence[Check]) -> tuple[int, dict[str, Any]]:
         "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
     }
     return (200 if ready else 503), body
-
-
-async def probe(name: str, call: Callable[[], Awaitable[str]], timeout_s: float) -> Check:
-    """Run a remote probe with a deadline; any exception or a timeout makes a failed check.
-
-    ``call`` returns a short description of what answered (shown as the check's detail).
-    """
-    try:
-        detail = await asyncio.wait_for(call(), timeout_s)
-    except TimeoutError:
-        return Check(name, False, f"no answer within {timeout_s:g}s")
-    except Exception as exc:  # a probe reports every failure as data, never raises
-        return Check(name, False, f"{type(exc).__name__}: {exc}")
-    return Check(name, True, detail)
 
 
 class Cached(Generic[T]):

@@ -15,6 +15,7 @@ only; a symbol listed for several companies (a reused ticker) accepts each of th
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -147,8 +148,9 @@ class InstrumentCheck:
                 self.watch.add(self.topic, unknown, mismatched)
         return []
 
-    async def persist(self) -> None:
+    async def persist(self) -> list[asyncio.Future[Any]]:
         """Nothing to persist: the watch is counters only."""
+        return []
 
 
 def latest_by_company(events: Iterable[BufferedEvent]) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -186,12 +188,12 @@ class ReferenceUpdate:
         self.metrics.reference_companies.set(len(self.table.data))
         return []
 
-    async def persist(self) -> None:
-        """Send the batch's company writes to the changelog and wait for the broker."""
+    async def persist(self) -> list[asyncio.Future[Any]]:
+        """Send the batch's company writes to the changelog; returns their deliveries."""
         changes, self._changes = self._changes, []
-        for partition, key, value in changes:
-            await self.changelog.send(partition, key, value, value_serializer=None)
-        await self.changelog.wait()
+        return [
+            await self.changelog.send(partition, key, value, value_serializer=None) for partition, key, value in changes
+        ]
 
 
 def instruments_payload(instruments: Instruments, watch: InstrumentWatch) -> dict[str, Any]:

@@ -8,6 +8,7 @@ partition named (a batch has no single current event), and counts go to metrics.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,12 +94,10 @@ class SequenceStage:
         self._count(result.counts, result.new_gaps)
         return gap_chunks(result.gaps)
 
-    async def persist(self) -> None:
-        """Send the batch's state writes to the changelog, in order, and wait for the broker."""
+    async def persist(self) -> list[asyncio.Future[Any]]:
+        """Send the batch's state writes to the changelog, in order; returns their deliveries."""
         changes, self._changes = self._changes, []
-        for partition, key, value in changes:
-            await self.changelog.send(partition, key, value)
-        await self.changelog.wait()
+        return [await self.changelog.send(partition, key, value) for partition, key, value in changes]
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events

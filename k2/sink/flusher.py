@@ -1,17 +1,17 @@
-"""The flush: take what is buffered, commit one batch per table, then forget it.
+"""The flush: take what is buffered and durable, commit one batch per table, then forget it.
 
 Order matters and is the exactly-once argument:
 
-1. take a snapshot of the chunks of the partitions this worker owns (a prefix of each
-   partition's events: chunks are appended in offset order);
+1. take the chunks of the partitions this worker owns that lie below each partition's
+   durable frontier (see :mod:`k2.pipeline.ledger`): never a chunk above a record whose
+   own write is not acknowledged, since its mark would later drop that record;
 2. commit each table's rows in a worker thread; the writer drops rows at or below the
    offsets the table already records and records the new marks in the same snapshot;
-3. only then delete the chunks (tombstones in the changelog).
+3. only then delete the chunks (tombstones), once every table a chunk feeds has it.
 
 A crash between 2 and 3 leaves chunks whose rows are in Iceberg: the next flush drops
-them by offset. A crash before 2 leaves chunks that the next owner restores and lands.
-Flushing is skipped while partitions are being recovered, because a partial restore is
-not a prefix, and committing its tail would mark its head as done.
+them by offset. A commit that fails leaves its chunks for the next flush; the other
+tables go ahead (each records its own marks).
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from k2.buffer.chunks import GAPS, REJECTS, ROWS
+from k2.buffer.chunks import GAPS, REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
+from k2.lake.records import TopicPartition
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.lake.schemas import SEQUENCE_GAPS
 from k2.lake.writer import CommitResult, IcebergWriter
@@ -35,29 +37,29 @@ __all__ = ["FlushReport", "Flusher", "SourceBuffer"]
 
 log = logging.getLogger(__name__)
 
+#: Tables every source feeds, by chunk kind.
+SHARED_TABLES = {REJECTS: REJECTS_TABLE, GAPS: SEQUENCE_GAPS}
+
 
 @dataclass(frozen=True)
 class SourceBuffer:
-    """A source topic's chunk store and the market table its accepted rows go to."""
+    """A source topic's chunk store and the tables its accepted rows go to."""
 
     topic: str
-    table_name: str
+    tables: tuple[str, ...]
     store: ChunkStore
 
-    def target(self, kind: str) -> str:
-        """The table chunks of ``kind`` go to: rows to the source's own, the others to a shared one."""
-        return self.table_name if kind == ROWS else SHARED_TABLES[kind]
-
-
-#: Tables every source feeds, by chunk kind.
-SHARED_TABLES = {REJECTS: REJECTS_TABLE, GAPS: SEQUENCE_GAPS}
+    def targets(self, kind: str) -> tuple[str, ...]:
+        """The tables chunks of ``kind`` go to: rows to the source's own, the others to a shared one."""
+        return self.tables if kind == ROWS else (SHARED_TABLES[kind],)
 
 
 @dataclass
 class FlushReport:
     results: list[CommitResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    skipped: str | None = None
+    rows_forgotten: int = 0
+    """Rows whose chunks left the buffer (every table they feed has them)."""
 
     @property
     def rows_written(self) -> int:
@@ -80,42 +82,79 @@ class Flusher:
         self.metrics = metrics
         self.clock = clock
         self._lock = asyncio.Lock()
+        self._failing: dict[str, str] = {}
+        """Tables whose last commit failed, and how (a failure is logged with its traceback once)."""
 
-    def plan(self, owned: Mapping[str, set[int]]) -> list[TableBatch]:
-        """The batches to commit now, from the chunks of the partitions in ``owned`` (topic -> partitions)."""
+    @property
+    def failing(self) -> Mapping[str, str]:
+        return dict(self._failing)
+
+    def plan(self, frontiers: Mapping[TopicPartition, int]) -> list[TableBatch]:
+        """The batches to commit now: chunks of owned partitions that lie wholly below their frontier."""
         per_table: dict[str, list[PendingChunk]] = {}
         for src in self.sources:
-            for key in src.store.chunk_keys(owned.get(src.topic, set())):
-                per_table.setdefault(src.target(key.kind), []).append(PendingChunk(src.topic, key, src.store.get(key)))
+            partitions = {p for (t, p) in frontiers if t == src.topic}
+            for key in src.store.chunk_keys(partitions):
+                if key.last_offset >= frontiers[(src.topic, key.partition)]:
+                    continue
+                chunk = PendingChunk(src.topic, key, src.store.get(key))
+                for table in src.targets(key.kind):
+                    per_table.setdefault(table, []).append(chunk)
         return [TableBatch(name, tuple(chunks)) for name, chunks in per_table.items()]
 
-    def buffered_rows(self) -> dict[str, int]:
-        """Rows waiting per table (all partitions held locally)."""
-        out: dict[str, int] = {src.table_name: 0 for src in self.sources}
-        for table in SHARED_TABLES.values():
-            out.setdefault(table, 0)
+    def buffered_rows(self, partitions: Mapping[str, set[int]] | None = None) -> dict[str, int]:
+        """Rows waiting per table (of ``partitions`` by topic, or all held locally)."""
+        out: dict[str, int] = {}
         for src in self.sources:
+            for table in (*src.tables, *SHARED_TABLES.values()):
+                out.setdefault(table, 0)
+        for src in self.sources:
+            wanted = None if partitions is None else partitions.get(src.topic, set())
             for key in src.store.iter_keys():
-                out[src.target(key.kind)] += key.rows
+                if wanted is None or key.partition in wanted:
+                    for table in src.targets(key.kind):
+                        out[table] += key.rows
         return out
 
-    async def flush(self, owned: Mapping[str, set[int]]) -> FlushReport:
-        """Commit everything buffered for ``owned`` partitions; one flush at a time."""
+    async def flush(self, frontiers: Mapping[TopicPartition, int]) -> FlushReport:
+        """Commit everything durable for the partitions in ``frontiers``; one flush at a time."""
         async with self._lock:
             report = FlushReport()
-            for batch in self.plan(owned):
+            done: dict[tuple[str, ChunkKey], int] = {}
+            for batch in self.plan(frontiers):
                 try:
                     result = await asyncio.to_thread(self._commit, batch)
                 except Exception as exc:  # a failed table must not stop the others; chunks stay for the next flush
-                    self.metrics.commit_failures.labels(batch.table_name).inc()
+                    self._failed(batch, exc)
                     report.failed[batch.table_name] = f"{type(exc).__name__}: {exc}"
-                    log.exception("commit to %s failed; its %d rows stay buffered", batch.table_name, batch.rows)
                     continue
-                await self._forget(batch)
+                if batch.table_name in self._failing:
+                    log.info("commit to %s works again", batch.table_name)
+                    del self._failing[batch.table_name]
+                for chunk in batch.chunks:
+                    done[(chunk.topic, chunk.key)] = done.get((chunk.topic, chunk.key), 0) + 1
                 report.results.append(result)
                 self._count(result)
-            self.publish_buffered_rows()
+            report.rows_forgotten = await self._forget(done)
+            owned: dict[str, set[int]] = {}
+            for topic, partition in frontiers:
+                owned.setdefault(topic, set()).add(partition)
+            self.publish_buffered_rows(owned)
             return report
+
+    def _failed(self, batch: TableBatch, exc: BaseException) -> None:
+        self.metrics.commit_failures.labels(batch.table_name).inc()
+        what = f"{type(exc).__name__}: {exc}"
+        if self._failing.get(batch.table_name) == what:
+            log.warning("commit to %s failed again (%s); its %d rows stay buffered", batch.table_name, what, batch.rows)
+        else:
+            log.error(
+                "commit to %s failed; its %d rows stay buffered and are retried at the next flush",
+                batch.table_name,
+                batch.rows,
+                exc_info=exc,
+            )
+        self._failing[batch.table_name] = what
 
     def _commit(self, batch: TableBatch) -> CommitResult:
         """Blocking: build the batch and commit it (runs in a worker thread)."""
@@ -123,14 +162,16 @@ class Flusher:
         rows = build_batch(batch, writer.arrow_schema(batch.table_name))
         return writer.commit(batch.table_name, rows, source_offsets(batch.chunks), uuid.uuid4().hex)
 
-    async def _forget(self, batch: TableBatch) -> None:
-        """Tombstone the committed chunks (losing a tombstone is harmless: the marks drop the rows)."""
-        by_topic: dict[str, list[PendingChunk]] = {}
-        for chunk in batch.chunks:
-            by_topic.setdefault(chunk.topic, []).append(chunk)
+    async def _forget(self, done: Mapping[tuple[str, ChunkKey], int]) -> int:
+        """Tombstone the chunks every target table committed (a lost tombstone is harmless: marks drop the rows)."""
+        rows = 0
         for src in self.sources:
-            if src.topic in by_topic:
-                await src.store.remove(c.key for c in by_topic[src.topic])
+            keys = [key for (topic, key), n in done.items() if topic == src.topic and n >= len(src.targets(key.kind))]
+            if keys:
+                for fut in await src.store.remove(keys):
+                    fut.add_done_callback(_log_lost_tombstone)
+                rows += sum(k.rows for k in keys)
+        return rows
 
     def _count(self, result: CommitResult) -> None:
         table = result.table_name
@@ -141,9 +182,14 @@ class Flusher:
             self.metrics.commit_duration.labels(table).observe(result.duration_s)
             self.metrics.record_commit(table, self.clock())
 
-    def publish_buffered_rows(self) -> dict[str, int]:
-        """Set the buffered-rows gauge per table (after each micro-batch and each flush); returns the counts."""
-        rows = self.buffered_rows()
+    def publish_buffered_rows(self, partitions: Mapping[str, set[int]] | None = None) -> dict[str, int]:
+        """Set the buffered-rows gauge per table; returns the counts."""
+        rows = self.buffered_rows(partitions)
         for table, count in rows.items():
             self.metrics.buffered_rows.labels(table).set(count)
         return rows
+
+
+def _log_lost_tombstone(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("a tombstone did not reach the changelog (harmless: the lake's marks drop its rows)")

@@ -26,12 +26,6 @@ class RecordingTable:
         fut.set_result(None)
         return fut
 
-    def _on_changelog_sent(self, fut: Any) -> None:
-        pass
-
-    def send_changelog(self, partition: int | None, key: str, value: bytes | None, **_: Any) -> None:
-        self.changelog.append((partition, key, value))
-
     def restore_from_changelog(self) -> dict[str, bytes]:
         """What a new owner would rebuild from the changelog (last value per key, tombstones delete)."""
         state: dict[str, bytes] = {}

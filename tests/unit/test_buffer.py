@@ -38,12 +38,23 @@ async def test_store_writes_one_changelog_record_per_chunk_and_tombstones_on_rem
     store = ChunkStore(table, "market.trades.raw")
     chunk = events_to_arrow(TRADES, trade_events(3, range(100)))
     key = ChunkKey(ROWS, 3, 0, 99, 100)
-    await store.put(key, chunk)
-    await store.put(ChunkKey(REJECTS, 3, 100, 100, 1), pa.table({"x": [1]}))
+    delivered = [await store.put(key, chunk), await store.put(ChunkKey(REJECTS, 3, 100, 100, 1), pa.table({"x": [1]}))]
+    assert all(f.done() for f in delivered)  # the broker's acknowledgements, for the ledger to wait on
     assert [(p, k) for p, k, _ in table.changelog] == [(3, key.encode()), (3, "rejects:3:100:100:1")]
-    assert store.buffered_rows() == 101 and store.buffered_rows(ROWS) == 100
+    assert store.buffered_rows() == 101 and store.buffered_rows({2}) == 0
     assert store.chunk_keys({2}) == []
-    await store.remove([key])
+    tombstones = await store.remove([key])
+    assert len(tombstones) == 1
     assert table.changelog[-1] == (3, key.encode(), None)
     assert store.chunk_keys() == [ChunkKey(REJECTS, 3, 100, 100, 1)]
     assert list(table.restore_from_changelog()) == ["rejects:3:100:100:1"]
+
+
+async def test_dropping_local_copies_sends_nothing() -> None:
+    table = RecordingTable()
+    store = ChunkStore(table, "market.trades.raw")
+    await store.put(ChunkKey(ROWS, 1, 0, 9, 10), pa.table({"x": list(range(10))}))
+    await store.put(ChunkKey(ROWS, 2, 0, 4, 5), pa.table({"x": list(range(5))}))
+    sent = len(table.changelog)
+    assert store.drop_local({1}) == 10
+    assert len(table.changelog) == sent and store.chunk_keys() == [ChunkKey(ROWS, 2, 0, 4, 5)]

@@ -17,7 +17,7 @@ from k2.avro.schemas import CONTRACTS
 from k2.buffer.chunks import ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.ingest.classify import BatchOutcome, RawRecord
-from k2.ingest.processor import IngressProcessor, LakeSchemas, Source
+from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import SEQUENCE_GAPS, TRADES
@@ -37,8 +37,8 @@ from k2.reference.instruments import (
 )
 from k2.sequence.stage import SequenceStage
 from k2.sink.flusher import Flusher, SourceBuffer
-from k2.validation import validate_trade
 from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.ingest_helpers import process, sent_reject, source
 from tests.unit.lake_helpers import T0, TOPICS, TRADES_TOPIC, sqlite_catalog, trade
 
 SUBJECT = f"{TRADES_TOPIC}-value"
@@ -58,11 +58,11 @@ class Harness:
         self.metrics = K2Metrics(CollectorRegistry())
         self.stage = SequenceStage(TRADES_TOPIC, self.sequences, window, self.metrics, "w:1")
 
-        async def send_reject(record: Any, reject: Any) -> None:
-            self.sent.append((record, reject))
+        async def send_reject(record: Any, reject: Any) -> asyncio.Future[None]:
+            return await sent_reject(self.sent, record, reject)
 
         self.proc = IngressProcessor(
-            Source(TRADES_TOPIC, TRADES, SUBJECT, validate_trade),
+            source(TRADES_TOPIC),
             ChunkStore(self.buffer, TRADES_TOPIC),
             Registry(),  # type: ignore[arg-type]
             LakeSchemas(arrow_schema, lambda name, writer: False),
@@ -97,7 +97,7 @@ async def test_duplicates_go_to_rejects_with_their_bytes_and_gaps_to_a_chunk() -
         rec(5, 6),  # conflict with offset 4
         rec(6, 7, price=Decimal(0)),  # invalid: rejected before sequence tracking sees it
     ]
-    assert await h.proc.process(batch) == 4
+    assert await process(h.proc, batch) == 4
     keys = sorted(ChunkKey.decode(k) for k in h.buffer.data)
     assert [(k.kind, k.first_offset, k.last_offset, k.rows) for k in keys] == [
         ("gaps", 2, 2, 1),
@@ -140,12 +140,12 @@ async def test_duplicates_go_to_rejects_with_their_bytes_and_gaps_to_a_chunk() -
 async def test_redelivered_batch_rebuilds_the_same_chunks_and_counts_nothing_twice() -> None:
     h = Harness()
     batch = [rec(0, 1), rec(1, 3), rec(2, 3), rec(3, 4)]
-    await h.proc.process(batch)
+    await process(h.proc, batch)
     first = {k: pa.ipc.open_stream(v).read_all() for k, v in h.buffer.data.items()}
     # A new worker restores the sequence state (it got ahead of the consumer group) and the batch comes again.
     h2 = Harness()
     h2.sequences.data.update(h.sequences.restore_from_changelog())
-    await h2.proc.process(batch)
+    await process(h2.proc, batch)
     again = {k: pa.ipc.open_stream(v).read_all() for k, v in h2.buffer.data.items()}
     assert again.keys() == first.keys()
     for key in first:
@@ -160,7 +160,7 @@ async def test_redelivered_batch_rebuilds_the_same_chunks_and_counts_nothing_twi
 
 async def test_events_without_sequence_numbers_are_landed_untracked() -> None:
     h = Harness()
-    assert await h.proc.process([rec(0, None), rec(1, None)]) == 2  # type: ignore[arg-type]
+    assert await process(h.proc, [rec(0, None), rec(1, None)]) == 2  # type: ignore[arg-type]
     assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="untracked") == 2
     assert h.sequences.changelog == []
 
@@ -168,18 +168,18 @@ async def test_events_without_sequence_numbers_are_landed_untracked() -> None:
 def test_gap_chunks_flush_to_their_table_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         h = Harness()
-        await h.proc.process([rec(0, 1), rec(1, 4), rec(2, 5), rec(3, 20)])
+        await process(h.proc, [rec(0, 1), rec(1, 4), rec(2, 5), rec(3, 20)])
         catalog = sqlite_catalog(tmp_path)
         ensure_tables(catalog)
         writer = IcebergWriter(catalog, TOPICS, "test:1")
         store = ChunkStore(h.buffer, TRADES_TOPIC)
-        flusher = Flusher([SourceBuffer(TRADES_TOPIC, TRADES, store)], lambda: writer, h.metrics)
+        flusher = Flusher([SourceBuffer(TRADES_TOPIC, (TRADES,), store)], lambda: writer, h.metrics)
         assert flusher.buffered_rows()[SEQUENCE_GAPS] == 2
         gaps_chunk = {k: v for k, v in h.buffer.data.items() if k.startswith("gaps")}
-        await flusher.flush({TRADES_TOPIC: {0}})
+        await flusher.flush({(TRADES_TOPIC, 0): 4})
         # A crash between the commit and the tombstones: the chunk comes back and is flushed again.
         h.buffer.data.update(gaps_chunk)
-        report = await flusher.flush({TRADES_TOPIC: {0}})
+        report = await flusher.flush({(TRADES_TOPIC, 0): 4})
         assert [(r.table_name, r.rows_written, r.rows_dropped) for r in report.results] == [(SEQUENCE_GAPS, 0, 2)]
         rows = writer.table(SEQUENCE_GAPS, refresh=True).scan().to_arrow().to_pylist()
         assert sorted((r["expected"], r["received"], r["severity"]) for r in rows) == [
@@ -264,17 +264,3 @@ def test_per_symbol_metric_labels_are_bounded() -> None:
     value = metrics.registry.get_sample_value
     assert value("k2_unknown_instrument_events_total", {"topic": "t", "symbol": OTHER_LABEL}) == 6
     assert watch.unknown[("t", "C")] == 5  # the view keeps every symbol
-
-
-async def test_a_batch_out_of_offset_order_lands_once_under_its_true_range() -> None:
-    h = Harness()
-    await h.proc.process([rec(0, 1), rec(1, 2)])
-    # After a rebalance faust hands over buffered newer messages, then the same ones again from the committed offset.
-    assert await h.proc.process([rec(3, 4), rec(1, 2), rec(2, 3), rec(3, 4)]) == 3
-    keys = sorted(ChunkKey.decode(k) for k in h.buffer.data)
-    assert [(k.first_offset, k.last_offset, k.rows) for k in keys] == [
-        (0, 1, 2),
-        (1, 3, 3),
-    ]  # overlap: seen by the flush
-    assert h.metric("k2_sequence_events_total", topic=TRADES_TOPIC, outcome="redelivered") == 1
-    assert h.metric("k2_sequence_gaps_total", topic=TRADES_TOPIC, severity="small") == 0

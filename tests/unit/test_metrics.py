@@ -8,12 +8,12 @@ checked by ``promtool check metrics`` as Prometheus itself would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryError
@@ -22,23 +22,20 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from k2.avro.codec import encode, parse_schema
 from k2.avro.registry import WriterSchema, WriterSchemaCache
 from k2.avro.schemas import CONTRACTS
-from k2.buffer.chunks import ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.ingest.classify import RawRecord
-from k2.ingest.processor import IngressProcessor, LakeSchemas, Source
-from k2.lake.arrow import arrow_schema, events_to_arrow
+from k2.ingest.processor import IngressProcessor, LakeSchemas
+from k2.lake.arrow import arrow_schema
 from k2.lake.records import RejectRecord
 from k2.lake.schemas import QUOTES, TRADES
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.metrics import K2Metrics
 from k2.models import Reject
 from k2.observe.lag import partition_lags
-from k2.runtime import Runtime
-from k2.settings import Settings
-from k2.validation import validate_quote, validate_trade
 from k2.web.prometheus import faust_metrics
 from tests.unit.buffer_helpers import RecordingTable
-from tests.unit.lake_helpers import QUOTES_TOPIC, T0, TRADES_TOPIC, quote, trade, trade_events
+from tests.unit.ingest_helpers import process, sent_reject, source
+from tests.unit.lake_helpers import QUOTES_TOPIC, T0, TRADES_TOPIC, quote, trade
 from tests.unit.test_registry import FakeAsyncRegistry
 from tests.unit.test_sink import Harness
 
@@ -66,14 +63,14 @@ class FlakyRegistry(FakeAsyncRegistry):
 
 
 class Ingress:
-    def __init__(self, topic: str, table: str, validate: Any) -> None:
+    def __init__(self, topic: str, kind: str) -> None:
         self.client = FlakyRegistry()
         self.metrics = K2Metrics(CollectorRegistry())
         self.subject = f"{topic}-value"
         self.rejected: list[RejectRecord] = []
         lake = LakeSchemas(arrow_schema, self._no_evolution)
         self.processor = IngressProcessor(
-            Source(topic, table, self.subject, validate),
+            source(topic, kind),
             ChunkStore(RecordingTable(), topic),
             WriterSchemaCache(self.client),
             lake,
@@ -87,8 +84,9 @@ class Ingress:
     def _no_evolution(table: str, writer: WriterSchema) -> bool:
         return False
 
-    async def _send_reject(self, record: RejectRecord, reject: Reject) -> None:
+    async def _send_reject(self, record: RejectRecord, reject: Reject) -> asyncio.Future[None]:
         self.rejected.append(record)
+        return await sent_reject([], record, reject)
 
     async def register(self, contract: str, schema_str: str | None = None) -> int:
         return await self.client.register_schema(self.subject, Schema(schema_str or CONTRACTS[contract].schema_str))
@@ -99,7 +97,7 @@ def record(offset: int, body: bytes | None) -> RawRecord:
 
 
 async def test_ingress_counts_consumed_accepted_and_rejects_by_reason() -> None:
-    ing = Ingress(TRADES_TOPIC, TRADES, validate_trade)
+    ing = Ingress(TRADES_TOPIC, "trades")
     schema_id = await ing.register("trade")
     parsed = CONTRACTS["trade"].parsed
     batch = [
@@ -109,7 +107,7 @@ async def test_ingress_counts_consumed_accepted_and_rejects_by_reason() -> None:
         record(3, b"junk"),
         record(4, None),
     ]
-    assert await ing.processor.process(batch) == 2
+    assert await process(ing.processor, batch) == 2
     m = ing.metrics
     assert value(m, "k2_events_consumed_total", topic=TRADES_TOPIC) == 5
     assert value(m, "k2_events_accepted_total", topic=TRADES_TOPIC) == 2
@@ -118,45 +116,45 @@ async def test_ingress_counts_consumed_accepted_and_rejects_by_reason() -> None:
     assert value(m, "k2_crossed_quotes_total", topic=TRADES_TOPIC) is None
     assert len(ing.rejected) == 3
 
-    await ing.processor.process([record(5, encode(schema_id, parsed, trade()))])
+    await process(ing.processor, [record(5, encode(schema_id, parsed, trade()))])
     assert value(m, "k2_events_consumed_total", topic=TRADES_TOPIC) == 6
     assert value(m, "k2_events_accepted_total", topic=TRADES_TOPIC) == 3
 
 
 async def test_crossed_quotes_are_counted_and_accepted() -> None:
-    ing = Ingress(QUOTES_TOPIC, QUOTES, validate_quote)
+    ing = Ingress(QUOTES_TOPIC, "quotes")
     schema_id = await ing.register("quote")
     parsed = CONTRACTS["quote"].parsed
     crossed = quote(bid_price=Decimal("37.8"), ask_price=Decimal("37.7"))
-    await ing.processor.process(
-        [record(0, encode(schema_id, parsed, crossed)), record(1, encode(schema_id, parsed, quote()))]
+    await process(
+        ing.processor, [record(0, encode(schema_id, parsed, crossed)), record(1, encode(schema_id, parsed, quote()))]
     )
     assert value(ing.metrics, "k2_crossed_quotes_total", topic=QUOTES_TOPIC) == 1
     assert value(ing.metrics, "k2_events_accepted_total", topic=QUOTES_TOPIC) == 2
 
 
 async def test_schema_versions_seen_counts_distinct_writer_schemas_per_subject() -> None:
-    ing = Ingress(TRADES_TOPIC, TRADES, validate_trade)
+    ing = Ingress(TRADES_TOPIC, "trades")
     v1 = await ing.register("trade")
     tree = json.loads(CONTRACTS["trade"].schema_str)
     tree["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
     v2 = await ing.register("trade", json.dumps(tree))
     parsed = CONTRACTS["trade"].parsed
-    await ing.processor.process([record(0, encode(v1, parsed, trade()))])
+    await process(ing.processor, [record(0, encode(v1, parsed, trade()))])
     assert value(ing.metrics, "k2_schema_versions_seen", subject=ing.subject) == 1
-    await ing.processor.process([record(1, encode(v1, parsed, trade()))])
+    await process(ing.processor, [record(1, encode(v1, parsed, trade()))])
     assert value(ing.metrics, "k2_schema_versions_seen", subject=ing.subject) == 1
-    await ing.processor.process([record(2, encode(v2, parse_schema(tree), {**trade(), "note": "x"}))])
+    await process(ing.processor, [record(2, encode(v2, parse_schema(tree), {**trade(), "note": "x"}))])
     assert value(ing.metrics, "k2_schema_versions_seen", subject=ing.subject) == 2
 
 
 async def test_registry_retries_are_counted() -> None:
-    ing = Ingress(TRADES_TOPIC, TRADES, validate_trade)
+    ing = Ingress(TRADES_TOPIC, "trades")
     ing.processor.max_retry_delay_s = 0.01
     schema_id = await ing.register("trade")
     ing.client.fail_with = SchemaRegistryError(503, 50301, "unavailable")
     ing.client.failures_left = 2
-    await ing.processor.process([record(0, encode(schema_id, CONTRACTS["trade"].parsed, trade()))])
+    await process(ing.processor, [record(0, encode(schema_id, CONTRACTS["trade"].parsed, trade()))])
     assert value(ing.metrics, "k2_schema_registry_retries_total") == 2
     assert value(ing.metrics, "k2_events_accepted_total", topic=TRADES_TOPIC) == 1
 
@@ -172,7 +170,7 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     assert h.flusher.publish_buffered_rows()[TRADES] == 15
     assert h.metric("k2_buffered_rows", table=TRADES) == 15
 
-    await h.flusher.flush({TRADES_TOPIC: {0, 1}})
+    await h.flusher.flush({(TRADES_TOPIC, 0): 10**9, (TRADES_TOPIC, 1): 10**9})
     assert h.metric("k2_flushes_total", table=TRADES) == 1
     assert h.metric("k2_rows_written_total", table=TRADES) == 15
     assert h.metric("k2_rows_skipped_already_committed_total", table=TRADES) == 0
@@ -184,7 +182,7 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     # A replay of rows already landed: counted as skipped, no new snapshot, no new commit time.
     h.flusher.clock = lambda: 2000.0
     await h.put_trades(0, range(5, 12))
-    await h.flusher.flush({TRADES_TOPIC: {0}})
+    await h.flusher.flush({(TRADES_TOPIC, 0): 10**9})
     assert h.metric("k2_flushes_total", table=TRADES) == 2
     assert h.metric("k2_rows_written_total", table=TRADES) == 17
     assert h.metric("k2_rows_skipped_already_committed_total", table=TRADES) == 5
@@ -198,7 +196,7 @@ async def test_commit_failure_is_counted_and_rows_stay_buffered(tmp_path: Path) 
     await h.put_trades(0, range(0, 4))
     h.writer.catalog.drop_table(TRADES)  # a real failure: the table is gone from the catalog
     h.writer._tables.clear()
-    report = await h.flusher.flush({TRADES_TOPIC: {0}})
+    report = await h.flusher.flush({(TRADES_TOPIC, 0): 10**9})
     assert TRADES in report.failed
     assert h.metric("k2_iceberg_commit_failures_total", table=TRADES) == 1
     assert h.metric("k2_flushes_total", table=TRADES) == 0
@@ -252,35 +250,20 @@ def test_known_topics_and_tables_export_zero_from_the_start() -> None:
     assert value(m, "k2_events_consumed_total", topic=TRADES_TOPIC) == 0
 
 
-# -- the runtime: lake marks and commit times from the tables, then from each flush -----------------
+# -- commit times: from the lake at start, then from each flush ------------------------------------
 
 
-async def _send_nothing(record: RejectRecord, reject: Reject) -> None:
-    return None
+def test_commit_times_are_seeded_from_the_lake_and_only_move_forward() -> None:
+    from k2.lake.status import TableStatus
+    from k2.pipeline.service import record_commit_times
 
-
-async def test_runtime_reads_marks_and_commit_time_from_the_lake_then_follows_flushes(tmp_path: Path) -> None:
-    settings = Settings(var_dir=tmp_path, trades_topic=TRADES_TOPIC, quotes_topic=QUOTES_TOPIC)
-    stores = {t: ChunkStore(RecordingTable(), t) for t in settings.source_topics}
-
-    first = Runtime(settings, stores, _send_nothing, K2Metrics(CollectorRegistry()))
-    await first.start()
-    assert first.lake_marks == {}
-    await stores[TRADES_TOPIC].put(ChunkKey(ROWS, 0, 0, 7, 8), events_to_arrow(TRADES, trade_events(0, range(8))))
-    report = await first.flush({TRADES_TOPIC: {0}}, recovering=False)
-    assert report.rows_written == 8
-    assert first.lake_marks == {(TRADES_TOPIC, 0): 7}
-
-    # A new process (a restart) knows how far the lake got, and when it last moved.
     metrics = K2Metrics(CollectorRegistry())
-    second = Runtime(
-        settings, {t: ChunkStore(RecordingTable(), t) for t in settings.source_topics}, _send_nothing, metrics
-    )
-    await second.start()
-    assert second.lake_marks == {(TRADES_TOPIC, 0): 7}
-    landed_at = value(metrics, "k2_iceberg_last_commit_timestamp_seconds", table=TRADES)
-    assert landed_at is not None and landed_at > T0 / 1000
+    statuses = [TableStatus(TRADES, True, 1, 1_700_000_000_000), TableStatus(QUOTES, True)]
+    record_commit_times(metrics, statuses)
+    assert value(metrics, "k2_iceberg_last_commit_timestamp_seconds", table=TRADES) == 1_700_000_000
     assert value(metrics, "k2_iceberg_last_commit_timestamp_seconds", table=QUOTES) is None
+    record_commit_times(metrics, [TableStatus(TRADES, True, 0, 1_600_000_000_000)])  # an older read
+    assert value(metrics, "k2_iceberg_last_commit_timestamp_seconds", table=TRADES) == 1_700_000_000
 
 
 # -- faust's sensor, renamed to base units, and the whole exposition through promtool --------------

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from k2.lake.status import TableStatus
+from k2.observe.health import Probe, ingest_check, stall_check
 from k2.observe.lag import PartitionLag, format_lag_table, lag_payload, merge_marks, partition_lags
-from k2.observe.probes import Cached, Check, assignment_check, probe, readiness, recovery_check
+from k2.observe.probes import Cached, Check, assignment_check, readiness, recovery_check
 from k2.observe.tables import offsets_json, tables_payload
 from k2.web.query import parse_query
 
@@ -109,15 +110,56 @@ async def test_probe_turns_errors_and_timeouts_into_failed_checks() -> None:
     async def broken() -> str:
         raise ConnectionRefusedError("refused")
 
-    async def hung() -> str:
-        await asyncio.sleep(10)
-        return "never"
-
-    assert await probe("registry", fine, 1) == Check("registry", True, "3 subjects")
-    failed = await probe("registry", broken, 1)
+    assert await Probe("registry", fine).check() == Check("registry", True, "3 subjects")
+    failed = await Probe("registry", broken).check()
     assert not failed.ok and "ConnectionRefusedError" in failed.detail
-    slow = await probe("catalog", hung, 0.05)
-    assert not slow.ok and "0.05s" in slow.detail
+
+
+async def test_a_hung_dependency_fails_its_check_at_once_without_piling_up_requests() -> None:
+    now = [0.0]
+    calls = 0
+    release = asyncio.Event()
+
+    async def hung() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "back"
+
+    p = Probe("catalog", hung, timeout_s=0.05, ttl_s=5, clock=lambda: now[0])
+    first = await p.check()
+    assert not first.ok and "within 0.05s" in first.detail
+    now[0] = 3.0
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    second = await p.check()  # still running: says for how long, without waiting again
+    assert loop.time() - t0 < 0.04
+    assert not second.ok and "for 3s" in second.detail and calls == 1
+    release.set()
+    await asyncio.sleep(0)
+    assert (await p.check()).ok and calls == 1
+    assert (await p.check()).ok and calls == 1  # a pass is kept for ttl_s
+
+
+def test_ingest_check_names_stopped_and_unpositioned_partitions() -> None:
+    from faust.types import TP
+
+    assert ingest_check({}, []).ok
+    stopped = ingest_check({TP("t", 3): "ValueError: boom"}, [])
+    assert not stopped.ok and "t/3 (ValueError: boom)" in stopped.detail
+    waiting = ingest_check({}, [TP("t", 1)])
+    assert not waiting.ok and "1 partition(s)" in waiting.detail
+
+
+def test_stall_check_fails_only_with_lag_and_no_progress() -> None:
+    now = 100.0
+    assert stall_check({("t", 0): 0}, {}, 0.0, now, 30).ok  # no lag: idle is fine
+    assert stall_check({("t", 0): 5}, {("t", 0): 90.0}, 0.0, now, 30).ok  # taken 10s ago
+    stuck = stall_check({("t", 0): 5}, {("t", 0): 60.0}, 0.0, now, 30)
+    assert not stuck.ok and "t/0 (5 waiting, nothing taken for 40s)" in stuck.detail
+    never = stall_check({("t", 1): 5}, {}, 50.0, now, 30)  # nothing taken since positioned 50s ago
+    assert not never.ok
+    assert stall_check({("t", 1): 5}, {}, None, now, 30).ok  # not positioned yet: the ingest check says so
 
 
 async def test_cached_reuses_a_result_for_its_ttl_and_shares_one_load() -> None:

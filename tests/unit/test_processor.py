@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -15,12 +16,11 @@ from k2.buffer.chunks import ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import RegistryUnavailable, UnknownSchemaId
 from k2.ingest.classify import RawRecord
-from k2.ingest.processor import IngressProcessor, LakeSchemas, Source
+from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema
-from k2.lake.schemas import TRADES
 from k2.metrics import K2Metrics
-from k2.validation import validate_trade
 from tests.unit.buffer_helpers import RecordingTable
+from tests.unit.ingest_helpers import process, sent_reject, source
 from tests.unit.lake_helpers import T0, trade
 
 TOPIC = "market.trades.raw"
@@ -49,12 +49,12 @@ def make(registry: Any) -> tuple[IngressProcessor, RecordingTable, list[Any], K2
     sent: list[Any] = []
     metrics = K2Metrics(CollectorRegistry())
 
-    async def send_reject(record: Any, reject: Any) -> None:
-        sent.append((record, reject))
+    async def send_reject(record: Any, reject: Any) -> asyncio.Future[None]:
+        return await sent_reject(sent, record, reject)
 
     lake = LakeSchemas(lambda name: arrow_schema(name), lambda name, writer: False)
     proc = IngressProcessor(
-        Source(TOPIC, TRADES, SUBJECT, validate_trade),
+        source(TOPIC),
         ChunkStore(table, TOPIC),
         registry,
         lake,
@@ -75,7 +75,7 @@ async def test_registry_outage_delays_but_rejects_nothing() -> None:
     registry = FlakyRegistry(failures=3)
     proc, table, sent, metrics = make(registry)
     good = encode(1, CONTRACTS["trade"].parsed, trade())
-    assert await proc.process([rec(0, good), rec(1, good)]) == 2
+    assert await process(proc, [rec(0, good), rec(1, good)]) == 2
     assert sent == []
     assert metrics.registry.get_sample_value("k2_schema_registry_retries_total") == 3
     [key] = [ChunkKey.decode(k) for k in table.data]
@@ -92,7 +92,7 @@ async def test_batch_builds_one_chunk_per_partition_and_kind() -> None:
         rec(2, encode(7, parsed, trade())),
         rec(3, encode(1, parsed, trade())),
     ]
-    assert await proc.process(batch) == 3
+    assert await process(proc, batch) == 3
     keys = sorted(ChunkKey.decode(k) for k in table.data)
     assert [(k.kind, k.partition, k.first_offset, k.last_offset, k.rows) for k in keys] == [
         ("rejects", 0, 1, 2, 2),

@@ -37,8 +37,8 @@ class Harness:
         self.metrics = K2Metrics(CollectorRegistry())
         self.flusher = Flusher(
             [
-                SourceBuffer(TRADES_TOPIC, TRADES, self.stores[TRADES_TOPIC]),
-                SourceBuffer(QUOTES_TOPIC, QUOTES, self.stores[QUOTES_TOPIC]),
+                SourceBuffer(TRADES_TOPIC, (TRADES,), self.stores[TRADES_TOPIC]),
+                SourceBuffer(QUOTES_TOPIC, (QUOTES,), self.stores[QUOTES_TOPIC]),
             ],
             lambda: self.writer,
             self.metrics,
@@ -58,7 +58,8 @@ class Harness:
         return 0.0 if value is None else value
 
 
-ALL = {TRADES_TOPIC: {0, 1, 2}, QUOTES_TOPIC: {0, 1, 2}}
+#: Every partition owned, and everything buffered durable: the frontier far above every chunk.
+ALL = {(topic, p): 10**9 for topic in (TRADES_TOPIC, QUOTES_TOPIC) for p in (0, 1, 2)}
 
 
 async def test_flush_commits_buffered_rows_once_and_clears_the_buffer(tmp_path: Path) -> None:
@@ -104,9 +105,59 @@ async def test_only_owned_partitions_are_flushed(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     await h.put_trades(0, range(5))
     kept = await h.put_trades(1, range(5))
-    await h.flusher.flush({TRADES_TOPIC: {0}})
+    await h.flusher.flush({(TRADES_TOPIC, 0): 5})
     assert h.rows(TRADES) == [(0, o) for o in range(5)]
     assert h.stores[TRADES_TOPIC].chunk_keys() == [kept]
+
+
+async def test_nothing_at_or_above_the_durable_frontier_is_flushed(tmp_path: Path) -> None:
+    """A chunk above a record whose own write is not acknowledged must wait: its mark would drop that record."""
+    h = Harness(tmp_path)
+    await h.put_trades(0, range(0, 10))
+    later = await h.put_trades(0, range(10, 20))
+    await h.flusher.flush({(TRADES_TOPIC, 0): 10})
+    assert h.rows(TRADES) == [(0, o) for o in range(10)]
+    assert h.stores[TRADES_TOPIC].chunk_keys() == [later]
+    assert read_offsets(h.writer.table(TRADES, refresh=True)) == {(TRADES_TOPIC, 0): 9}
+    await h.flusher.flush({(TRADES_TOPIC, 0): 20})
+    assert h.rows(TRADES) == [(0, o) for o in range(20)]
+
+
+async def test_a_chunk_for_two_tables_is_forgotten_only_when_both_have_it(tmp_path: Path) -> None:
+    from k2.lake.arrow import companies_to_arrow
+    from k2.lake.records import BufferedEvent
+    from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS
+
+    h = Harness(tmp_path)
+    table = RecordingTable()
+    store = ChunkStore(table, "ref")
+    flusher = Flusher([SourceBuffer("ref", (COMPANY_VERSIONS, COMPANIES), store)], lambda: h.writer, h.metrics)
+    h.writer.topics[COMPANY_VERSIONS] = h.writer.topics[COMPANIES] = "ref"
+    events = [
+        BufferedEvent("ref", 0, i, {"company_id": 7, "symbol": "BHP", "company_name": f"v{i}", "isin": "AU0",
+                                    "start_date": "2001-01-01", "end_date": None})
+        for i in range(3)
+    ]  # fmt: skip
+    key = ChunkKey(ROWS, 0, 0, 2, 3)
+    await store.put(key, companies_to_arrow(events, 1_000))
+    real_commit = h.writer.commit
+    calls = {"n": 0}
+
+    def flaky(table_name: str, *args: object, **kwargs: object) -> object:
+        if table_name == COMPANIES and calls["n"] == 0:
+            calls["n"] += 1
+            raise OSError("catalog went away")
+        return real_commit(table_name, *args, **kwargs)  # type: ignore[arg-type]
+
+    h.writer.commit = flaky  # type: ignore[method-assign]
+    report = await flusher.flush({("ref", 0): 3})
+    assert COMPANIES in report.failed and store.chunk_keys() == [key]
+    report = await flusher.flush({("ref", 0): 3})
+    assert report.failed == {} and store.chunk_keys() == []
+    versions = h.writer.table(COMPANY_VERSIONS, refresh=True).scan().to_arrow()
+    assert sorted(versions["kafka_offset"].to_pylist()) == [0, 1, 2]  # once each, though flushed twice
+    latest = h.writer.table(COMPANIES, refresh=True).scan().to_arrow().to_pylist()
+    assert [(r["company_id"], r["company_name"], r["kafka_offset"]) for r in latest] == [(7, "v2", 2)]
 
 
 async def test_rejects_of_all_sources_go_to_one_commit_with_per_topic_offsets(tmp_path: Path) -> None:

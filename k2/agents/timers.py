@@ -1,0 +1,27 @@
+"""The flush timer and the lag refresh: thin timers over the pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from k2.observe.watch import LagWatch
+from k2.pipeline.service import Pipeline
+
+__all__ = ["register_timers"]
+
+log = logging.getLogger(__name__)
+
+
+def register_timers(app: faust.App, pipeline: Pipeline, lag: LagWatch) -> None:
+    async def flush_timer() -> None:
+        pipeline.gate.request("timer")
+
+    async def refresh_lag() -> None:
+        """Keep the lag gauges and the buffered-rows gauge current between scrapes."""
+        pipeline.publish_buffered_rows()
+        await lag.refresh()
+
+    app.timer(interval=pipeline.settings.flush_interval_s, name="k2.flush.timer")(flush_timer)
+    app.timer(interval=lag.interval_s, name="k2.lag.timer")(refresh_lag)

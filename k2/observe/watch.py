@@ -1,0 +1,63 @@
+"""Lag to the consumer group and to the lake, refreshed on a timer and read by views without side effects.
+
+End offsets come from faust's consumer (``highwaters``: a ListOffsets request run on the
+consumer's own thread, so nothing blocks the event loop); the group's committed offsets
+from what faust's consumer last committed or sought to; the lake's from the marks the
+pipeline keeps (read at positioning, moved by every commit). Only partitions this worker
+owns are reported, so summing over workers never counts a partition twice. A refresh is
+also the worker's proof that Kafka answers (readiness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from k2.metrics import K2Metrics
+from k2.observe.lag import PartitionLag, partition_lags
+from k2.pipeline.service import Pipeline
+
+__all__ = ["LagWatch"]
+
+log = logging.getLogger(__name__)
+
+
+class LagWatch:
+    """The last lag reading, and when Kafka last answered."""
+
+    def __init__(self, app: Any, pipeline: Pipeline, metrics: K2Metrics, interval_s: float, timeout_s: float) -> None:
+        self.app = app
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.rows: list[PartitionLag] = []
+        self.ends: dict[tuple[str, int], int] = {}
+        self.kafka_ok_at: float | None = None
+        self.kafka_error: str | None = None
+        self.read_at: float | None = None
+
+    async def refresh(self) -> list[PartitionLag]:
+        """Read end offsets for the owned source partitions and publish both lags."""
+        owned = self.pipeline.owned()
+        if owned:
+            try:
+                ends = await asyncio.wait_for(self.app.consumer.highwaters(*owned), self.timeout_s)
+            except Exception as exc:
+                self.kafka_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning("lag refresh: no end offsets from Kafka: %s", self.kafka_error)
+                return self.rows
+            self.kafka_ok_at = time.monotonic()
+            self.kafka_error = None
+            self.ends = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+            committed = self.app.consumer.committed_offsets()
+            self.rows = partition_lags(
+                self.ends, {(tp.topic, tp.partition): off for tp, off in committed.items()}, self.pipeline.lake_marks
+            )
+        else:
+            self.rows, self.ends = [], {}
+        self.read_at = time.monotonic()
+        self.metrics.publish_lag(self.rows)
+        return self.rows

@@ -1,0 +1,187 @@
+"""K2's consumer over faust's: batch delivery and sink-owned commits, and the private names they rely on.
+
+The pins fail loudly when a faust or aiokafka upgrade renames or reshapes what
+:mod:`k2.kafka.consumer` overrides or reaches into; the behaviour tests drive faust's own
+commit path through K2's overrides with the real app object (no broker needed).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiokafka
+import faust
+import pytest
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.subscription_state import Assignment, SubscriptionState, TopicPartitionState
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from k2.app import create_app
+from k2.kafka.batches import BATCH_SCHEMA, FetchedBatch, batch_message
+from k2.kafka.consumer import K2Consumer, K2ConsumerThread, PositionedRecords, positions_of
+from k2.settings import Settings
+
+
+def params(fn: Any) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def test_faust_private_methods_k2_overrides_are_still_there() -> None:
+    base = faust_consumer.Consumer
+    assert params(base._new_offset) == ["self", "tp"]
+    assert params(base._filter_tps_with_pending_acks) == ["self", "topics"]
+    assert params(base.getmany) == ["self", "timeout"]
+    assert params(base.perform_seek) == ["self"]
+    assert params(base.on_partitions_revoked) == ["self", "revoked"]
+    assert params(faust_aiokafka.AIOKafkaConsumerThread._fetch_records) == [
+        "self",
+        "consumer",
+        "active_partitions",
+        "timeout",
+        "max_records",
+    ]
+    # faust's commit path still asks these two for what to commit.
+    source = inspect.getsource(base.force_commit) + inspect.getsource(base._filter_committable_offsets)
+    assert "_filter_tps_with_pending_acks" in source and "_new_offset" in source
+    # ...and K2's getmany mirrors faust's: when faust's changes, K2's must be re-read.
+    assert "_wait_next_records" in inspect.getsource(base.getmany)
+    assert "perform_seek" in inspect.getsource(base.getmany)
+    assert faust.__version__.startswith("0.15."), "re-check k2.kafka.consumer against this faust version"
+
+
+def test_aiokafka_fetcher_internals_k2_reads_are_still_there() -> None:
+    assert params(Fetcher.fetched_records) == ["self", "partitions", "timeout", "max_records"]
+    assert callable(Fetcher._create_fetch_waiter)
+    assert isinstance(SubscriptionState.reassignment_in_progress, property)
+    assert hasattr(SubscriptionState, "fetch_context")
+    assert isinstance(SubscriptionState.subscription, property)
+    assert callable(Assignment.state_value)
+    assert isinstance(TopicPartitionState.position, property)
+    assert isinstance(TopicPartitionState.has_valid_position, property)
+    assert aiokafka.__version__.startswith("0.14."), "re-check k2.kafka.consumer against this aiokafka version"
+
+
+@dataclass
+class FakeState:
+    position: int
+    has_valid_position: bool = True
+
+
+class FakeAssignment:
+    def __init__(self, positions: Mapping[TP, int | None]) -> None:
+        self.positions = dict(positions)
+
+    def state_value(self, tp: Any) -> FakeState:
+        pos = self.positions[TP(tp.topic, tp.partition)]
+        return FakeState(pos or 0, pos is not None)
+
+
+class FakeSubscriptions:
+    def __init__(self, positions: Mapping[TP, int | None]) -> None:
+        self.subscription = self
+        self.assignment = FakeAssignment(positions)
+
+
+def test_positions_of_skips_partitions_without_a_valid_position() -> None:
+    a, b, c = TP("t", 0), TP("t", 1), TP("t", 2)
+    subs = FakeSubscriptions({a: 5, b: None})
+    assert positions_of(subs, [a, b, c]) == {a: 5}
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = b"v"
+    timestamp: int = 1_000
+    timestamp_type: int = 0
+    serialized_value_size: int = 1
+
+
+def test_a_batch_travels_as_one_faust_message_at_its_last_offset() -> None:
+    tp = TP("t", 3)
+    batch = FetchedBatch(tp, 10, 14, [Rec("t", 3, 10), Rec("t", 3, 13)], generation=4)
+    msg = batch_message(batch)
+    assert (msg.topic, msg.partition, msg.offset, msg.generation_id) == ("t", 3, 13, 4)
+    assert msg.value is batch and msg.key is None
+    assert BATCH_SCHEMA.loads_value(None, msg) is batch  # type: ignore[arg-type]
+    assert BATCH_SCHEMA.loads_key(None, msg) is None  # type: ignore[arg-type]
+
+
+class Sink:
+    """A BatchSink recording what the consumer asks."""
+
+    batch_topics = frozenset({"src"})
+
+    def __init__(self, offsets: Mapping[TP, int | None]) -> None:
+        self.offsets = dict(offsets)
+        self.revoked: list[set[TP]] = []
+
+    def commit_offset(self, tp: TP) -> int | None:
+        return self.offsets.get(tp)
+
+    def committable(self) -> Iterable[TP]:
+        return list(self.offsets)
+
+    async def on_revoke(self, tps: set[TP]) -> None:
+        self.revoked.append(tps)
+
+    async def on_seek(self, positions: Mapping[TP, int | None]) -> None: ...
+
+
+@pytest.fixture
+def consumer(monkeypatch: pytest.MonkeyPatch) -> K2Consumer:
+    app = create_app(Settings(trades_topic="src"), CollectorRegistry())
+    cons = app.consumer
+    assert isinstance(cons, K2Consumer)
+    assert isinstance(cons._new_consumer_thread(), K2ConsumerThread)
+    return cons
+
+
+async def test_faust_commits_what_the_sink_says_for_batch_topics(
+    consumer: K2Consumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = Sink({TP("src", 0): 120, TP("src", 1): None})
+    monkeypatch.setattr(type(consumer.app), "batch_sink", property(lambda self: sink))
+    committed: list[dict[TP, int]] = []
+
+    async def commit_offsets(offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        committed.append(dict(offsets))
+        consumer._committed_offset.update(offsets)
+        return True
+
+    monkeypatch.setattr(consumer, "_commit_offsets", commit_offsets)
+    monkeypatch.setattr(consumer, "_handle_attached", _nothing)
+    assert await consumer.force_commit()
+    assert committed == [{TP("src", 0): 120}]
+    # Nothing new: faust does not commit the same offset again.
+    assert not await consumer.force_commit()
+    sink.offsets[TP("src", 0)] = 130
+    assert await consumer.force_commit()
+    assert committed[-1] == {TP("src", 0): 130}
+
+
+async def _nothing(*_: Any, **__: Any) -> None:
+    return None
+
+
+def test_source_topics_keep_no_faust_ack_state(consumer: K2Consumer) -> None:
+    """faust acks and skips events on its own (crashed agents, rebalances): for K2's sources it must keep none."""
+    for name in ("k2.ingest.trades", "k2.ingest.quotes", "k2.ingest.reference"):
+        channel = consumer.app.agents[name].channel
+        assert channel.acks is False and channel.schema is BATCH_SCHEMA
+
+
+async def test_positioned_records_carry_positions() -> None:
+    out = PositionedRecords()
+    out[TP("t", 0)] = []
+    out.positions[TP("t", 0)] = (1, 2)
+    assert dict(out) == {TP("t", 0): []} and out.positions == {TP("t", 0): (1, 2)}
