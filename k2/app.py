@@ -19,6 +19,7 @@ from k2.agents.market import Market, build_market, bytes_table
 from k2.agents.timers import register_timers
 from k2.avro.schemas import subject_for_topic
 from k2.buffer.store import ChunkStore
+from k2.errors import SettingsError
 from k2.ingest.processor import Source
 from k2.kafka.batches import BATCH_SCHEMA
 from k2.kafka.transport import SCHEME
@@ -132,8 +133,11 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
     names = {s.trades_topic: "trades", s.quotes_topic: "quotes", s.reference_topic: "reference"}
     register_ingest(app, pipeline, {names[name]: topic for name, topic in topics.items()})
     register_timers(app, pipeline, lag)
-    register_views(app, pipeline, metrics, market, lag, Readiness(app, pipeline, lag))
+    register_views(app, pipeline, metrics, market.instruments, market.watch, lag, Readiness(app, pipeline, lag))
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as exc:  # one line for the operator, not a traceback from inside faust's import
+    raise SystemExit(f"k2 worker: {exc}") from None

@@ -64,7 +64,9 @@ def load_k2_catalog(settings: Settings) -> Catalog:
         return SqlCatalog(name, **default_catalog_properties(settings.var_dir))
     except Exception as exc:
         raise CatalogLoadError(
-            f"the embedded SQLite catalog under {settings.var_dir / 'iceberg'} could not be opened: {exc}"
+            f"the embedded SQLite catalog under {settings.var_dir / 'iceberg'} could not be opened: {exc}. "
+            "Set K2_VAR_DIR to a folder K2 may write, or configure a catalog named "
+            f"{settings.catalog_name!r} (.pyiceberg.yaml or PYICEBERG_CATALOG__{settings.catalog_name.upper()}__*)"
         ) from exc
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "ReplayInputError",
     "SchemaRegistrationError",
     "ServiceUnavailable",
+    "SettingsError",
     "TableSchemaMismatch",
     "UndecodableError",
     "UnknownSchemaId",
@@ -87,6 +88,10 @@ class InvalidValue(DecodeError):
         self.field = field
         self.value = value
         self.detail = detail
+
+
+class SettingsError(K2Error):
+    """A ``K2_*`` variable holds a value K2 cannot use."""
 
 
 class CatalogLoadError(K2Error):

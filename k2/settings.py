@@ -9,8 +9,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from k2.errors import SettingsError
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -95,5 +97,22 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    return Settings()
+    """The process-wide settings, read from the environment on first use.
+
+    Raises:
+        SettingsError: a ``K2_*`` variable holds a value K2 cannot use; the message names
+            each variable, its value and what is expected.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc)) from None
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line per bad ``K2_*`` variable: its name, the value given and what would do."""
+    lines = []
+    for err in exc.errors():
+        name = "K2_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"{name}={err.get('input')!r}: {err['msg']}")
+    return "invalid settings: " + "; ".join(lines) + " (see README, Configuration)"

@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
+from k2.admin.clients import client_conf
 from k2.errors import ServiceUnavailable
 from k2.settings import Settings
 
@@ -76,7 +77,7 @@ class TopicsReport:
 
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
     """An AdminClient that has proven it can reach the broker within ``timeout_s``."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(client_conf(settings))
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:

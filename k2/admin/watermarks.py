@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from k2.admin.clients import client_conf
 from k2.errors import ServiceUnavailable
 from k2.lake.records import TopicPartition as TP
 from k2.settings import Settings
@@ -15,13 +16,7 @@ __all__ = ["end_offsets"]
 
 def end_offsets(settings: Settings, topics: Iterable[str], timeout_s: float = 10.0) -> dict[TP, int]:
     """The high watermark (next offset to be written) of every partition of ``topics``."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": "k2-admin-watermarks",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = Consumer(client_conf(settings, **{"group.id": "k2-admin-watermarks", "enable.auto.commit": False}))
     try:
         out: dict[TP, int] = {}
         metadata = consumer.list_topics(timeout=timeout_s)

@@ -45,8 +45,16 @@ def run(args: argparse.Namespace) -> int:
         warnings += len(report.mismatches)
     if not args.skip_schemas:
         from k2.avro.registry import register_contracts, registry_client
+        from k2.errors import RegistryUnavailable, ServiceUnavailable
 
-        for subject, schema_id, status in register_contracts(registry_client(settings), settings):
+        try:
+            registrations = register_contracts(registry_client(settings), settings)
+        except RegistryUnavailable as exc:
+            raise ServiceUnavailable(
+                f"the schema registry at {settings.schema_registry_url} does not answer ({exc}): is the stack up "
+                "(`make stack-up`)? Or set K2_SCHEMA_REGISTRY_URL."
+            ) from exc
+        for subject, schema_id, status in registrations:
             print(f"schema   {subject}: id {schema_id} ({status})")
     if not args.skip_tables:
         from k2.catalog import describe_catalog, load_k2_catalog

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from k2 import __version__
+from k2.admin.clients import LIBRDKAFKA_LOG
 from k2.cli import init as init_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import tables as tables_cmd
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # librdkafka's own retry chatter: K2 reports a broker it cannot reach itself, once.
+    LIBRDKAFKA_LOG.setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     try:
         code: int = args.func(args)
     except K2Error as exc:

@@ -18,15 +18,14 @@ digits, so the split is unambiguous).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot, ancestors_of
 
-from k2.lake.records import HasPosition, TopicPartition
+from k2.lake.records import TopicPartition
 from k2.lake.schemas import SourcePosition
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "OFFSET_KEY_PREFIX",
     "WORKER_ID_KEY",
     "batch_offsets",
-    "filter_already_committed",
     "filter_committed_rows",
     "latest_k2_snapshot",
     "merge_offsets",
@@ -49,7 +47,6 @@ COMMIT_ID_KEY = "k2.commit-id"
 WORKER_ID_KEY = "k2.worker-id"
 
 Offsets = dict[TopicPartition, int]
-E = TypeVar("E", bound=HasPosition)
 
 
 def offset_key(topic: str, partition: int) -> str:
@@ -114,14 +111,6 @@ def summary_properties(offsets: Mapping[TopicPartition, int], commit_id: str, wo
     properties[COMMIT_ID_KEY] = commit_id
     properties[WORKER_ID_KEY] = worker_id
     return properties
-
-
-def filter_already_committed(events: Sequence[E], committed: Mapping[TopicPartition, int]) -> tuple[list[E], int]:
-    """``events`` whose offset is above the committed mark of their partition, and how many were dropped."""
-    if not committed:
-        return list(events), 0
-    kept = [e for e in events if e.offset > committed.get((e.topic, e.partition), -1)]
-    return kept, len(events) - len(kept)
 
 
 def _columns(batch: pa.Table, position: SourcePosition, topic: str | None) -> tuple[pa.ChunkedArray | None, str | None]:

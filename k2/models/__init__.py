@@ -1,5 +1,5 @@
 """faust.Record models of K2's events."""
 
-from k2.models.market import Quote, ReferenceData, Reject, Trade
+from k2.models.market import ReferenceData, Reject
 
-__all__ = ["Quote", "ReferenceData", "Reject", "Trade"]
+__all__ = ["ReferenceData", "Reject"]

@@ -1,43 +1,15 @@
 """Typed views of the three Avro contracts and of a rejected event.
 
 The hot path works on fastavro's plain dicts (and then Arrow columns) for speed; these
-records are the typed shape used where a single event is handled as an object: the
-reference-data table, rejects and their headers, views and tests.
+records are the typed shape where a single event is handled as an object: the
+reference-data table and a reject's headers.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import faust
-
-
-class Trade(faust.Record, serializer="json"):
-    symbol: str
-    company_id: int
-    exchange_timestamp: int
-    price: Decimal
-    volume: int
-    qualifiers: int
-    venue: str
-    ingestion_timestamp: int
-    exchange: str = "ASX"
-    buyer_id: str | None = None
-    sequence_number: int | None = None
-
-
-class Quote(faust.Record, serializer="json"):
-    symbol: str
-    company_id: int
-    exchange_timestamp: int
-    bid_price: Decimal
-    bid_volume: int
-    ask_price: Decimal
-    ask_volume: int
-    ingestion_timestamp: int
-    exchange: str = "ASX"
-    sequence_number: int | None = None
 
 
 class ReferenceData(faust.Record, serializer="json"):

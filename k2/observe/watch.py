@@ -39,25 +39,30 @@ class LagWatch:
         self.kafka_error: str | None = None
         self.read_at: float | None = None
 
-    async def refresh(self) -> list[PartitionLag]:
-        """Read end offsets for the owned source partitions and publish both lags."""
+    async def read(self) -> list[PartitionLag]:
+        """Both lags of the owned source partitions, read now (end offsets asked of Kafka); changes nothing."""
         owned = self.pipeline.owned()
-        if owned:
-            try:
-                ends = await asyncio.wait_for(self.app.consumer.highwaters(*owned), self.timeout_s)
-            except Exception as exc:
-                self.kafka_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning("lag refresh: no end offsets from Kafka: %s", self.kafka_error)
-                return self.rows
-            self.kafka_ok_at = time.monotonic()
-            self.kafka_error = None
-            self.ends = {(tp.topic, tp.partition): end for tp, end in ends.items()}
-            committed = self.app.consumer.committed_offsets()
-            self.rows = partition_lags(
-                self.ends, {(tp.topic, tp.partition): off for tp, off in committed.items()}, self.pipeline.lake_marks
-            )
-        else:
-            self.rows, self.ends = [], {}
+        if not owned:
+            return []
+        ends = await asyncio.wait_for(self.app.consumer.highwaters(*owned), self.timeout_s)
+        committed = self.app.consumer.committed_offsets()
+        return partition_lags(
+            {(tp.topic, tp.partition): end for tp, end in ends.items()},
+            {(tp.topic, tp.partition): off for tp, off in committed.items()},
+            self.pipeline.lake_marks,
+        )
+
+    async def refresh(self) -> list[PartitionLag]:
+        """A reading published to the lag gauges (the timer's job), and kept for readiness."""
+        try:
+            self.rows = await self.read()
+        except Exception as exc:
+            self.kafka_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("lag refresh: no end offsets from Kafka: %s", self.kafka_error)
+            return self.rows
+        self.kafka_ok_at = time.monotonic()
+        self.kafka_error = None
+        self.ends = {(r.topic, r.partition): r.end_offset for r in self.rows}
         self.read_at = time.monotonic()
         self.metrics.publish_lag(self.rows)
         return self.rows

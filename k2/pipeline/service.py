@@ -43,7 +43,7 @@ from k2.pipeline.gate import FlushGate
 from k2.pipeline.ledger import Ledger, Verdict
 from k2.pipeline.positions import start_positions
 from k2.settings import Settings
-from k2.sink.flusher import Flusher, FlushReport, SourceBuffer
+from k2.sink.flusher import SHARED_TABLES, Flusher, FlushReport, SourceBuffer
 
 __all__ = ["Pipeline"]
 
@@ -98,7 +98,9 @@ class Pipeline(Service):
         self.last_taken: dict[TP, float] = {}
         self.positioned_at: float | None = None
         self.last_flush: FlushReport | None = None
-        metrics.init_labels(list(self.sources), [t for s in wiring.sources for t in s.tables])
+        metrics.init_labels(
+            list(self.sources), [*(t for s in wiring.sources for t in s.tables), *SHARED_TABLES.values()]
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -116,6 +118,7 @@ class Pipeline(Service):
                 stages=self._stages.get(topic, ()),
             )
         self.add_future(self._load_lake())
+        self.add_future(self._watch_registry())
 
     async def on_stop(self) -> None:
         if self._registry is not None:
@@ -146,6 +149,28 @@ class Pipeline(Service):
             except Exception as exc:
                 log.warning("could not read the tables' last commit times: %s: %s", type(exc).__name__, exc)
             return
+
+    async def _watch_registry(self) -> None:
+        """Say at once, and once, when the registry does not answer (events wait for it, nothing is rejected)."""
+        down: str | None = None
+        while not self.should_stop:
+            try:
+                await asyncio.wait_for(self.registry.ping(), self.settings.catalog_timeout_s)
+            except Exception as exc:
+                what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if down is None:
+                    log.error(
+                        "the schema registry at %s does not answer (%s): events wait until it does, none is "
+                        "rejected for it; check K2_SCHEMA_REGISTRY_URL",
+                        self.settings.schema_registry_url,
+                        what,
+                    )
+                down = what
+            else:
+                if down is not None:
+                    log.info("the schema registry answers again")
+                down = None
+            await self.sleep(5.0 if down is not None else 30.0)
 
     def writer(self) -> IcebergWriter:
         """The Iceberg writer; the first call loads the catalog and creates missing tables (blocking)."""

@@ -9,7 +9,6 @@ broker retries never duplicate an event.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from tqdm import tqdm
 
+from k2.admin.clients import LIBRDKAFKA_LOG
 from k2.avro.registry import lookup_schema_id
 from k2.avro.schemas import CONTRACTS
 from k2.errors import NotInitialised, RegistryUnavailable, ReplayInputError, ServiceUnavailable
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: librdkafka's own log lines (connection refused, ...) go here instead of raw to stderr.
-KAFKA_LOG = logging.getLogger("k2.replay.librdkafka")
+KAFKA_LOG = LIBRDKAFKA_LOG
 
 _REFERENCE_FILE = Path("reference-data") / "company_info.csv"
 _TICK_FILE = re.compile(r"(\d+)\.csv")

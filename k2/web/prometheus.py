@@ -45,8 +45,9 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = FAUST_PREFIX) -> Fa
         if not isinstance(metric, Histogram):
             continue
         registry.unregister(metric)
-        base = metric._name.removesuffix("_ms")
-        doc = metric._documentation.replace(" in ms", "")
+        (family,) = metric.describe()  # the public view of a metric's name and help text
+        base = family.name.removesuffix("_ms")
+        doc = family.documentation.replace(" in ms", "")
         replaced[field] = MillisecondsHistogram(Histogram(f"{base}_seconds", f"{doc} (seconds).", registry=registry))
     return metrics._replace(**replaced)
 

@@ -2,8 +2,8 @@
 
 ==================  ====================================================================
 ``/metrics``        Prometheus exposition: faust's sensor and K2's metrics, one registry
-``/k2/lag``         per source partition: end, committed, landed offsets and both lags
-                    (the last reading of the lag timer); ``?format=text`` for a table
+``/k2/lag``         per source partition: end, committed, landed offsets and both lags,
+                    read now; ``?format=text`` for a table
 ``/k2/tables``      per Iceberg table: snapshot, commit time and age, rows, offsets,
                     rows buffered here (catalog read in a thread, cached 2 s)
 ``/k2/health``      liveness: 200 whenever the event loop answers
@@ -28,7 +28,6 @@ from typing import Any
 import faust
 from faust import web
 
-from k2.agents.market import Market
 from k2.lake.status import TableStatus, table_status
 from k2.metrics import K2Metrics
 from k2.observe.health import Readiness
@@ -37,7 +36,7 @@ from k2.observe.probes import Cached
 from k2.observe.tables import tables_payload
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline
-from k2.reference.instruments import instruments_payload
+from k2.reference.instruments import Instruments, InstrumentWatch, instruments_payload
 from k2.web.base import K2View
 from k2.web.prometheus import install
 
@@ -48,7 +47,13 @@ TABLES_TTL_S = 2.0
 
 
 def register_views(
-    app: faust.App, pipeline: Pipeline, metrics: K2Metrics, market: Market, lag: LagWatch, ready: Readiness
+    app: faust.App,
+    pipeline: Pipeline,
+    metrics: K2Metrics,
+    instruments: Instruments,
+    watch: InstrumentWatch,
+    lag: LagWatch,
+    ready: Readiness,
 ) -> None:
     """Serve ``/metrics`` and the ``/k2/`` views from ``app``'s web server."""
     blueprint = web.Blueprint("k2")
@@ -69,9 +74,13 @@ def register_views(
         params = {"format": ("json", "text")}
 
         async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
+            try:
+                rows = await lag.read()
+            except Exception as exc:
+                return self.error(503, f"Kafka did not answer: {type(exc).__name__}: {exc}")
             if query.get("format") == "text":
-                return self.text(format_lag_table(lag.rows))
-            return self.json(lag_payload(lag.rows))
+                return self.text(format_lag_table(rows))
+            return self.json(lag_payload(rows))
 
     @blueprint.route("/tables", name="tables")
     class TablesView(K2View):
@@ -104,7 +113,7 @@ def register_views(
         """Known instruments; unknown symbols seen with their counts; company ids the reference data contradicts."""
 
         async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
-            return self.json(instruments_payload(market.instruments, market.watch))
+            return self.json(instruments_payload(instruments, watch))
 
     @blueprint.route("/{path:.*}", name="not_found")
     class NotFoundView(K2View):

@@ -21,7 +21,7 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(stack: Any, tm
     env = K2Env(stack, tmp_path, "sqlite", K2_REJECTS_PARTITIONS="4")
     s = env.settings
     first = env.k2("init").stdout
-    assert first.count(": created") == 9  # 4 topics + 5 tables
+    assert first.count(": created") == 10  # 4 topics + 6 tables
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
     topics = admin.list_topics(timeout=10).topics
     assert {

@@ -9,14 +9,12 @@ from k2.lake.offsets import (
     COMMIT_ID_KEY,
     WORKER_ID_KEY,
     batch_offsets,
-    filter_already_committed,
     filter_committed_rows,
     merge_offsets,
     offset_key,
     offsets_from_summary,
     summary_properties,
 )
-from k2.lake.records import BufferedEvent
 from k2.lake.schemas import KAFKA_POSITION, REJECT_POSITION, TRADES
 
 from .lake_helpers import QUOTES_TOPIC, TRADES_TOPIC, reject, trade_events
@@ -59,23 +57,6 @@ def test_merge_is_a_cumulative_max() -> None:
     assert previous == {("t", 0): 10, ("t", 1): 5}  # inputs untouched
 
 
-def test_filter_events() -> None:
-    events = trade_events(0, range(5)) + trade_events(1, range(3))
-    kept, dropped = filter_already_committed(events, {(TRADES_TOPIC, 0): 2, (QUOTES_TOPIC, 1): 99})
-    assert [(e.partition, e.offset) for e in kept] == [(0, 3), (0, 4), (1, 0), (1, 1), (1, 2)]
-    assert dropped == 3
-    kept, dropped = filter_already_committed(events, {})
-    assert kept == events
-    assert dropped == 0
-
-
-def test_filter_rejects_by_their_own_topic() -> None:
-    rejects = [reject(TRADES_TOPIC, 0, 5), reject(QUOTES_TOPIC, 0, 5)]
-    kept, dropped = filter_already_committed(rejects, {(TRADES_TOPIC, 0): 5})
-    assert kept == [rejects[1]]
-    assert dropped == 1
-
-
 def test_filter_rows_of_a_single_topic_table() -> None:
     batch = events_to_arrow(TRADES, trade_events(0, range(5)) + trade_events(1, range(3)))
     committed = {(TRADES_TOPIC, 0): 2, (TRADES_TOPIC, 1): 0, (QUOTES_TOPIC, 0): 100}
@@ -115,12 +96,7 @@ def test_batch_offsets() -> None:
 def test_summary_of_a_replayed_batch_changes_nothing() -> None:
     events = trade_events(0, range(3))
     committed = {(e.topic, e.partition): e.offset for e in events}
-    kept, dropped = filter_already_committed(events, committed)
-    assert (kept, dropped) == ([], 3)
+    batch = events_to_arrow(TRADES, events)
+    kept, dropped = filter_committed_rows(batch, committed, KAFKA_POSITION, TRADES_TOPIC)
+    assert (kept.num_rows, dropped) == (0, 3)
     assert merge_offsets(committed, {(e.topic, e.partition): e.offset for e in events}) == committed
-
-
-def test_events_type_is_generic() -> None:
-    events: list[BufferedEvent] = trade_events(0, range(2))
-    kept, _ = filter_already_committed(events, {(TRADES_TOPIC, 0): 0})
-    assert isinstance(kept[0], BufferedEvent)

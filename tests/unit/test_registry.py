@@ -223,3 +223,27 @@ def test_registry_conf_has_a_timeout_and_auth() -> None:
     conf = registry_conf(Settings(schema_registry_basic_auth="u:p"))
     assert conf["timeout"] == 10.0
     assert conf["basic.auth.user.info"] == "u:p"
+
+
+def test_the_http_library_of_confluents_registry_client_is_where_k2_looks() -> None:
+    """k2.avro.registry catches the registry client's transport errors through a private module of confluent-kafka."""
+    from confluent_kafka.schema_registry.common import _httpx_compat
+
+    from k2.avro import registry
+
+    assert registry._httpx is _httpx_compat.httpx
+    assert issubclass(registry._httpx.ConnectError, registry._httpx.HTTPError)
+    assert issubclass(registry._httpx.ReadTimeout, registry._httpx.HTTPError)
+
+
+async def test_an_unreachable_registry_is_unavailable_not_unknown() -> None:
+    from k2.avro.registry import WriterSchemaCache, async_registry_client
+    from k2.errors import RegistryUnavailable
+    from k2.settings import Settings
+
+    cache = WriterSchemaCache(async_registry_client(Settings(schema_registry_url="http://127.0.0.1:1")))
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await cache.writer_schema(1)
+    finally:
+        await cache.aclose()
