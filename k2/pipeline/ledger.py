@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -70,7 +70,8 @@ class _Partition:
 class Ledger:
     """Positions of the source partitions this worker owns (single event loop; no locking needed)."""
 
-    def __init__(self, max_pending: int = 64) -> None:
+    def __init__(self, max_pending: int = 64, on_stop: Callable[[TP, str], None] | None = None) -> None:
+        self._on_stop = on_stop
         self._parts: dict[TP, _Partition] = {}
         self._max_pending = max_pending
         self._pending_total = 0
@@ -217,11 +218,14 @@ class Ledger:
     def stop(self, tp: TP, reason: str) -> None:
         """Take nothing more of ``tp`` until it is revoked; its frontier stays where it is."""
         part = self._parts.setdefault(tp, _Partition())
-        if part.stopped is None:
+        first = part.stopped is None
+        if first:
             part.stopped = reason
         self._pending_total -= len(part.pending)
         part.pending.clear()
         self._notify()
+        if first and self._on_stop is not None:
+            self._on_stop(tp, reason)
 
     def stopped(self) -> dict[TP, str]:
         return {tp: p.stopped for tp, p in self._parts.items() if p.stopped is not None}

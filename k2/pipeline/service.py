@@ -18,6 +18,7 @@ offset).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -74,7 +75,7 @@ class Pipeline(Service):
         self.stores = dict(wiring.stores)
         self._stages = {topic: tuple(stages) for topic, stages in wiring.stages.items()}
         self._rejects_topic = wiring.rejects_topic
-        self.ledger = Ledger()
+        self.ledger = Ledger(on_stop=self._on_partition_stopped)
         self.gate = FlushGate(settings.flush_max_rows)
         self.flusher = Flusher(
             [SourceBuffer(s.topic, s.tables, self.stores[s.topic]) for s in wiring.sources], self.writer, metrics
@@ -237,6 +238,7 @@ class Pipeline(Service):
         owned = set(positions)
         self.ledger.generation = self.app.consumer_generation_id
         self.ledger.forget(self.ledger.owned())
+        self.publish_stopped()
         self._drop_unowned(owned)
         self._committed = dict(positions)
         self._unpositioned = set(owned)
@@ -378,18 +380,34 @@ class Pipeline(Service):
         self.last_taken[tp] = time.monotonic()
 
     def _fail(self, tp: TP, exc: BaseException) -> None:
-        """Fail closed: stop the partition, say so once with the traceback."""
-        reason = f"{type(exc).__name__}: {exc}"
-        self.ledger.stop(tp, reason)
-        self.app.consumer.pause_partitions([tp])
-        self.metrics.ingest_failures.labels(tp.topic).inc()
+        """Fail closed: an error K2 did not classify as the event's fault stops the partition (traceback once)."""
         log.error(
-            "%s/%d stopped: an error K2 did not classify as the event's fault; nothing of this batch or after it "
-            "is acknowledged. The partition resumes from its committed offset when revoked or on restart.",
+            "%s/%d: an error K2 did not classify as the event's fault; nothing of this batch or after it "
+            "is acknowledged",
             tp.topic,
             tp.partition,
             exc_info=exc,
         )
+        self.ledger.stop(tp, f"{type(exc).__name__}: {exc}")
+
+    def _on_partition_stopped(self, tp: TP, reason: str) -> None:
+        """The ledger stopped ``tp`` (a failed batch or a write the broker refused): pause it and say so."""
+        with contextlib.suppress(Exception):  # the consumer may be stopping
+            self.app.consumer.pause_partitions([tp])
+        self.metrics.ingest_failures.labels(tp.topic).inc()
+        self.publish_stopped()
+        log.error(
+            "%s/%d stopped (%s): its offsets stay at the last durable batch; it resumes from the committed offset "
+            "when revoked, or when the worker restarts",
+            tp.topic,
+            tp.partition,
+            reason,
+        )
+
+    def publish_stopped(self) -> None:
+        stopped = self.ledger.stopped()
+        for topic in self.sources:
+            self.metrics.ingest_stopped.labels(topic).set(sum(1 for tp in stopped if tp.topic == topic))
 
     async def _send_reject(self, record: RejectRecord, reject: Reject) -> asyncio.Future[Any]:
         fut = await self._rejects_topic.send(key=record.key, value=record.value, headers=reject.headers(), force=True)
