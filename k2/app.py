@@ -93,6 +93,9 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         broker_session_timeout=s.session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         broker_max_poll_records=s.ingest_batch_max,
+        # Each item of an ingest agent's queue is a whole fetched batch: a few are enough to keep it
+        # busy, and the queue is what a worker holds in memory when the sink cannot keep up.
+        stream_buffer_maxsize=4,
         producer_acks=-1,
         producer_max_request_size=s.max_message_bytes,
         # Chunks (Arrow IPC) and rejects go out compressed; consumers read any codec.

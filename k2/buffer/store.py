@@ -86,5 +86,10 @@ class ChunkStore:
         value: bytes = self._data[key.encode()]
         return value
 
-    def buffered_rows(self, partitions: set[int] | None = None) -> int:
-        return sum(k.rows for k in self.iter_keys() if partitions is None or k.partition in partitions)
+    def buffered_rows(self, partitions: set[int] | None = None, kinds: frozenset[str] | None = None) -> int:
+        """Rows held here (of ``partitions`` and chunk ``kinds``, if given)."""
+        return sum(
+            k.rows
+            for k in self.iter_keys()
+            if (partitions is None or k.partition in partitions) and (kinds is None or k.kind in kinds)
+        )

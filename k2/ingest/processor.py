@@ -131,6 +131,8 @@ class BatchWrites:
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     rows: int = 0
     """Rows buffered in chunks, every kind (what the flush will commit)."""
+    events: int = 0
+    """Of those, the events (rows and rejects; not the gap rows derived from them)."""
     accepted: int = 0
     rejected: int = 0
 
@@ -250,12 +252,14 @@ class IngressProcessor:
             for key, chunk in rows:
                 out.futures.append(await self.store.put(key, chunk))
                 out.rows += key.rows
+                out.events += key.rows
             if outcome.rejected:
                 chunk = rejects_to_arrow(outcome.rejected)
                 first, last = outcome.rejected[0].offset, outcome.rejected[-1].offset
                 key = ChunkKey(REJECTS, partition, first, last, len(outcome.rejected))
                 out.futures.append(await self.store.put(key, chunk))
                 out.rows += key.rows
+                out.events += key.rows
             for key, chunk in extra:
                 out.futures.append(await self.store.put(key, chunk))
                 out.rows += key.rows

@@ -1,10 +1,12 @@
 """Backpressure between ingestion and the Iceberg sink: one object owns requested, capacity and flushed.
 
-The buffer holds at most ``bound`` rows (``2 x K2_FLUSH_MAX_ROWS``): a batch that would go
-past it waits until a flush has made room, so memory stays bounded while the catalog is
-slow or down (ingestion stops, Kafka keeps the events). A single batch larger than the
+The buffer holds at most ``bound`` events (``2 x K2_FLUSH_MAX_ROWS``; an event is a row or
+a reject; derived gap rows are not counted): a batch *reserves* its room before it is
+processed, and waits until a flush has made room when it would go past the bound, so the
+bound holds with every agent reserving at once, and memory stays bounded while the catalog
+is slow or down (ingestion stops, Kafka keeps the events). A single batch larger than the
 bound is let in only into an empty buffer, so it cannot wedge the worker. A flush is
-requested by the timer, by the buffer reaching ``limit`` rows, or by a batch waiting for
+requested by the timer, by the buffer reaching ``limit`` events, or by a batch waiting for
 room; requests coalesce while one is pending, and the sink takes them one at a time.
 
 Pure state and asyncio events, no I/O: the states are unit-tested one by one
@@ -27,6 +29,8 @@ class FlushGate:
         self.limit = limit
         self.bound = 2 * limit
         self.buffered = 0
+        self.reserved = 0
+        """Room taken by batches being processed, not buffered yet."""
         self.requested: str | None = None
         """Why a flush is wanted (``timer``, ``size``, ``room``), until the sink takes the request."""
         self._request = asyncio.Event()
@@ -36,19 +40,29 @@ class FlushGate:
     # -- ingestion ----------------------------------------------------------------------------
 
     def fits(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` may be buffered now without passing the bound."""
-        return self.buffered == 0 or self.buffered + rows <= self.bound
+        """Whether a batch of ``rows`` may be taken now without passing the bound."""
+        held = self.buffered + self.reserved
+        return held == 0 or held + rows <= self.bound
 
-    async def wait_room(self, rows: int) -> None:
-        """Wait until ``rows`` more fit under the bound, asking for a flush meanwhile."""
+    async def reserve(self, rows: int) -> None:
+        """Wait until ``rows`` more fit under the bound (asking for a flush meanwhile), then hold that room."""
         while not self.fits(rows):
             self.request("room")
             self._room.clear()
             await self._room.wait()
+        self.reserved += rows
 
-    def added(self, rows: int) -> None:
-        """Rows were buffered; ask for a flush once ``limit`` is reached."""
+    def release(self, reserved: int) -> None:
+        """Give back room a batch reserved and did not use (abandoned, or stale)."""
+        self.reserved = max(0, self.reserved - reserved)
+        self._room.set()
+
+    def added(self, rows: int, reserved: int = 0) -> None:
+        """Rows were buffered (in place of ``reserved`` room); ask for a flush once ``limit`` is reached."""
+        self.reserved = max(0, self.reserved - reserved)
         self.buffered += rows
+        if reserved > rows:
+            self._room.set()
         if self.buffered >= self.limit:
             self.request("size")
 

@@ -29,6 +29,7 @@ from faust.types import TP, AppT
 from mode import Service
 
 from k2.avro.registry import WriterSchema, WriterSchemaCache
+from k2.buffer.chunks import REJECTS, ROWS
 from k2.buffer.store import ChunkStore
 from k2.catalog import load_k2_catalog
 from k2.ingest.classify import RawRecord
@@ -47,6 +48,9 @@ from k2.settings import Settings
 from k2.sink.flusher import SHARED_TABLES, Flusher, FlushReport, SourceBuffer
 
 __all__ = ["Pipeline"]
+
+#: Chunk kinds whose rows are events (what backpressure counts); gap rows are derived from them.
+EVENT_KINDS = frozenset({ROWS, REJECTS})
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +331,7 @@ class Pipeline(Service):
         by_topic: dict[str, set[int]] = {}
         for tp in self.ledger.owned():
             by_topic.setdefault(tp.topic, set()).add(tp.partition)
-        return sum(self.stores[t].buffered_rows(p) for t, p in by_topic.items() if t in self.stores)
+        return sum(self.stores[t].buffered_rows(p, EVENT_KINDS) for t, p in by_topic.items() if t in self.stores)
 
     # -- batches --------------------------------------------------------------------------
 
@@ -349,13 +353,24 @@ class Pipeline(Service):
         tp = batch.tp
         if self._revoking or tp in self._unpositioned or not batch.records:
             return
-        await self.gate.wait_room(len(batch.records))
+        room = len(batch.records)
+        await self.gate.reserve(room)
+        buffered = False
+        try:
+            buffered = await self._take_reserved(batch, room)
+        finally:
+            if not buffered:
+                self.gate.release(room)  # abandoned, stale or failed: the room goes back
+
+    async def _take_reserved(self, batch: FetchedBatch, room: int) -> bool:
+        """The batch, with its room reserved; True once its events are buffered (the room is theirs)."""
+        tp = batch.tp
         await self.ledger.wait_capacity()
         proc = self._processors[tp.topic]
         records = _raw(batch.records)
         prepared = await proc.prepare(records)
         if self._revoking or tp in self._unpositioned:
-            return
+            return False
         admission = self.ledger.admit(tp, batch.start, batch.end, records, batch.generation)
         if admission.verdict is Verdict.DISCONTINUITY:
             if self.ledger.refused_once(tp):
@@ -371,13 +386,14 @@ class Pipeline(Service):
                 )
                 if admission.expected is not None:
                     await self.app.consumer.seek(tp, admission.expected)
-            return
+            return False
         if admission.verdict is not Verdict.ACCEPT or not admission.records:
-            return
+            return False
         writes = await proc.write(tp.partition, admission.records, prepared)
         self.ledger.track(tp, batch.end, writes.futures)
-        self.gate.added(writes.rows)
+        self.gate.added(writes.events, room)
         self.last_taken[tp] = time.monotonic()
+        return True
 
     def _fail(self, tp: TP, exc: BaseException) -> None:
         """Fail closed: an error K2 did not classify as the event's fault stops the partition (traceback once)."""

@@ -37,21 +37,23 @@ async def test_a_batch_past_the_bound_waits_for_room_and_asks_for_it() -> None:
     gate = FlushGate(100)
     gate.added(150)
     assert gate.fits(50) and not gate.fits(51)
-    waiter = asyncio.ensure_future(gate.wait_room(60))
+    waiter = asyncio.ensure_future(gate.reserve(60))
     await asyncio.sleep(0.01)
     assert not waiter.done() and gate.requested in ("size", "room")
     gate.removed(100)
     await asyncio.wait_for(waiter, 1)
-    gate.added(60)
-    assert gate.buffered == 110 <= gate.bound
+    assert gate.reserved == 60
+    gate.added(60, reserved=60)
+    assert (gate.buffered, gate.reserved) == (110, 0)
 
 
 async def test_a_batch_larger_than_the_bound_enters_an_empty_buffer_only() -> None:
     gate = FlushGate(10)
     assert gate.fits(1000)
-    gate.added(1000)
+    await gate.reserve(1000)
+    gate.added(1000, reserved=1000)
     assert not gate.fits(1)
-    waiter = asyncio.ensure_future(gate.wait_room(1))
+    waiter = asyncio.ensure_future(gate.reserve(1))
     await asyncio.sleep(0.01)
     assert not waiter.done()
     gate.removed(1000)
@@ -72,10 +74,10 @@ async def test_buffered_rows_never_pass_the_bound_under_many_producers() -> None
     async def producer() -> None:
         nonlocal peak
         for _ in range(40):
-            await gate.wait_room(7)
-            gate.added(7)
+            await gate.reserve(7)
+            await asyncio.sleep(0)  # processing: others reserve meanwhile
+            gate.added(7, reserved=7)
             peak = max(peak, gate.buffered)
-            await asyncio.sleep(0)
 
     async def sink() -> None:
         while True:
@@ -87,3 +89,17 @@ async def test_buffered_rows_never_pass_the_bound_under_many_producers() -> None
     await asyncio.wait_for(asyncio.gather(*(producer() for _ in range(5))), 10)
     sink_task.cancel()
     assert peak <= gate.bound
+
+
+async def test_room_held_by_batches_in_processing_counts_against_the_bound() -> None:
+    """Three agents checking for room at once must not all pass it (this broke the bound in a real run)."""
+    gate = FlushGate(50)
+    gate.added(90)
+    await gate.reserve(5)
+    await gate.reserve(5)
+    third = asyncio.ensure_future(gate.reserve(5))
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    gate.release(5)  # one batch was abandoned: its room goes back
+    await asyncio.wait_for(third, 1)
+    assert gate.buffered + gate.reserved == 100 == gate.bound
