@@ -11,4 +11,15 @@ partition), :mod:`~k2.audit.companies` (the upserted table against its history),
 :mod:`~k2.audit.judge` (the whole lake), :mod:`~k2.audit.report` (the answer and its
 rendering) are pure; :mod:`~k2.audit.lake` and :mod:`~k2.audit.kafka` read;
 :mod:`~k2.audit.runner` puts them together.
+
+From a test::
+
+    from k2.audit import audit
+    report = audit(settings, catalog, settle_s=5)
+    assert report.ok, report.render()
 """
+
+from k2.audit.report import AuditReport
+from k2.audit.runner import audit
+
+__all__ = ["AuditReport", "audit"]
