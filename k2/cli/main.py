@@ -1,4 +1,4 @@
-"""The ``k2`` command: set K2 up (``k2 init``) and feed it (``k2 replay``)."""
+"""The ``k2`` command: set K2 up (``k2 init``), feed it (``k2 replay``), look (``k2 tables``), prove (``k2 audit``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from k2 import __version__
+from k2.cli import audit as audit_cmd
 from k2.cli import init as init_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import tables as tables_cmd
 from k2.errors import K2Error
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """``K2_FLUSH_INTERVAL_S='x': Input should be a valid number; ...``: each refused variable, by its name."""
+    parts = []
+    for error in exc.errors():
+        name = "K2_" + "_".join(str(p) for p in error["loc"]).upper()
+        parts.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "; ".join(parts) or str(exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd.add_parser(sub)
     replay_cmd.add_parser(sub)
     tables_cmd.add_parser(sub)
+    audit_cmd.add_parser(sub)
     return parser
 
 
@@ -44,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except K2Error as exc:
         print(f"k2 {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a K2_* variable pydantic refuses: say which, no traceback
+        if exc.title != "Settings":
+            raise
+        print(f"k2 {args.command}: bad configuration: {settings_problems(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"k2 {args.command}: interrupted", file=sys.stderr)
