@@ -53,7 +53,8 @@ class PartitionVerdict:
     missing: Ranges = EMPTY
     """Offsets of the judged window in no table; after :func:`confirm_missing`, only those Kafka holds a record at."""
     verified: bool = False
-    """Whether ``missing`` was checked against Kafka (False: candidates, markers and compaction not told apart)."""
+    """Whether ``missing`` is what Kafka confirmed (False: candidates, markers and compaction not told apart yet;
+    True as well when there was nothing to ask about)."""
     no_record: int = 0
     """Holes of the window where Kafka holds no record (control markers, compaction, retention): not missing."""
     doubled: Ranges = EMPTY
@@ -72,7 +73,7 @@ class PartitionVerdict:
     @property
     def checked_to(self) -> int:
         """The last offset judged: the mark, or the last offset Kafka has if the mark is beyond it."""
-        return min(-1 if self.mark is None else self.mark, self.log_end - 1)
+        return _last_judged(self.mark, self.log_end)
 
     @property
     def checked(self) -> int:
@@ -102,9 +103,15 @@ class PartitionVerdict:
         )
 
 
-def _concat(parts: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
-    arrays = [as_int64(p) for p in parts]
+def _concat(arrays: Sequence[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], pa.int64())
     return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _last_judged(mark: int | None, log_end: int) -> int:
+    """The mark, or Kafka's last offset when the mark is beyond it (-1 when nothing is marked)."""
+    return min(-1 if mark is None else mark, log_end - 1)
 
 
 def _above(offsets: pa.Array, mark: int | None) -> Ranges:
@@ -135,33 +142,32 @@ def judge_partition(
         upserted: tables only held to their marks (``reference_data.companies``: its rows are
             judged by :mod:`k2.audit.companies`, and superseded versions leave it by design).
     """
-    offsets = [as_int64(t.offsets) for t in landed]
-    everything = sorted_offsets(_concat(offsets)) if offsets else pa.array([], pa.int64())
-    doubled_values = repeated(everything)
-    doubled_rows: dict[str, int] = {}
-    if len(doubled_values):
-        for t, values in zip(landed, offsets, strict=True):
-            hits = int(pc.sum(pc.is_in(values, value_set=doubled_values)).as_py() or 0)
-            if hits:
-                doubled_rows[t.table] = hits
-    others = [*upserted, *([gaps] if gaps is not None else [])]
-    every_table = [*zip(landed, offsets, strict=True), *((t, as_int64(t.offsets)) for t in others)]
-    beyond = {t.table: _above(values, t.mark) for t, values in every_table}
-    verdict = PartitionVerdict(
+    law = [(t, as_int64(t.offsets)) for t in landed]
+    others = [(t, as_int64(t.offsets)) for t in (*upserted, *([gaps] if gaps is not None else []))]
+    everything = sorted_offsets(_concat([values for _, values in law]))
+    doubled = repeated(everything)
+    doubled_rows = {}
+    if len(doubled):
+        hits = {t.table: int(pc.sum(pc.is_in(values, value_set=doubled)).as_py() or 0) for t, values in law}
+        doubled_rows = {table: n for table, n in hits.items() if n}
+    beyond = {t.table: _above(values, t.mark) for t, values in (*law, *others)}
+    missing = holes(unique_sorted(everything), log_start, _last_judged(lake_mark, log_end))
+    return PartitionVerdict(
         topic,
         partition,
         log_start,
         log_end,
         lake_mark,
-        rows={t.table: len(values) for t, values in zip(landed, offsets, strict=True)},
-        doubled=runs(doubled_values),
+        rows={t.table: len(values) for t, values in law},
+        missing=missing,
+        verified=not missing,
+        doubled=runs(doubled),
         doubled_rows=doubled_rows,
-        beyond_mark={k: v for k, v in beyond.items() if v},
+        beyond_mark={table: r for table, r in beyond.items() if r},
         gaps_doubled=runs(repeated(sorted_offsets(gaps.offsets))) if gaps is not None else EMPTY,
-        table_marks={t.table: t.mark for t, _ in every_table},
+        table_marks={t.table: t.mark for t, _ in (*law, *others)},
         in_kafka=in_kafka,
     )
-    return replace(verdict, missing=holes(unique_sorted(everything), log_start, verdict.checked_to))
 
 
 def confirm_missing(verdict: PartitionVerdict, present: pa.Array | pa.ChunkedArray) -> PartitionVerdict:
