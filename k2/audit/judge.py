@@ -92,7 +92,6 @@ def judge_lake(
         in_lake = {p for (t, p) in marks if t == topic} | {p for parts in split.values() for p in parts}
         for partition in sorted(known | in_lake):
             tp = (topic, partition)
-
             log_start, log_end = bounds.get(tp, (0, 0))
             verdicts.append(
                 judge_partition(
