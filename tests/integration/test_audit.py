@@ -222,6 +222,23 @@ def test_a_faithful_lake_keeps_the_law(env: K2Env, catalog: Catalog, topics: Top
     assert proc.stdout.splitlines()[-1].startswith("law holds: 3 topic(s), 4 partition(s), 48 offset(s) checked")
 
 
+@pytest.mark.rest
+def test_the_rest_catalog_over_s3(stack: Stack, tmp_path: Path, topics: Topics) -> None:
+    env = K2Env(stack, tmp_path, "rest", **topics.overrides())
+    env.drop_tables()
+    catalog = env.catalog()
+    ensure_tables(catalog)
+    faithful_lake(catalog, topics)
+    land_market(catalog, TRADES, 0, [5], {(topics.trades, 0): 19, (topics.trades, 1): 13})  # one offset twice
+    report = audit(env.settings, catalog)
+    assert report.verdict(topics.trades, 0).doubled == Ranges.of((5, 5))
+    assert report.verdict(topics.trades, 1).no_record == 2
+    proc = env.k2("audit", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"doubled            {topics.trades}/0: 5 (in market_data.trades 2 row(s))" in proc.stdout
+    assert "(RestCatalog)" in proc.stdout.splitlines()[0]
+
+
 def test_a_broken_lake_is_exit_1_with_every_violation(env: K2Env, catalog: Catalog, topics: Topics) -> None:
     trades0, trades1, quotes0 = (topics.trades, 0), (topics.trades, 1), (topics.quotes, 0)
     land_market(catalog, TRADES, 0, [*range(0, 7), *range(10, 20)], {trades0: 19})  # 7, 8, 9 lost

@@ -137,3 +137,9 @@ def test_bad_settings_are_exit_2_in_one_line(var_dir: Path) -> None:
 def test_settle_must_be_seconds(var_dir: Path) -> None:
     proc = run_k2(var_dir, "audit", "--settle", "-1")
     assert proc.returncode == 2 and "must be 0 or more seconds" in proc.stderr
+
+
+def test_unreachable_catalog_is_exit_2_in_one_line(var_dir: Path) -> None:
+    proc = run_k2(var_dir, "audit", PYICEBERG_CATALOG__K2__TYPE="rest", PYICEBERG_CATALOG__K2__URI="http://127.0.0.1:1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("k2 audit: Iceberg catalog 'k2' is configured") and proc.stderr.count("\n") == 1
