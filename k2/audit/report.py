@@ -96,7 +96,7 @@ class AuditReport:
         beyond = sum(r.count for v in self.partitions for r in v.beyond_mark.values())
         gaps = sum(v.gaps_doubled.count for v in self.partitions)
         other = [
-            (beyond, "beyond their table's mark"),
+            (beyond, "offset(s) beyond their table's mark"),
             (gaps, "gap row(s) doubled"),
             (sum(v.mark_beyond_end for v in self.partitions), "mark(s) beyond Kafka's log end"),
             (sum(not v.in_kafka for v in self.partitions), "partition(s) unknown to Kafka"),
