@@ -22,6 +22,7 @@ __all__ = [
     "DecodeError",
     "InvalidValue",
     "K2Error",
+    "LakeCorrupt",
     "NotConfluentFramed",
     "NotInitialised",
     "RegistryUnavailable",
@@ -96,6 +97,10 @@ class SettingsError(K2Error):
 
 class CatalogLoadError(K2Error):
     """The Iceberg catalog configured for K2 could not be loaded (bad config, unreachable service)."""
+
+
+class LakeCorrupt(K2Error):
+    """The lake's own bookkeeping cannot be read (a malformed ``k2.offsets.*`` mark): nothing can be judged."""
 
 
 class ServiceUnavailable(K2Error):

@@ -1,4 +1,4 @@
-"""The ``k2`` command: set K2 up (``k2 init``) and feed it (``k2 replay``)."""
+"""The ``k2`` command: set K2 up (``k2 init``), feed it (``k2 replay``), look (``k2 tables``), prove (``k2 audit``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from k2 import __version__
 from k2.admin.clients import LIBRDKAFKA_LOG
+from k2.cli import audit as audit_cmd
 from k2.cli import init as init_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import tables as tables_cmd
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_cmd.add_parser(sub)
     replay_cmd.add_parser(sub)
     tables_cmd.add_parser(sub)
+    audit_cmd.add_parser(sub)
     return parser
 
 

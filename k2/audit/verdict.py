@@ -1,0 +1,198 @@
+"""The law, judged for one source partition: what is missing, what is doubled, what is unmarked. Pure.
+
+For a (topic, partition), the lake's *mark* is the highest offset any table's snapshot
+summary records for it: K2 says it has landed everything up to there. So every offset
+of ``[log start, mark]`` that holds a record in Kafka must be a row of exactly one of
+the tables the law names (the topic's own table, or the rejects). Offsets above the
+mark are lake lag, not judged; offsets below the log start are gone from Kafka and can
+only be judged for doubling. A row above *its own table's* mark breaks the bookkeeping
+exactly-once rests on (a restarted worker would land that offset again), so it fails
+the audit too, as does a mark Kafka has not reached (another cluster, a re-created topic).
+
+Holes found here are only *candidates*: a transaction's control marker or a compacted
+record leaves an offset no consumer ever sees. :func:`confirm_missing` keeps the ones
+Kafka shows a record at; the I/O that asks Kafka lives in :mod:`k2.audit.kafka`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from k2.audit.ranges import EMPTY, Ranges, as_int64, holes, intersect, repeated, runs, sorted_offsets, unique_sorted
+
+__all__ = ["PartitionVerdict", "TableOffsets", "confirm_missing", "judge_partition", "still_missing"]
+
+
+@dataclass(frozen=True)
+class TableOffsets:
+    """The offsets one table's rows carry for one source partition, and that table's own mark for it."""
+
+    table: str
+    offsets: pa.Array | pa.ChunkedArray
+    mark: int | None = None
+    """What the table's audited snapshot records for the partition; None when it records nothing."""
+
+
+@dataclass(frozen=True)
+class PartitionVerdict:
+    """Everything the audit found for one source partition."""
+
+    topic: str
+    partition: int
+    log_start: int
+    log_end: int
+    """Kafka's high watermark: the next offset to be written."""
+    mark: int | None
+    """The lake's mark (highest offset any table records); None when no table records this partition."""
+    rows: Mapping[str, int]
+    """Rows per law table carrying this partition (at any offset)."""
+    missing: Ranges = EMPTY
+    """Offsets of the judged window in no table; after :func:`confirm_missing`, only those Kafka holds a record at."""
+    verified: bool = False
+    """Whether ``missing`` is what Kafka confirmed (False: candidates, markers and compaction not told apart yet;
+    True as well when there was nothing to ask about)."""
+    no_record: int = 0
+    """Holes of the window where Kafka holds no record (control markers, compaction, retention): not missing."""
+    doubled: Ranges = EMPTY
+    """Offsets in more than one row across the law tables, anywhere (also below the log start)."""
+    doubled_rows: Mapping[str, int] = field(default_factory=dict)
+    """Rows at doubled offsets, per table (which tables the doubles are in)."""
+    beyond_mark: Mapping[str, Ranges] = field(default_factory=dict)
+    """Per table, offsets of its rows above that table's own mark."""
+    gaps_doubled: Ranges = EMPTY
+    """Source offsets of ``market_data.sequence_gaps`` rows that appear more than once."""
+    table_marks: Mapping[str, int | None] = field(default_factory=dict)
+    """Each table's own mark for this partition (None: it records none)."""
+    in_kafka: bool = True
+    """False for a partition the lake knows but Kafka does not (log bounds then read as 0)."""
+
+    @property
+    def checked_to(self) -> int:
+        """The last offset judged: the mark, or the last offset Kafka has if the mark is beyond it."""
+        return _last_judged(self.mark, self.log_end)
+
+    @property
+    def checked(self) -> int:
+        """How many offsets ``[log start, checked_to]`` spans."""
+        return max(0, self.checked_to - self.log_start + 1)
+
+    @property
+    def lag(self) -> int:
+        """Offsets above the mark that Kafka holds: not landed yet, not judged."""
+        landed_to = -1 if self.mark is None else self.mark
+        return max(0, self.log_end - max(self.log_start, landed_to + 1))
+
+    @property
+    def mark_beyond_end(self) -> bool:
+        """The lake claims offsets Kafka never wrote."""
+        return self.mark is not None and self.mark >= self.log_end
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing
+            or self.doubled
+            or self.gaps_doubled
+            or self.mark_beyond_end
+            or any(self.beyond_mark.values())
+            or not self.in_kafka
+        )
+
+
+def _concat(arrays: Sequence[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], pa.int64())
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _last_judged(mark: int | None, log_end: int) -> int:
+    """The mark, or Kafka's last offset when the mark is beyond it (-1 when nothing is marked)."""
+    return min(-1 if mark is None else mark, log_end - 1)
+
+
+def _above(offsets: pa.Array, mark: int | None) -> Ranges:
+    """Runs of the distinct offsets above ``mark`` (all of them when there is no mark)."""
+    high = offsets if mark is None else offsets.filter(pc.greater(offsets, mark))
+    return runs(unique_sorted(sorted_offsets(high))) if len(high) else EMPTY
+
+
+def judge_partition(
+    topic: str,
+    partition: int,
+    *,
+    log_start: int,
+    log_end: int,
+    lake_mark: int | None,
+    landed: Sequence[TableOffsets],
+    gaps: TableOffsets | None = None,
+    upserted: Sequence[TableOffsets] = (),
+    in_kafka: bool = True,
+) -> PartitionVerdict:
+    """Judge one partition.
+
+    Args:
+        log_start, log_end: Kafka's low and high watermarks for the partition.
+        lake_mark: the highest offset any table records for it (:meth:`LakeRead.mark`).
+        landed: the law tables (the topic's own and the rejects): each offset in exactly one row.
+        gaps: ``market_data.sequence_gaps`` rows revealed by this partition: never two at one offset.
+        upserted: tables only held to their marks (``reference_data.companies``: its rows are
+            judged by :mod:`k2.audit.companies`, and superseded versions leave it by design).
+    """
+    law = [(t, as_int64(t.offsets)) for t in landed]
+    others = [(t, as_int64(t.offsets)) for t in (*upserted, *([gaps] if gaps is not None else []))]
+    everything = sorted_offsets(_concat([values for _, values in law]))
+    doubled = repeated(everything)
+    doubled_rows = {}
+    if len(doubled):
+        hits = {t.table: int(pc.sum(pc.is_in(values, value_set=doubled)).as_py() or 0) for t, values in law}
+        doubled_rows = {table: n for table, n in hits.items() if n}
+    beyond = {t.table: _above(values, t.mark) for t, values in (*law, *others)}
+    missing = holes(unique_sorted(everything), log_start, _last_judged(lake_mark, log_end))
+    return PartitionVerdict(
+        topic,
+        partition,
+        log_start,
+        log_end,
+        lake_mark,
+        rows={t.table: len(values) for t, values in law},
+        missing=missing,
+        verified=not missing,
+        doubled=runs(doubled),
+        doubled_rows=doubled_rows,
+        beyond_mark={table: r for table, r in beyond.items() if r},
+        gaps_doubled=runs(repeated(sorted_offsets(gaps.offsets))) if gaps is not None else EMPTY,
+        table_marks={t.table: t.mark for t, _ in (*law, *others)},
+        in_kafka=in_kafka,
+    )
+
+
+def confirm_missing(verdict: PartitionVerdict, present: pa.Array | pa.ChunkedArray) -> PartitionVerdict:
+    """``verdict`` with ``missing`` cut down to the offsets where Kafka holds a record.
+
+    Args:
+        present: offsets Kafka returned records at, read over (at least) the candidate
+            ranges; offsets outside them are ignored.
+    """
+    held = runs(unique_sorted(sorted_offsets(present))) if len(present) else EMPTY
+    confirmed = intersect(verdict.missing, held)
+    return replace(verdict, missing=confirmed, verified=True, no_record=verdict.missing.count - confirmed.count)
+
+
+def still_missing(first: PartitionVerdict, later: PartitionVerdict) -> PartitionVerdict:
+    """``later`` (a re-read after settling) keeping only offsets missing in both reads.
+
+    An offset missing at the first read but present at the second was a flush in flight;
+    one missing only at the second is a newer flush in flight. Only what stayed missing
+    while the lake moved on is a violation. Kafka was asked about the first read's holes
+    only, so the result carries its verification.
+    """
+    return replace(
+        later,
+        missing=intersect(first.missing, later.missing),
+        verified=first.verified,
+        no_record=first.no_record,
+    )

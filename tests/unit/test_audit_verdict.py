@@ -1,0 +1,156 @@
+"""One partition judged: holes, doubles within and across tables, marks, log bounds, Kafka's say."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from k2.audit.ranges import EMPTY, Ranges
+from k2.audit.verdict import PartitionVerdict, TableOffsets, confirm_missing, judge_partition, still_missing
+from k2.lake.schemas import COMPANIES, REJECTS, SEQUENCE_GAPS, TRADES
+
+TOPIC = "market.trades.raw"
+
+
+def offs(*parts: range | list[int]) -> pa.Array:
+    return pa.array([o for p in parts for o in p], pa.int64())
+
+
+def judge(
+    trades: pa.Array,
+    rejects: pa.Array | None = None,
+    *,
+    log_start: int = 0,
+    log_end: int = 100,
+    mark: int | None = 99,
+    trades_mark: int | None = None,
+    rejects_mark: int | None = None,
+    **kwargs: object,
+) -> PartitionVerdict:
+    landed = [TableOffsets(TRADES, trades, mark if trades_mark is None else trades_mark)]
+    if rejects is not None:
+        landed.append(TableOffsets(REJECTS, rejects, mark if rejects_mark is None else rejects_mark))
+    return judge_partition(
+        TOPIC,
+        3,
+        log_start=log_start,
+        log_end=log_end,
+        lake_mark=mark,
+        landed=landed,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_every_offset_once_is_the_law() -> None:
+    v = judge(offs(range(0, 90)), offs(range(90, 100)))
+    assert v.ok
+    assert (v.checked, v.lag, v.rows) == (100, 0, {TRADES: 90, REJECTS: 10})
+    assert v.missing == EMPTY and v.doubled == EMPTY and not v.beyond_mark
+
+
+def test_holes_are_missing_ranges() -> None:
+    v = judge(offs(range(0, 40), range(45, 97), [98]))
+    assert not v.ok
+    assert v.missing.pairs() == [(40, 44), (97, 97), (99, 99)]
+    assert v.missing.count == 7
+    assert not v.verified  # candidates until Kafka is asked
+
+
+def test_doubled_within_one_table() -> None:
+    v = judge(offs(range(0, 100), [7, 8, 8]))
+    assert not v.ok
+    assert v.doubled.pairs() == [(7, 8)]
+    assert v.doubled_rows == {TRADES: 5}
+    assert v.missing == EMPTY
+
+
+def test_doubled_across_tables() -> None:
+    v = judge(offs(range(0, 100)), offs([9, 50, 51]))
+    assert v.doubled.pairs() == [(9, 9), (50, 51)]
+    assert v.doubled_rows == {TRADES: 3, REJECTS: 3}
+    assert not v.ok
+
+
+def test_doubles_count_below_the_log_start_but_holes_do_not() -> None:
+    v = judge(offs([3, 3], range(60, 100)), log_start=50)
+    assert v.doubled.pairs() == [(3, 3)]
+    assert v.missing.pairs() == [(50, 59)]  # the window starts at the log start; 0..49 are gone from Kafka
+    assert v.checked == 50
+
+
+def test_offsets_above_the_mark_are_lag_not_missing() -> None:
+    v = judge(offs(range(0, 60), [75]), log_end=150, mark=80)
+    assert v.missing.pairs() == [(60, 74), (76, 80)]
+    assert (v.checked_to, v.lag) == (80, 69)
+
+
+def test_rows_above_their_own_tables_mark() -> None:
+    # The lake's mark (99, from the rejects) covers them, but trades' own summary stops at 90.
+    v = judge(offs(range(0, 95)), offs(range(95, 100)), trades_mark=90)
+    assert v.missing == EMPTY and v.doubled == EMPTY
+    assert v.beyond_mark == {TRADES: Ranges.of((91, 94))}
+    assert v.table_marks[TRADES] == 90
+    assert not v.ok
+
+
+def test_a_table_without_a_mark_has_every_row_beyond_it() -> None:
+    v = judge_partition(
+        TOPIC,
+        0,
+        log_start=0,
+        log_end=10,
+        lake_mark=9,
+        landed=[TableOffsets(TRADES, offs(range(0, 10)), 9), TableOffsets(REJECTS, offs([20, 21]), None)],
+    )
+    assert v.beyond_mark == {REJECTS: Ranges.of((20, 21))}
+
+
+def test_a_mark_kafka_never_reached() -> None:
+    v = judge(offs(range(0, 200)), log_end=150, mark=199)
+    assert v.mark_beyond_end and not v.ok
+    assert v.checked_to == 149 and v.missing == EMPTY
+
+
+def test_upserted_rows_only_held_to_their_mark() -> None:
+    # Companies rows are versions, also in company_versions: not doubles; only their mark is checked.
+    v = judge(offs(range(0, 100)), upserted=[TableOffsets(COMPANIES, offs([5, 99]), 50)])
+    assert v.doubled == EMPTY
+    assert v.beyond_mark == {COMPANIES: Ranges.of((99, 99))}
+
+
+def test_gap_rows_must_not_repeat() -> None:
+    v = judge(offs(range(0, 100)), gaps=TableOffsets(SEQUENCE_GAPS, offs([4, 17, 17, 30]), 99))
+    assert v.gaps_doubled.pairs() == [(17, 17)]
+    assert v.doubled == EMPTY and not v.ok
+
+
+def test_kafka_decides_which_holes_are_missing() -> None:
+    # 40..44: 41 and 43 are a transaction's markers / compacted away; Kafka shows records at the rest.
+    v = confirm_missing(judge(offs(range(0, 40), range(45, 100))), offs([39, 40, 42, 44, 45]))
+    assert v.verified
+    assert v.missing.pairs() == [(40, 40), (42, 42), (44, 44)]
+    assert v.no_record == 2
+
+
+def test_holes_kafka_holds_nothing_at_are_no_violation() -> None:
+    v = confirm_missing(judge(offs(range(0, 40), range(45, 100))), offs([]))
+    assert v.ok and v.no_record == 5 and v.missing == EMPTY
+
+
+def test_settling_keeps_only_what_stayed_missing() -> None:
+    first = confirm_missing(judge(offs(range(0, 40), range(50, 100))), offs(range(40, 50)))
+    later = judge(offs(range(0, 45), range(50, 120), [140]), log_end=150, mark=140)
+    settled = still_missing(first, later)
+    # 40..44 landed meanwhile; 45..49 stayed missing; 120..139 is a newer flush, not judged yet.
+    assert settled.missing.pairs() == [(45, 49)]
+    assert settled.verified and settled.mark == 140
+
+
+def test_empty_partition() -> None:
+    v = judge_partition(TOPIC, 0, log_start=0, log_end=0, lake_mark=None, landed=[TableOffsets(TRADES, offs(), None)])
+    assert v.ok and v.checked == 0 and v.lag == 0
+
+
+def test_a_topic_no_table_lands_yet_is_all_lag() -> None:
+    v = judge_partition(TOPIC, 0, log_start=10, log_end=30, lake_mark=None, landed=[])
+    assert v.ok
+    assert (v.checked, v.lag, v.missing) == (0, 20, EMPTY)
