@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.integration.k2env import ROOT, K2Env, Worker
+from tests.integration.law import assert_law
 from tests.integration.prom import Prometheus, http_get
 
 pytestmark = pytest.mark.integration
@@ -263,6 +264,10 @@ def test_restored_buffers_land_and_lag_is_zero(run: Run) -> None:
         assert t["buffered_rows"] == 0 and t["snapshot_id"] is not None
         assert 0 <= t["commit_age_seconds"] < 120
         assert t["offsets"], f"{name} records no offsets"
+
+
+def test_the_law_holds_after_the_crash_and_restore(run: Run) -> None:
+    assert_law(run.env)
 
 
 def test_lag_as_text_is_an_aligned_table(run: Run) -> None:

@@ -21,6 +21,7 @@ import pytest
 from k2.admin.watermarks import end_offsets
 from k2.lake.offsets import read_offsets
 from tests.integration.k2env import K2Env
+from tests.integration.law import assert_law
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,10 @@ def landed_sample(
     env.wait_landed()
     yield env
     env.close()
+
+
+def test_the_law_holds(landed_sample: K2Env) -> None:
+    assert_law(landed_sample)
 
 
 def scan(env: K2Env, table: str) -> pa.Table:
