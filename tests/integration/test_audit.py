@@ -236,7 +236,7 @@ def test_the_rest_catalog_over_s3(stack: Stack, tmp_path: Path, topics: Topics) 
     proc = env.k2("audit", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"doubled            {topics.trades}/0: 5 (in market_data.trades 2 row(s))" in proc.stdout
-    assert "(RestCatalog)" in proc.stdout.splitlines()[0]
+    assert "RestCatalog)" in proc.stdout.splitlines()[0]
 
 
 def test_a_broken_lake_is_exit_1_with_every_violation(env: K2Env, catalog: Catalog, topics: Topics) -> None:

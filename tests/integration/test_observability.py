@@ -355,7 +355,7 @@ def test_every_dashboard_and_alert_expression_runs_on_prometheus(run: Run) -> No
             assert result, f"no data for {expr}"
     rules = run.prom.api("rules")
     loaded = [r for g in rules["groups"] for r in g["rules"]]
-    assert len(loaded) == 7 and all(r["health"] == "ok" for r in loaded), loaded
+    assert len(loaded) == 8 and all(r["health"] == "ok" for r in loaded), loaded
     firing = [a["labels"]["alertname"] for r in loaded for a in r.get("alerts", []) if a["state"] == "firing"]
     assert firing == [], firing
 
