@@ -29,10 +29,22 @@ import fastavro
 
 from k2.errors import NotConfluentFramed, UndecodableError
 
-__all__ = ["HEADER_SIZE", "MAGIC_BYTE", "ParsedSchema", "decode", "encode", "parse_schema", "split_frame"]
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC_BYTE",
+    "MAX_SCHEMA_ID",
+    "ParsedSchema",
+    "decode",
+    "encode",
+    "parse_schema",
+    "split_frame",
+]
 
 MAGIC_BYTE = 0
 HEADER_SIZE = 5
+MAX_SCHEMA_ID = 0x7FFF_FFFF
+"""The largest id a registry can hand out: ids are positive Java ints, so a header id with
+the high bit set names no schema (and would not fit the rejects table's 32-bit column)."""
 _HEADER = struct.Struct(">bI")
 
 #: What fastavro returns from ``parse_schema``: a dict for records (our contracts), but

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from k2.avro.codec import decode, split_frame
-from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UndecodableError
+from k2.avro.codec import MAX_SCHEMA_ID, decode, split_frame
+from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UndecodableError, UnknownSchemaId
 from k2.lake.records import BufferedEvent, RejectRecord
 
 __all__ = [
@@ -68,11 +68,15 @@ class BatchOutcome:
 
 
 def schema_ids(records: Iterable[RawRecord]) -> set[int]:
-    """The schema ids named by the well-framed records of a batch (to resolve before :func:`classify`)."""
+    """The schema ids named by the well-framed records of a batch (to resolve before :func:`classify`).
+
+    Ids above :data:`~k2.avro.codec.MAX_SCHEMA_ID` (high bit set) are left out: no registry
+    can know them, so asking would only cost a round trip; :func:`classify` rejects them.
+    """
     ids: set[int] = set()
     for rec in records:
         v = rec.value
-        if v is not None and len(v) >= 5 and v[0] == 0:
+        if v is not None and len(v) >= 5 and v[0] == 0 and v[1] < 0x80:
             ids.add(int.from_bytes(v[1:5], "big"))
     return ids
 
@@ -134,7 +138,14 @@ def classify(
         try:
             if rec.value is None:
                 raise NotConfluentFramed("the value is null (a tombstone), not a Confluent-framed Avro record")
-            schema_id, body = split_frame(rec.value)
+            header_id, body = split_frame(rec.value)
+            if header_id > MAX_SCHEMA_ID:
+                # Not a registry id; the reject's schema_id column (int32) stays null, the id goes in the detail.
+                raise UnknownSchemaId(
+                    f"schema id {header_id} ({header_id:#010x}) has the high bit set: registry ids are positive"
+                    " 32-bit ints, so the registry was not asked"
+                )
+            schema_id = header_id
             writer = schemas[schema_id]
             if isinstance(writer, DecodeError):
                 problem = writer  # resolved once for the batch; not re-raised, so no traceback piles up

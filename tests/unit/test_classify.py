@@ -13,6 +13,7 @@ from k2.avro.codec import encode, parse_schema
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
 from k2.ingest.classify import RawRecord, Resolution, classify, in_offset_order, schema_ids
+from k2.lake.arrow import rejects_to_arrow
 from k2.validation import validate_quote, validate_trade
 from tests.unit.lake_helpers import T0, quote, trade
 
@@ -150,3 +151,22 @@ def test_in_offset_order_after_a_rebalance_seek_back() -> None:
         (0, 8, b"n8"),
         (1, 2, b"o2"),
     ]
+
+
+def test_schema_id_with_the_high_bit_is_unknown_without_asking_the_registry() -> None:
+    # Found by the fault probe: id 0x80000002 reached the int32 schema_id column and
+    # rejects_to_arrow raised, losing the whole batch. Registry ids are positive Java ints.
+    body = encode(TRADE_ID, TRADE_SCHEMA, trade())[5:]
+    value = b"\x00\x80\x00\x00\x02" + body
+    assert schema_ids([raw(0, value)]) == set()  # never sent to the registry
+    out = run([raw(0, value), good(1)])  # SCHEMAS lacks the id: a lookup would be a KeyError
+    [r] = out.rejected
+    assert (r.offset, r.reason, r.schema_id) == (0, "unknown_schema_id", None)
+    assert "2147483650" in r.detail  # the raw id is kept where it fits
+    assert [e.offset for e in out.accepted] == [1]
+    assert rejects_to_arrow(out.rejected)["schema_id"].to_pylist() == [None]
+
+
+def test_largest_registry_id_is_still_resolved() -> None:
+    value = b"\x00\x7f\xff\xff\xff\x02"
+    assert schema_ids([raw(0, value)]) == {2**31 - 1}
