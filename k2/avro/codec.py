@@ -14,6 +14,12 @@ Logical types, decided once here so every consumer sees the same shapes:
   (``Decimal('36.667000')`` for scale 6), because the raw form is two's-complement bytes
   that nobody downstream should have to interpret.
 
+What fastavro's reader does not check, :func:`decode` does, for the record's top-level
+fields (K2's contracts are flat): an ``int`` must fit 32 bits (fastavro reads any 64-bit
+varint into it) and a decimal's unscaled value must have at most ``precision`` digits
+(its bytes can carry any magnitude; fastavro would silently round it, and turning a
+10 MB one into a ``Decimal`` takes hours). Either is :class:`UndecodableError`.
+
 Schemas passed to :func:`decode` and :func:`encode` must come from :func:`parse_schema`.
 """
 
@@ -23,9 +29,11 @@ import io
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import fastavro
+import fastavro.read
 
 from k2.errors import NotConfluentFramed, UndecodableError
 
@@ -79,14 +87,90 @@ def _strip_temporal(node: Any) -> Any:
     return node
 
 
+#: Key under which :func:`parse_schema` keeps a record schema's :class:`_DecodePlan` in the
+#: parsed dict (fastavro ignores keys it does not know, as it keeps its own ``__`` keys there).
+_PLAN = "__k2_decode_plan"
+_MAX_DECIMAL_PRECISION = 1000
+"""Decimals declaring more digits than this are left to fastavro unguarded (no such contract exists)."""
+_read_decimal = fastavro.read.LOGICAL_READERS["bytes-decimal"]  # fastavro's own conversion, called by decode
+
+
+_GUARD_ABOVE = 1024
+"""Bodies larger than this decode with decimals as raw bytes, their size checked before conversion.
+
+fastavro turns a decimal's bytes into a ``Decimal`` in quadratic time (100 kB: a second;
+10 MB: hours, a stuck partition). A body of at most this size cannot hold a decimal that
+costs more than ~0.1 ms, so the usual frame keeps fastavro's own, cheaper path.
+"""
+
+
+class _DecodePlan(NamedTuple):
+    """The checks :func:`decode` adds to fastavro for one record schema."""
+
+    guarded: ParsedSchema
+    """The schema with its top-level ``bytes`` decimals read as plain bytes (the same wire bytes), for large bodies."""
+    decimals: tuple[tuple[str, dict[str, Any], Decimal, Decimal], ...]
+    """Per top-level decimal field: name, its decimal type, and the open range its values must lie in."""
+    int32: tuple[str, ...]
+    """Top-level ``int`` fields (required or ``["null", "int"]``)."""
+
+
+def _decode_plan(tree: Any) -> _DecodePlan | None:
+    """The :class:`_DecodePlan` of a record schema tree (temporal types already stripped), or None.
+
+    Only a field whose type is one primitive or one primitive-or-null union is planned: in a
+    union with several non-null branches the reader cannot tell which branch a value took.
+    """
+    if not isinstance(tree, dict) or tree.get("type") != "record" or not isinstance(tree.get("fields"), list):
+        return None
+    fields: list[Any] = []
+    decimals: list[tuple[str, dict[str, Any], Decimal, Decimal]] = []
+    int32: list[str] = []
+    for field in tree["fields"]:
+        fields.append(field)
+        if not isinstance(field, dict) or not isinstance(field.get("name"), str):
+            continue
+        name, kind = field["name"], field.get("type")
+        branches = kind if isinstance(kind, list) else [kind]
+        others = [b for b in branches if b != "null"]
+        if len(others) != 1 or len(branches) - len(others) > 1:
+            continue
+        branch = others[0]
+        base = branch.get("type") if isinstance(branch, dict) else branch
+        if base == "int":
+            int32.append(name)
+        elif (
+            isinstance(branch, dict)
+            and base in ("bytes", "fixed")
+            and branch.get("logicalType") == "decimal"
+            and type(branch.get("precision")) is int
+            and 0 < branch["precision"] <= _MAX_DECIMAL_PRECISION
+        ):
+            if base == "bytes":  # a fixed is bounded by its size; it may also be named and referenced again
+                plain = {k: v for k, v in branch.items() if k != "logicalType"}
+                new_kind = [plain if b is branch else b for b in branches] if isinstance(kind, list) else plain
+                fields[-1] = {**field, "type": new_kind}
+            high = Decimal(10 ** branch["precision"]).scaleb(-int(branch.get("scale", 0)))
+            decimals.append((name, branch, -high, high))
+    if not decimals and not int32:
+        return None
+    read_tree = {**tree, "fields": fields}
+    return _DecodePlan(fastavro.parse_schema(read_tree), tuple(decimals), tuple(int32))
+
+
 def parse_schema(schema: str | Mapping[str, Any] | list[Any]) -> ParsedSchema:
     """Parse an Avro schema (JSON text or tree) for :func:`decode`/:func:`encode`.
 
     Temporal logical types are stripped first so timestamps read as int millis; the wire
-    bytes are identical either way (a ``timestamp-millis`` is a ``long``).
+    bytes are identical either way (a ``timestamp-millis`` is a ``long``). A record schema
+    also carries the plan :func:`decode` checks its values with (see the module docstring).
     """
-    tree = json.loads(schema) if isinstance(schema, str) else schema
-    return fastavro.parse_schema(_strip_temporal(tree))
+    tree = _strip_temporal(json.loads(schema) if isinstance(schema, str) else schema)
+    parsed = fastavro.parse_schema(tree)
+    plan = _decode_plan(tree)
+    if plan is not None and isinstance(parsed, dict):
+        parsed[_PLAN] = plan
+    return parsed
 
 
 def split_frame(data: bytes | bytearray | memoryview) -> tuple[int, memoryview]:
@@ -116,12 +200,16 @@ def decode(
     complete record; both mean the bytes are not what the schema says, so both raise
     :class:`UndecodableError` rather than return a partial or misread record. Any other
     failure (bad union index, invalid UTF-8, negative length...) is wrapped the same way.
+    So is an ``int`` beyond 32 bits or a decimal beyond its precision (checked before the
+    decimal is built, so a huge one costs a linear scan, not a quadratic conversion).
     ``reader_schema`` (also from :func:`parse_schema`) enables Avro schema resolution.
     """
     size = memoryview(payload).nbytes
     stream = io.BytesIO(payload)
+    plan: _DecodePlan | None = writer_schema.get(_PLAN) if type(writer_schema) is dict else None
+    read_schema = plan.guarded if plan is not None and size > _GUARD_ABOVE else writer_schema
     try:
-        record = fastavro.schemaless_reader(stream, writer_schema, reader_schema)
+        record = fastavro.schemaless_reader(stream, read_schema, reader_schema)
     except Exception as exc:
         raise UndecodableError(f"{type(exc).__name__}: {exc}") from exc
     consumed = stream.tell()
@@ -129,7 +217,40 @@ def decode(
         raise UndecodableError(f"{size - consumed} trailing bytes after a complete record of {consumed} bytes")
     if not isinstance(record, dict):
         raise UndecodableError(f"decoded a {type(record).__name__}, expected a record")
+    if plan is None:
+        return record
+    # Inline, not a helper: this runs for every record (a function call would cost as much as the checks).
+    _, decimals, int32 = plan
+    if read_schema is not writer_schema:
+        _convert_guarded(record, decimals)
+    for name, decimal_type, low, high in decimals:
+        value = record.get(name)
+        if value is None or low < value < high:
+            continue
+        # fastavro rounds an oversized decimal to `precision` digits, which leaves it at or beyond the limit.
+        raise UndecodableError(f"{name}: a decimal with more digits than its precision {decimal_type['precision']}")
+    for name in int32:
+        value = record.get(name)
+        if value is None or -0x8000_0000 <= value <= 0x7FFF_FFFF:
+            continue
+        raise UndecodableError(f"{name}: {value} does not fit Avro's 32-bit int")
     return record
+
+
+def _convert_guarded(
+    record: dict[str, Any], decimals: tuple[tuple[str, dict[str, Any], Decimal, Decimal], ...]
+) -> None:
+    """Turn the raw decimal bytes of a guarded read into Decimals, refusing oversized ones before conversion."""
+    for name, decimal_type, _low, _high in decimals:
+        data = record.get(name)
+        if type(data) is not bytes:
+            continue
+        limit = 10 ** decimal_type["precision"]
+        if not -limit < int.from_bytes(data, "big", signed=True) < limit:
+            raise UndecodableError(
+                f"{name}: a decimal with more digits than its precision {decimal_type['precision']} ({len(data)} bytes)"
+            )
+        record[name] = _read_decimal(data, decimal_type, None)
 
 
 def encode(schema_id: int, parsed_schema: ParsedSchema, record: Mapping[str, Any]) -> bytes:

@@ -13,8 +13,10 @@ from k2.avro.codec import encode, parse_schema
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
 from k2.ingest.classify import RawRecord, Resolution, classify, in_offset_order, schema_ids
-from k2.lake.arrow import rejects_to_arrow
+from k2.lake.arrow import events_to_arrow, rejects_to_arrow
+from k2.lake.schemas import TRADES
 from k2.validation import validate_quote, validate_trade
+from tests.unit.avro_wire import encode_wide, unscaled
 from tests.unit.lake_helpers import T0, quote, trade
 
 TOPIC = "market.trades.raw"
@@ -170,3 +172,17 @@ def test_schema_id_with_the_high_bit_is_unknown_without_asking_the_registry() ->
 def test_largest_registry_id_is_still_resolved() -> None:
     value = b"\x00\x7f\xff\xff\xff\x02"
     assert schema_ids([raw(0, value)]) == {2**31 - 1}
+
+
+def test_out_of_contract_wire_values_are_undecodable_and_the_batch_converts() -> None:
+    # Each crashed the Arrow conversion of its batch before (int32 and decimal(18,6) overflow).
+    values = [
+        encode_wide(TRADE_ID, "trade", trade(company_id=2**40)),
+        encode_wide(TRADE_ID, "trade", trade(qualifiers=-(2**31) - 1)),
+        encode_wide(TRADE_ID, "trade", trade(price=unscaled(10**18))),
+        encode_wide(TRADE_ID, "trade", trade(price=b"\x7f" + bytes(200_000))),
+    ]
+    out = run([*(raw(i, v) for i, v in enumerate(values)), good(len(values))])
+    assert [(r.offset, r.reason) for r in out.rejected] == [(i, "undecodable") for i in range(len(values))]
+    assert events_to_arrow(TRADES, out.accepted).num_rows == 1
+    assert rejects_to_arrow(out.rejected).num_rows == len(values)
