@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from k2.avro.codec import MAX_SCHEMA_ID, decode, split_frame
-from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UndecodableError, UnknownSchemaId
+from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UnknownSchemaId
 from k2.lake.records import BufferedEvent, RejectRecord
 
 __all__ = [
+    "MAX_DETAIL",
     "BatchOutcome",
     "RawRecord",
     "Resolution",
@@ -105,10 +106,37 @@ def in_offset_order(records: Sequence[RawRecord]) -> Sequence[RawRecord]:
     return [unique[position] for position in sorted(unique)]
 
 
+MAX_DETAIL = 1000
+"""Longest reject detail, in characters: it is a header on market.rejects and a column, not a dump
+(the record's own bytes are kept beside it)."""
+_MAX_VALUE_REPR = 200
+
+
 def _detail(problem: DecodeError) -> str:
+    """One printable line of at most :data:`MAX_DETAIL` characters, whatever the value or message held.
+
+    A 10 MB symbol, a registry error with an HTML body or a lone surrogate (which no
+    UTF-8 column can hold) must not make the reject itself unwritable.
+    """
     if isinstance(problem, InvalidValue):
-        return f"{problem.field}={problem.value!r}: {problem.detail}"
-    return str(problem)
+        value = repr(problem.value)
+        if len(value) > _MAX_VALUE_REPR:
+            value = f"{value[:_MAX_VALUE_REPR]}...({len(value)} chars)"
+        text = f"{problem.field}={value}: {problem.detail}"
+    else:
+        text = str(problem)
+    if len(text) > MAX_DETAIL:
+        text = text[: MAX_DETAIL - 20] + f"...({len(text)} chars)"
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:MAX_DETAIL]
+    return text or type(problem).__name__
+
+
+def _unreadable(exc: Exception) -> InvalidValue:
+    """The reject for a record the validator could not even read (a writer schema off the contract's shape)."""
+    if isinstance(exc, KeyError):
+        return InvalidValue(str(exc.args[0]) if exc.args else "record", None, "required by the domain rules, missing")
+    return InvalidValue("record", type(exc).__name__, f"the domain rules cannot read it: {exc}")
 
 
 def classify(
@@ -150,11 +178,13 @@ def classify(
             if isinstance(writer, DecodeError):
                 problem = writer  # resolved once for the batch; not re-raised, so no traceback piles up
             else:
-                record = decode(body, writer.parsed)
-                if isinstance(record, dict):
+                record = decode(body, writer.parsed)  # always a dict: decode refuses anything else
+                try:
                     problem, flagged = validate(record, now_ms)
-                else:
-                    problem = UndecodableError(f"schema id {schema_id} decodes to a {type(record).__name__}")
+                except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+                    # A registered writer schema (BACKWARD-compatible, so it may drop a field or
+                    # turn bytes into a string) can give a record the rules cannot read.
+                    problem = _unreadable(exc)
         except DecodeError as err:
             problem = err
         if problem is not None:

@@ -186,3 +186,48 @@ def test_out_of_contract_wire_values_are_undecodable_and_the_batch_converts() ->
     assert [(r.offset, r.reason) for r in out.rejected] == [(i, "undecodable") for i in range(len(values))]
     assert events_to_arrow(TRADES, out.accepted).num_rows == 1
     assert rejects_to_arrow(out.rejected).num_rows == len(values)
+
+
+def _trade_writer(edit: Any) -> Writer:
+    tree = json.loads(CONTRACTS["trade"].schema_str)
+    edit(tree["fields"])
+    return Writer(parse_schema(tree))
+
+
+@pytest.mark.parametrize(
+    ("edit", "record", "field"),
+    [
+        # A BACKWARD-compatible writer may drop a field or make a decimal a string: the
+        # validator then hit a KeyError or a TypeError and the whole batch raised.
+        (lambda fs: fs.pop(4), {k: v for k, v in trade().items() if k != "price"}, "price"),
+        (lambda fs: fs[4].update(type="string"), {**trade(), "price": "36.667"}, "record"),
+    ],
+)
+def test_a_record_the_validator_cannot_read_is_invalid_not_a_crash(edit: Any, record: Any, field: str) -> None:
+    writer = _trade_writer(edit)
+    out = classify(TOPIC, [raw(0, encode(31, writer.parsed, record))], {31: writer}, validate_trade, NOW)
+    [r] = out.rejected
+    assert r.reason == "invalid_value" and r.detail.startswith(f"{field}=")
+    rejects_to_arrow(out.rejected)
+
+
+def test_reject_detail_is_one_bounded_printable_line() -> None:
+    schemas: dict[int, Resolution] = {
+        TRADE_ID: Writer(TRADE_SCHEMA),
+        41: UnknownSchemaId("schema id 41 is not in the registry: HTTP 404\n<html>\n" + "x" * 100_000 + "\ud800"),
+    }
+    records = [
+        good(0, symbol=" " * 1_000_000),  # a huge value in an InvalidValue
+        raw(1, b"\x00" + (41).to_bytes(4, "big")),  # a multi-line, huge, unencodable message
+    ]
+    out = classify(TOPIC, records, schemas, validate_trade, NOW)
+    assert [r.reason for r in out.rejected] == ["invalid_value", "unknown_schema_id"]
+    for r in out.rejected:
+        assert r.detail and len(r.detail) <= 1000 and r.detail.isprintable()
+    assert out.rejected[0].detail.endswith("symbol is empty")
+    assert rejects_to_arrow(out.rejected).num_rows == 2
+
+
+def test_an_unresolved_schema_id_is_still_a_bug_not_a_reject() -> None:
+    with pytest.raises(KeyError):
+        run([raw(0, b"\x00\x00\x00\x00\x42\x02")])  # id 66 was never resolved
