@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from k2.avro.codec import MAX_SCHEMA_ID, decode, split_frame
-from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UnknownSchemaId
+from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UnknownSchemaId, one_line
 from k2.lake.records import BufferedEvent, RejectRecord
 
 __all__ = [
-    "MAX_DETAIL",
     "BatchOutcome",
     "RawRecord",
     "Resolution",
@@ -106,30 +105,17 @@ def in_offset_order(records: Sequence[RawRecord]) -> Sequence[RawRecord]:
     return [unique[position] for position in sorted(unique)]
 
 
-MAX_DETAIL = 1000
-"""Longest reject detail, in characters: it is a header on market.rejects and a column, not a dump
-(the record's own bytes are kept beside it)."""
 _MAX_VALUE_REPR = 200
 
 
 def _detail(problem: DecodeError) -> str:
-    """One printable line of at most :data:`MAX_DETAIL` characters, whatever the value or message held.
-
-    A 10 MB symbol, a registry error with an HTML body or a lone surrogate (which no
-    UTF-8 column can hold) must not make the reject itself unwritable.
-    """
+    """The reject's detail: one bounded printable line (:func:`~k2.errors.one_line`), the value's repr cut first."""
     if isinstance(problem, InvalidValue):
         value = repr(problem.value)
         if len(value) > _MAX_VALUE_REPR:
             value = f"{value[:_MAX_VALUE_REPR]}...({len(value)} chars)"
-        text = f"{problem.field}={value}: {problem.detail}"
-    else:
-        text = str(problem)
-    if len(text) > MAX_DETAIL:
-        text = text[: MAX_DETAIL - 20] + f"...({len(text)} chars)"
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:MAX_DETAIL]
-    return text or type(problem).__name__
+        return one_line(f"{problem.field}={value}: {problem.detail}")
+    return one_line(str(problem)) or type(problem).__name__
 
 
 def _unreadable(exc: Exception) -> InvalidValue:
