@@ -104,15 +104,22 @@ costs more than ~0.1 ms, so the usual frame keeps fastavro's own, cheaper path.
 """
 
 
+_INT32: tuple[int, int] = (-0x8000_0000, 0x7FFF_FFFF)
+
+
 class _DecodePlan(NamedTuple):
     """The checks :func:`decode` adds to fastavro for one record schema."""
 
     guarded: ParsedSchema
     """The schema with its top-level ``bytes`` decimals read as plain bytes (the same wire bytes), for large bodies."""
-    decimals: tuple[tuple[str, dict[str, Any], Decimal, Decimal], ...]
-    """Per top-level decimal field: name, its decimal type, and the open range its values must lie in."""
-    int32: tuple[str, ...]
-    """Top-level ``int`` fields (required or ``["null", "int"]``)."""
+    decimals: tuple[tuple[str, dict[str, Any]], ...]
+    """Each top-level decimal field and its decimal type."""
+    limits: tuple[tuple[str, Any, Any, str], ...]
+    """Each checked field (decimals and ints), the closed range its values must lie in, and what it means if not."""
+    required: tuple[tuple[str, Any, Any], ...]
+    """The fields of ``limits`` that are never null: one chained comparison each, per record."""
+    optional: tuple[tuple[str, Any, Any], ...]
+    """The fields of ``limits`` that may be null."""
 
 
 def _decode_plan(tree: Any) -> _DecodePlan | None:
@@ -124,8 +131,9 @@ def _decode_plan(tree: Any) -> _DecodePlan | None:
     if not isinstance(tree, dict) or tree.get("type") != "record" or not isinstance(tree.get("fields"), list):
         return None
     fields: list[Any] = []
-    decimals: list[tuple[str, dict[str, Any], Decimal, Decimal]] = []
-    int32: list[str] = []
+    decimals: list[tuple[str, dict[str, Any]]] = []
+    limits: list[tuple[str, Any, Any, str]] = []
+    optional: list[tuple[str, Any, Any]] = []
     for field in tree["fields"]:
         fields.append(field)
         if not isinstance(field, dict) or not isinstance(field.get("name"), str):
@@ -137,8 +145,11 @@ def _decode_plan(tree: Any) -> _DecodePlan | None:
             continue
         branch = others[0]
         base = branch.get("type") if isinstance(branch, dict) else branch
+        low: Any
+        high: Any
         if base == "int":
-            int32.append(name)
+            low, high = _INT32
+            problem = "does not fit Avro's 32-bit int"
         elif (
             isinstance(branch, dict)
             and base in ("bytes", "fixed")
@@ -150,12 +161,21 @@ def _decode_plan(tree: Any) -> _DecodePlan | None:
                 plain = {k: v for k, v in branch.items() if k != "logicalType"}
                 new_kind = [plain if b is branch else b for b in branches] if isinstance(kind, list) else plain
                 fields[-1] = {**field, "type": new_kind}
-            high = Decimal(10 ** branch["precision"]).scaleb(-int(branch.get("scale", 0)))
-            decimals.append((name, branch, -high, high))
-    if not decimals and not int32:
+            decimals.append((name, branch))
+            scale = int(branch.get("scale", 0))
+            high = (Decimal(10 ** branch["precision"]) - 1).scaleb(-scale)  # 999999999999.999999 for (18, 6)
+            low = -high
+            problem = f"has more digits than its precision {branch['precision']}"
+        else:
+            continue
+        limits.append((name, low, high, problem))
+        if len(branches) > 1:
+            optional.append((name, low, high))
+    if not limits:
         return None
+    required = tuple((name, low, high) for name, low, high, _ in limits if (name, low, high) not in optional)
     read_tree = {**tree, "fields": fields}
-    return _DecodePlan(fastavro.parse_schema(read_tree), tuple(decimals), tuple(int32))
+    return _DecodePlan(fastavro.parse_schema(read_tree), tuple(decimals), tuple(limits), required, tuple(optional))
 
 
 def parse_schema(schema: str | Mapping[str, Any] | list[Any]) -> ParsedSchema:
@@ -219,36 +239,45 @@ def decode(
         raise UndecodableError(f"decoded a {type(record).__name__}, expected a record")
     if plan is None:
         return record
-    # Inline, not a helper: this runs for every record (a function call would cost as much as the checks).
-    _, decimals, int32 = plan
     if read_schema is not writer_schema:
-        _convert_guarded(record, decimals)
-    for name, decimal_type, low, high in decimals:
-        value = record.get(name)
-        if value is None or low < value < high:
-            continue
-        # fastavro rounds an oversized decimal to `precision` digits, which leaves it at or beyond the limit.
-        raise UndecodableError(f"{name}: a decimal with more digits than its precision {decimal_type['precision']}")
-    for name in int32:
-        value = record.get(name)
-        if value is None or -0x8000_0000 <= value <= 0x7FFF_FFFF:
-            continue
-        raise UndecodableError(f"{name}: {value} does not fit Avro's 32-bit int")
+        _convert_guarded(record, plan.decimals)
+    if reader_schema is not None:  # fields may be missing or resolved: check one by one
+        _check_limits(record, plan.limits)
+        return record
+    # Inline, not a helper: this runs for every record (a call costs as much as the comparisons).
+    for name, low, high in plan.required:
+        if not low <= record[name] <= high:
+            _check_limits(record, plan.limits)
+    for name, low, high in plan.optional:
+        value = record[name]
+        if value is not None and not low <= value <= high:
+            _check_limits(record, plan.limits)
     return record
 
 
-def _convert_guarded(
-    record: dict[str, Any], decimals: tuple[tuple[str, dict[str, Any], Decimal, Decimal], ...]
-) -> None:
+def _check_limits(record: dict[str, Any], limits: tuple[tuple[str, Any, Any, str], ...]) -> None:
+    """Raise :class:`UndecodableError` naming the first field outside its range (see :func:`decode`).
+
+    fastavro rounds an oversized decimal to ``precision`` digits, which leaves it beyond the
+    range, so comparing the ``Decimal`` is enough.
+    """
+    for name, low, high, problem in limits:
+        value = record.get(name)
+        if value is None or low <= value <= high:
+            continue
+        raise UndecodableError(f"{name}: {value} {problem}")
+
+
+def _convert_guarded(record: dict[str, Any], decimals: tuple[tuple[str, dict[str, Any]], ...]) -> None:
     """Turn the raw decimal bytes of a guarded read into Decimals, refusing oversized ones before conversion."""
-    for name, decimal_type, _low, _high in decimals:
+    for name, decimal_type in decimals:
         data = record.get(name)
         if type(data) is not bytes:
             continue
         limit = 10 ** decimal_type["precision"]
         if not -limit < int.from_bytes(data, "big", signed=True) < limit:
             raise UndecodableError(
-                f"{name}: a decimal with more digits than its precision {decimal_type['precision']} ({len(data)} bytes)"
+                f"{name}: a decimal of {len(data)} bytes has more digits than its precision {decimal_type['precision']}"
             )
         record[name] = _read_decimal(data, decimal_type, None)
 
