@@ -44,6 +44,7 @@ __all__ = [
     "ParsedSchema",
     "decode",
     "encode",
+    "frame_schema_id",
     "parse_schema",
     "split_frame",
 ]
@@ -193,26 +194,37 @@ def parse_schema(schema: str | Mapping[str, Any] | list[Any]) -> ParsedSchema:
     return parsed
 
 
-def split_frame(data: bytes | bytearray | memoryview) -> tuple[int, memoryview]:
-    """Split a Confluent-framed value into ``(schema_id, avro_body)`` without copying the body.
+def frame_schema_id(data: bytes | bytearray | memoryview) -> int:
+    """The schema id in a Confluent-framed value's header (the body starts at :data:`HEADER_SIZE`).
 
     Raises :class:`NotConfluentFramed` when the value cannot be a framed Avro record at all:
     shorter than the header (an empty body is still a valid frame: a record with no fields),
     or a magic byte other than 0 (plain JSON, a string key written into the value, etc.).
     """
-    view = memoryview(data)
-    if view.nbytes < HEADER_SIZE:
-        raise NotConfluentFramed(f"value is {view.nbytes} bytes, shorter than the {HEADER_SIZE}-byte header")
-    magic, schema_id = _HEADER.unpack_from(view)
+    size = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if size < HEADER_SIZE:
+        raise NotConfluentFramed(f"value is {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, schema_id = _HEADER.unpack_from(data)
     if magic != MAGIC_BYTE:
         raise NotConfluentFramed(f"magic byte is {magic & 0xFF:#04x}, expected 0x00")
-    return schema_id, view[HEADER_SIZE:]
+    return schema_id
+
+
+def split_frame(data: bytes | bytearray | memoryview) -> tuple[int, memoryview]:
+    """Split a Confluent-framed value into ``(schema_id, avro_body)`` without copying the body.
+
+    Raises :class:`NotConfluentFramed` as :func:`frame_schema_id` does. (The worker's path
+    uses that and ``decode(value, schema, offset=HEADER_SIZE)``, which spares the view.)
+    """
+    return frame_schema_id(data), memoryview(data)[HEADER_SIZE:]
 
 
 def decode(
     payload: bytes | bytearray | memoryview,
     writer_schema: ParsedSchema,
     reader_schema: ParsedSchema | None = None,
+    *,
+    offset: int = 0,
 ) -> dict[str, Any]:
     """Decode one Avro body (the part after the header) into a dict, all of it or nothing.
 
@@ -223,16 +235,20 @@ def decode(
     So is an ``int`` beyond 32 bits or a decimal beyond its precision (checked before the
     decimal is built, so a huge one costs a linear scan, not a quadratic conversion).
     ``reader_schema`` (also from :func:`parse_schema`) enables Avro schema resolution.
+    The body is ``payload[offset:]``: a whole frame with ``offset=HEADER_SIZE`` is read in
+    place (``bytes`` are not copied; a memoryview slice would be).
     """
-    size = memoryview(payload).nbytes
     stream = io.BytesIO(payload)
+    size = (len(payload) if type(payload) is bytes else memoryview(payload).nbytes) - offset
+    if offset:
+        stream.seek(offset)
     plan: _DecodePlan | None = writer_schema.get(_PLAN) if type(writer_schema) is dict else None
     read_schema = plan.guarded if plan is not None and size > _GUARD_ABOVE else writer_schema
     try:
         record = fastavro.schemaless_reader(stream, read_schema, reader_schema)
     except Exception as exc:
         raise UndecodableError(f"{type(exc).__name__}: {exc}") from exc
-    consumed = stream.tell()
+    consumed = stream.tell() - offset
     if consumed != size:
         raise UndecodableError(f"{size - consumed} trailing bytes after a complete record of {consumed} bytes")
     if not isinstance(record, dict):

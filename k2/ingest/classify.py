@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from k2.avro.codec import MAX_SCHEMA_ID, decode, split_frame
+from k2.avro.codec import HEADER_SIZE, MAX_SCHEMA_ID, decode, frame_schema_id
 from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UnknownSchemaId, one_line
 from k2.lake.records import BufferedEvent, RejectRecord
 
@@ -144,15 +144,19 @@ def classify(
     accepted = out.accepted.append
     rejected = out.rejected.append
     seen_ids = out.accepted_schema_ids.add
+    # BufferedEvent(...) runs namedtuple's Python-level __new__; tuple.__new__ (what its _make
+    # calls) builds the same tuple in C, a third of the cost of an accepted record's bookkeeping.
+    event = tuple.__new__
     for rec in records:
         schema_id: int | None = None
         problem: DecodeError | None = None
         flagged = False
         record: Any = None
+        value = rec.value
         try:
-            if rec.value is None:
+            if value is None:
                 raise NotConfluentFramed("the value is null (a tombstone), not a Confluent-framed Avro record")
-            header_id, body = split_frame(rec.value)
+            header_id = frame_schema_id(value)
             if header_id > MAX_SCHEMA_ID:
                 # Not a registry id; the reject's schema_id column (int32) stays null, the id goes in the detail.
                 raise UnknownSchemaId(
@@ -164,7 +168,7 @@ def classify(
             if isinstance(writer, DecodeError):
                 problem = writer  # resolved once for the batch; not re-raised, so no traceback piles up
             else:
-                record = decode(body, writer.parsed)  # always a dict: decode refuses anything else
+                record = decode(value, writer.parsed, offset=HEADER_SIZE)  # a dict: decode refuses all else
                 try:
                     problem, flagged = validate(record, now_ms)
                 except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
@@ -184,7 +188,7 @@ def classify(
                     now_ms,
                     schema_id,
                     rec.key,
-                    rec.value,
+                    value,
                     worker_id,
                 )
             )
@@ -193,5 +197,5 @@ def classify(
             out.flagged += 1
         if schema_id is not None:
             seen_ids(schema_id)
-        accepted(BufferedEvent(topic, rec.partition, rec.offset, record))
+        accepted(event(BufferedEvent, (topic, rec.partition, rec.offset, record)))
     return out
