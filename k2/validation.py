@@ -25,6 +25,7 @@ from k2.settings import DAY_MS
 __all__ = [
     "MAX_FUTURE_MS",
     "MAX_INSTANT_MS",
+    "MAX_SYMBOL_LENGTH",
     "MIN_EXCHANGE_TIMESTAMP_MS",
     "MIN_INSTANT_MS",
     "Verdict",
@@ -42,6 +43,8 @@ MIN_INSTANT_MS = -62_135_596_800_000
 timestamp column can hold and every reader can read back (a Python ``datetime``; the
 ``timestamptz`` column itself, in microseconds, overflows from about year 294,000)."""
 MAX_INSTANT_MS = 253_402_300_799_999
+MAX_SYMBOL_LENGTH = 64
+"""Longest symbol, in characters (ASX codes have up to 6): a symbol keys sequence state and metrics."""
 
 _ZERO = Decimal(0)  # comparing a Decimal with a Decimal is cheaper than with the int 0
 
@@ -63,6 +66,8 @@ def _check_symbol(record: Mapping[str, Any]) -> InvalidValue | None:
     symbol = record["symbol"]
     if not symbol or symbol.isspace():
         return InvalidValue("symbol", symbol, "symbol is empty")
+    if len(symbol) > MAX_SYMBOL_LENGTH:
+        return InvalidValue("symbol", symbol, f"symbol longer than {MAX_SYMBOL_LENGTH} characters")
     if not symbol.isprintable():  # NUL, newline, zero-width...: a corrupted frame, and the symbol is a key
         return InvalidValue("symbol", symbol, "symbol has control or invisible characters")
     return None

@@ -12,6 +12,7 @@ from k2.errors import DecodeError, InvalidValue
 from k2.validation import (
     MAX_FUTURE_MS,
     MAX_INSTANT_MS,
+    MAX_SYMBOL_LENGTH,
     MIN_EXCHANGE_TIMESTAMP_MS,
     MIN_INSTANT_MS,
     validate_quote,
@@ -183,3 +184,11 @@ def test_symbol_with_control_characters_is_invalid(symbol: str) -> None:
     assert problem_field(validate_trade(trade(symbol=symbol), NOW)) == "symbol"
     assert problem_field(validate_quote(quote(symbol=symbol), NOW)) == "symbol"
     assert problem_field(validate_reference(company(symbol=symbol), NOW)) == "symbol"
+
+
+def test_symbol_longer_than_an_instrument_code_is_invalid() -> None:
+    # The symbol keys the sequence state (a changelog key) and the per-symbol metrics: a
+    # 10 MB one decoded and was accepted.
+    assert validate_trade(trade(symbol="X" * MAX_SYMBOL_LENGTH), NOW) == (None, False)
+    assert problem_field(validate_trade(trade(symbol="X" * (MAX_SYMBOL_LENGTH + 1)), NOW)) == "symbol"
+    assert problem_field(validate_reference(company(symbol="B" * 10_000_000), NOW)) == "symbol"
