@@ -34,7 +34,12 @@ __all__ = [
     "UndecodableError",
     "UnknownSchemaId",
     "WrongSubject",
+    "one_line",
 ]
+
+MAX_DETAIL = 1000
+"""Longest reject detail, in characters: it is a header on market.rejects and a column, not a dump
+(the record's own bytes are kept beside it)."""
 
 
 class K2Error(Exception):
@@ -125,3 +130,17 @@ class ReplayInputError(K2Error):
 
 class TableSchemaMismatch(K2Error):
     """An existing Iceberg table lacks a column K2 writes, or has it with another type or nullability."""
+
+
+def one_line(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` as one printable line of at most ``limit`` characters: how an error becomes a reject detail.
+
+    A 10 MB value, a registry error with an HTML body or a lone surrogate (which no UTF-8
+    column can hold) must not make the reject itself unwritable. Cut first, then escape,
+    so the cost is bounded whatever the input.
+    """
+    if len(text) > limit:
+        text = text[: limit - 20] + f"...({len(text)} chars)"
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
+    return text

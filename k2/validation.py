@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from k2.errors import InvalidValue
@@ -23,7 +24,10 @@ from k2.settings import DAY_MS
 
 __all__ = [
     "MAX_FUTURE_MS",
+    "MAX_INSTANT_MS",
+    "MAX_SYMBOL_LENGTH",
     "MIN_EXCHANGE_TIMESTAMP_MS",
+    "MIN_INSTANT_MS",
     "Verdict",
     "validate_quote",
     "validate_reference",
@@ -34,6 +38,15 @@ MIN_EXCHANGE_TIMESTAMP_MS = 631_152_000_000
 """1990-01-01T00:00:00Z: nothing older is a live ASX tick (catches seconds-for-millis bugs)."""
 MAX_FUTURE_MS = DAY_MS
 """How far ahead of ``now_ms`` an exchange timestamp may be (clock skew, time zones mistaken for UTC)."""
+MIN_INSTANT_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z, and :data:`MAX_INSTANT_MS` 9999-12-31T23:59:59.999Z: the instants a
+timestamp column can hold and every reader can read back (a Python ``datetime``; the
+``timestamptz`` column itself, in microseconds, overflows from about year 294,000)."""
+MAX_INSTANT_MS = 253_402_300_799_999
+MAX_SYMBOL_LENGTH = 64
+"""Longest symbol, in characters (ASX codes have up to 6): a symbol keys sequence state and metrics."""
+
+_ZERO = Decimal(0)  # comparing a Decimal with a Decimal is cheaper than with the int 0
 
 
 Verdict = tuple[InvalidValue | None, bool]
@@ -53,6 +66,10 @@ def _check_symbol(record: Mapping[str, Any]) -> InvalidValue | None:
     symbol = record["symbol"]
     if not symbol or symbol.isspace():
         return InvalidValue("symbol", symbol, "symbol is empty")
+    if len(symbol) > MAX_SYMBOL_LENGTH:
+        return InvalidValue("symbol", symbol, f"symbol longer than {MAX_SYMBOL_LENGTH} characters")
+    if not symbol.isprintable():  # NUL, newline, zero-width...: a corrupted frame, and the symbol is a key
+        return InvalidValue("symbol", symbol, "symbol has control or invisible characters")
     return None
 
 
@@ -63,13 +80,16 @@ def _check_time(record: Mapping[str, Any], now_ms: int) -> InvalidValue | None:
         return InvalidValue("exchange_timestamp", ts, "before 1990-01-01T00:00:00Z")
     if ms > now_ms + MAX_FUTURE_MS:
         return InvalidValue("exchange_timestamp", ts, "more than one day in the future")
+    ingested = record["ingestion_timestamp"]
+    if type(ingested) is int and not MIN_INSTANT_MS <= ingested <= MAX_INSTANT_MS:
+        return InvalidValue("ingestion_timestamp", ingested, "not an instant between years 1 and 9999")
     return None
 
 
 def validate_trade(record: Mapping[str, Any], now_ms: int) -> Verdict:
-    """A trade must have price > 0, volume > 0, a symbol and a sane exchange time; never flagged."""
+    """A trade must have price > 0, volume > 0, a symbol and sane times; never flagged."""
     price = record["price"]
-    if not price > 0:
+    if not price > _ZERO:
         return InvalidValue("price", price, "price must be > 0"), False
     volume = record["volume"]
     if not volume > 0:
@@ -86,9 +106,9 @@ def validate_quote(record: Mapping[str, Any], now_ms: int) -> Verdict:
     landed, and flagged so it can be counted.
     """
     bid, ask = record["bid_price"], record["ask_price"]
-    if bid < 0:
+    if bid < _ZERO:
         return InvalidValue("bid_price", bid, "price must be >= 0"), False
-    if ask < 0:
+    if ask < _ZERO:
         return InvalidValue("ask_price", ask, "price must be >= 0"), False
     if record["bid_volume"] < 0:
         return InvalidValue("bid_volume", record["bid_volume"], "volume must be >= 0"), False

@@ -12,7 +12,8 @@ batch is here, in two phases the pipeline relies on:
    futures; the pipeline's ledger decides when the batch counts as durable.
 
 A row that cannot be represented in its table (a value outside its column's type) becomes
-an ``invalid_value`` reject instead of sinking its batch (:func:`_isolate`).
+an ``invalid_value`` reject instead of sinking its batch (:func:`~k2.lake.arrow.rows_to_arrow`),
+before the stages see it: sequence tracking never records as landed a row that is not.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from k2.avro.codec import stored_schema_id
 from k2.avro.registry import WriterSchema
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
-from k2.errors import DecodeError, RegistryUnavailable
+from k2.errors import DecodeError, RegistryUnavailable, one_line
 from k2.ingest.classify import BatchOutcome, RawRecord, Resolution, Validator, classify, schema_ids
-from k2.lake.arrow import rejects_to_arrow
+from k2.lake.arrow import rejects_to_arrow, rows_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import BufferedEvent, RejectRecord
+from k2.lake.schemas import TABLES
 from k2.metrics import K2Metrics
 from k2.models import Reject
 
@@ -240,17 +244,24 @@ class IngressProcessor:
         now_ms = int(self.clock() * 1000)
         self.metrics.events_consumed.labels(topic).inc(len(records))
         outcome = classify(topic, records, prepared.resolved, self.source.validate, now_ms, self.worker_id)
+        # Rows first: what its table cannot hold is a reject before any stage records it as landed.
+        pieces, unfit = self._pieces(outcome.accepted, now_ms, prepared.schema)
+        if unfit:
+            bad = {id(e) for e, _ in unfit}
+            outcome.accepted = [e for e in outcome.accepted if id(e) not in bad]
+            outcome.rejected = sorted([*outcome.rejected, *self._unfit(unfit, records, now_ms)], key=_position)
+        kept_before = len(outcome.accepted)
         extra: list[tuple[ChunkKey, pa.Table]] = []
         for stage in self.stages:
             extra.extend(stage(records, outcome, now_ms))
-        rows, unfit = self._rows(outcome.accepted, now_ms, prepared.schema)
-        if unfit:
-            outcome.rejected = sorted([*outcome.rejected, *self._unfit(unfit, records, now_ms)], key=_position)
-        out = BatchWrites(accepted=len(outcome.accepted) - len(unfit), rejected=len(outcome.rejected))
+        if len(outcome.accepted) != kept_before:  # a stage moved events to the rejects (duplicates)
+            pieces = _without(pieces, {e.offset for e in outcome.accepted}, self.source.table_name)
+        out = BatchWrites(accepted=len(outcome.accepted), rejected=len(outcome.rejected))
         self.writing = True
         try:
-            for key, chunk in rows:
-                out.futures.append(await self.store.put(key, chunk))
+            for events, table in pieces:
+                key = ChunkKey(ROWS, partition, events[0].offset, events[-1].offset, len(events))
+                out.futures.append(await self.store.put(key, table))
                 out.rows += key.rows
                 out.events += key.rows
             if outcome.rejected:
@@ -276,28 +287,29 @@ class IngressProcessor:
             self.metrics.crossed_quotes.labels(topic).inc(outcome.flagged)
         return out
 
-    def _rows(
+    def _pieces(
         self, events: Sequence[BufferedEvent], now_ms: int, schema: pa.Schema
-    ) -> tuple[list[tuple[ChunkKey, pa.Table]], list[tuple[BufferedEvent, str]]]:
-        """Accepted events as chunks of about :data:`CHUNK_TARGET_BYTES`, and the events no column can hold."""
+    ) -> tuple[list[tuple[list[BufferedEvent], pa.Table]], list[tuple[BufferedEvent, str]]]:
+        """Accepted events as Arrow tables of about :data:`CHUNK_TARGET_BYTES`, and the events no column can hold."""
         if not events:
             return [], []
         per_chunk = max(1, int(CHUNK_TARGET_BYTES / self._bytes_per_row))
-        pieces = math.ceil(len(events) / per_chunk)
-        size = math.ceil(len(events) / pieces)
-        chunks: list[tuple[ChunkKey, pa.Table]] = []
+        size = math.ceil(len(events) / math.ceil(len(events) / per_chunk))
+        pieces: list[tuple[list[BufferedEvent], pa.Table]] = []
         unfit: list[tuple[BufferedEvent, str]] = []
         for i in range(0, len(events), size):
-            piece = events[i : i + size]
-            table, bad = _isolate(lambda evs: self.source.to_arrow(evs, now_ms, schema), piece)
+            piece = list(events[i : i + size])
+            table, bad = rows_to_arrow(lambda evs: self.source.to_arrow(evs, now_ms, schema), piece)
             unfit.extend(bad)
             if table is None:
                 continue
-            kept = [e for e in piece if not any(e is b for b, _ in bad)] if bad else piece
-            chunks.append((ChunkKey(ROWS, kept[0].partition, kept[0].offset, kept[-1].offset, len(kept)), table))
+            if bad:
+                failed = {id(e) for e, _ in bad}
+                piece = [e for e in piece if id(e) not in failed]
+            pieces.append((piece, table))
             if table.num_rows:
                 self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (table.nbytes / table.num_rows)
-        return chunks, unfit
+        return pieces, unfit
 
     def _unfit(
         self, unfit: Sequence[tuple[BufferedEvent, str]], records: Sequence[RawRecord], now_ms: int
@@ -308,16 +320,15 @@ class IngressProcessor:
             rec = raw.get(event.offset)
             key = rec.key if rec is not None else None
             value = rec.value if rec is not None else None
-            schema_id = int.from_bytes(value[1:5], "big") if value is not None and len(value) >= 5 else None
             out.append(
                 RejectRecord(
                     event.topic,
                     event.partition,
                     event.offset,
                     "invalid_value",
-                    f"does not fit its table: {why}",
+                    one_line(f"does not fit its table: {why}"),
                     now_ms,
-                    schema_id if schema_id is not None and schema_id < 2**31 else None,
+                    stored_schema_id(value),
                     key,
                     value,
                     self.worker_id,
@@ -326,22 +337,20 @@ class IngressProcessor:
         return out
 
 
-def _isolate(
-    build: Callable[[Sequence[BufferedEvent]], pa.Table], items: Sequence[BufferedEvent]
-) -> tuple[pa.Table | None, list[tuple[BufferedEvent, str]]]:
-    """``build(items)``; when it fails, the items that convert and the reasons of those that do not (bisection)."""
-    try:
-        return build(items), []
-    except (ValueError, TypeError, OverflowError, pa.ArrowException) as exc:
-        if len(items) == 1:
-            return None, [(items[0], f"{type(exc).__name__}: {exc}")]
-    mid = len(items) // 2
-    left, bad_left = _isolate(build, items[:mid])
-    right, bad_right = _isolate(build, items[mid:])
-    if left is None or right is None:
-        return left if right is None else right, [*bad_left, *bad_right]
-    good = [e for e in items if not any(e is b for b, _ in (*bad_left, *bad_right))]
-    return build(good), [*bad_left, *bad_right]
+def _without(
+    pieces: list[tuple[list[BufferedEvent], pa.Table]], keep: set[int], table_name: str
+) -> list[tuple[list[BufferedEvent], pa.Table]]:
+    """The pieces with only the events whose offset is in ``keep`` (rows filtered by the table's offset column)."""
+    column = TABLES[table_name].position.offset_column
+    out = []
+    for events, table in pieces:
+        kept = [e for e in events if e.offset in keep]
+        if not kept:
+            continue
+        if len(kept) != len(events):
+            table = table.filter(pc.is_in(table[column], pa.array([e.offset for e in kept], pa.int64())))
+        out.append((kept, table))
+    return out
 
 
 def _position(r: RejectRecord) -> tuple[int, int]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table.sorting import NullOrder, SortDirection
 
+from k2.errors import one_line
 from k2.lake.records import BufferedEvent, GapRecord, RejectRecord
 from k2.lake.schemas import COMPANIES, REJECTS, SEQUENCE_GAPS, TABLES, TableDef
 
@@ -35,8 +36,15 @@ __all__ = [
     "gaps_to_arrow",
     "keep_last",
     "rejects_to_arrow",
+    "rows_to_arrow",
     "sort_for_table",
 ]
+
+E = TypeVar("E")
+
+#: What a build raises for rows it cannot represent (column_to_arrow's ValueError, Arrow's own
+#: errors, a wrong Python type); anything else is a bug and propagates.
+_BUILD_ERRORS = (ValueError, TypeError, ArithmeticError, pa.ArrowException)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -206,6 +214,57 @@ def rejects_to_arrow(rejects: Sequence[RejectRecord], schema: pa.Schema | None =
 def gaps_to_arrow(gaps: Sequence[GapRecord], schema: pa.Schema | None = None) -> pa.Table:
     """Sequence gaps as rows of ``market_data.sequence_gaps``."""
     return _tuples_to_arrow(SEQUENCE_GAPS, GapRecord._fields, gaps, schema)
+
+
+def rows_to_arrow(
+    build: Callable[[Sequence[E]], pa.Table], items: Sequence[E]
+) -> tuple[pa.Table | None, list[tuple[E, str]]]:
+    """``build(items)``, or, when some items cannot be represented, the table of those that can.
+
+    Returns the table (None when no item converts) and ``(item, one-line reason)`` for each
+    item that does not, in input order, so one unrepresentable row never sinks its batch:
+    the caller turns those into rejects. A clean batch costs exactly one ``build``; a batch
+    with k bad items about ``2 k log2(n)`` builds of shrinking halves (bisection), then one
+    ``build`` of the survivors in their input order, so the table is what ``build`` makes
+    of them (sorted, for the ``*_to_arrow`` functions) as if the bad items had never been there.
+    """
+    if not items:
+        return None, []
+    try:
+        return build(items), []
+    except _BUILD_ERRORS as exc:
+        error = exc
+    kept: list[tuple[Sequence[E], pa.Table]] = []
+    failed: list[tuple[E, str]] = []
+    _isolate(build, items, error, kept, failed)
+    survivors = [item for part, _ in kept for item in part]
+    if not survivors:
+        return None, failed
+    if len(kept) == 1:
+        return kept[0][1], failed
+    try:
+        return build(survivors), failed
+    except _BUILD_ERRORS:  # each part converts but not all together (never seen): keep the parts
+        return pa.concat_tables([table for _, table in kept]), failed
+
+
+def _isolate(
+    build: Callable[[Sequence[E]], pa.Table],
+    items: Sequence[E],
+    error: Exception,
+    kept: list[tuple[Sequence[E], pa.Table]],
+    failed: list[tuple[E, str]],
+) -> None:
+    """Split ``items`` (which failed with ``error``) in halves until each part builds or is one item."""
+    if len(items) == 1:
+        failed.append((items[0], one_line(f"{type(error).__name__}: {error}")))
+        return
+    middle = len(items) // 2
+    for part in (items[:middle], items[middle:]):
+        try:
+            kept.append((part, build(part)))
+        except _BUILD_ERRORS as exc:
+            _isolate(build, part, exc, kept, failed)
 
 
 def keep_last(batch: pa.Table, keys: Sequence[str]) -> pa.Table:

@@ -8,23 +8,12 @@ depend on side lists that could drift out of step with the rows.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-__all__ = ["BufferedEvent", "GapRecord", "HasPosition", "RejectRecord", "TopicPartition"]
+__all__ = ["BufferedEvent", "GapRecord", "RejectRecord", "TopicPartition"]
 
 TopicPartition = tuple[str, int]
 """A Kafka ``(topic, partition)``; the key of every offset map in :mod:`k2.lake.offsets`."""
-
-
-class HasPosition(Protocol):
-    """Anything that knows where in Kafka it came from."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
 
 
 class BufferedEvent(NamedTuple):

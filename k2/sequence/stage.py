@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from k2.avro.codec import stored_schema_id
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import GAPS, ChunkKey
 from k2.ingest.classify import BatchOutcome, RawRecord
@@ -42,11 +43,9 @@ def sequence_reject(
         reason = CONFLICT_REASON
         detail = f"{name} already landed from offset {verdict.ref} with a different payload; the first is kept"
     key = value = None
-    schema_id = None
     if raw is not None:
         key, value = raw.key, raw.value
-        if value is not None and len(value) >= 5:
-            schema_id = int.from_bytes(value[1:5], "big")
+    schema_id = stored_schema_id(value)
     return RejectRecord(
         event.topic, event.partition, event.offset, reason, detail, now_ms, schema_id, key, value, worker_id
     )

@@ -12,8 +12,11 @@ import pytest
 from k2.avro.codec import encode, parse_schema
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
-from k2.ingest.classify import RawRecord, Resolution, classify, in_offset_order, schema_ids
+from k2.ingest.classify import RawRecord, Resolution, classify, schema_ids
+from k2.lake.arrow import events_to_arrow, rejects_to_arrow
+from k2.lake.schemas import TRADES
 from k2.validation import validate_quote, validate_trade
+from tests.unit.avro_wire import encode_wide, unscaled
 from tests.unit.lake_helpers import T0, quote, trade
 
 TOPIC = "market.trades.raw"
@@ -138,15 +141,79 @@ def test_order_is_preserved(n: int) -> None:
     assert [e.record["sequence_number"] for e in out.accepted] == list(range(n))
 
 
-def test_in_offset_order_after_a_rebalance_seek_back() -> None:
-    usual = [raw(5, b"a"), raw(6, b"b"), raw(5, b"c", partition=1)]
-    assert in_offset_order(usual) is usual  # the usual batch: untouched, no copy
-    # Newer buffered messages first, then the same partition again from the committed offset.
-    seek_back = [raw(7, b"n7"), raw(8, b"n8"), raw(2, b"o2", partition=1), raw(5, b"o5"), raw(6, b"o6"), raw(7, b"x")]
-    assert [(r.partition, r.offset, r.value) for r in in_offset_order(seek_back)] == [
-        (0, 5, b"o5"),
-        (0, 6, b"o6"),
-        (0, 7, b"n7"),  # the first copy of a repeated position is kept
-        (0, 8, b"n8"),
-        (1, 2, b"o2"),
+def test_schema_id_with_the_high_bit_is_unknown_without_asking_the_registry() -> None:
+    # Found by the fault probe: id 0x80000002 reached the int32 schema_id column and
+    # rejects_to_arrow raised, losing the whole batch. Registry ids are positive Java ints.
+    body = encode(TRADE_ID, TRADE_SCHEMA, trade())[5:]
+    value = b"\x00\x80\x00\x00\x02" + body
+    assert schema_ids([raw(0, value)]) == set()  # never sent to the registry
+    out = run([raw(0, value), good(1)])  # SCHEMAS lacks the id: a lookup would be a KeyError
+    [r] = out.rejected
+    assert (r.offset, r.reason, r.schema_id) == (0, "unknown_schema_id", None)
+    assert "2147483650" in r.detail  # the raw id is kept where it fits
+    assert [e.offset for e in out.accepted] == [1]
+    assert rejects_to_arrow(out.rejected)["schema_id"].to_pylist() == [None]
+
+
+def test_largest_registry_id_is_still_resolved() -> None:
+    value = b"\x00\x7f\xff\xff\xff\x02"
+    assert schema_ids([raw(0, value)]) == {2**31 - 1}
+
+
+def test_out_of_contract_wire_values_are_undecodable_and_the_batch_converts() -> None:
+    # Each crashed the Arrow conversion of its batch before (int32 and decimal(18,6) overflow).
+    values = [
+        encode_wide(TRADE_ID, "trade", trade(company_id=2**40)),
+        encode_wide(TRADE_ID, "trade", trade(qualifiers=-(2**31) - 1)),
+        encode_wide(TRADE_ID, "trade", trade(price=unscaled(10**18))),
+        encode_wide(TRADE_ID, "trade", trade(price=b"\x7f" + bytes(200_000))),
     ]
+    out = run([*(raw(i, v) for i, v in enumerate(values)), good(len(values))])
+    assert [(r.offset, r.reason) for r in out.rejected] == [(i, "undecodable") for i in range(len(values))]
+    assert events_to_arrow(TRADES, out.accepted).num_rows == 1
+    assert rejects_to_arrow(out.rejected).num_rows == len(values)
+
+
+def _trade_writer(edit: Any) -> Writer:
+    tree = json.loads(CONTRACTS["trade"].schema_str)
+    edit(tree["fields"])
+    return Writer(parse_schema(tree))
+
+
+@pytest.mark.parametrize(
+    ("edit", "record", "field"),
+    [
+        # A BACKWARD-compatible writer may drop a field or make a decimal a string: the
+        # validator then hit a KeyError or a TypeError and the whole batch raised.
+        (lambda fs: fs.pop(4), {k: v for k, v in trade().items() if k != "price"}, "price"),
+        (lambda fs: fs[4].update(type="string"), {**trade(), "price": "36.667"}, "record"),
+    ],
+)
+def test_a_record_the_validator_cannot_read_is_invalid_not_a_crash(edit: Any, record: Any, field: str) -> None:
+    writer = _trade_writer(edit)
+    out = classify(TOPIC, [raw(0, encode(31, writer.parsed, record))], {31: writer}, validate_trade, NOW)
+    [r] = out.rejected
+    assert r.reason == "invalid_value" and r.detail.startswith(f"{field}=")
+    rejects_to_arrow(out.rejected)
+
+
+def test_reject_detail_is_one_bounded_printable_line() -> None:
+    schemas: dict[int, Resolution] = {
+        TRADE_ID: Writer(TRADE_SCHEMA),
+        41: UnknownSchemaId("schema id 41 is not in the registry: HTTP 404\n<html>\n" + "x" * 100_000 + "\ud800"),
+    }
+    records = [
+        good(0, symbol=" " * 1_000_000),  # a huge value in an InvalidValue
+        raw(1, b"\x00" + (41).to_bytes(4, "big")),  # a multi-line, huge, unencodable message
+    ]
+    out = classify(TOPIC, records, schemas, validate_trade, NOW)
+    assert [r.reason for r in out.rejected] == ["invalid_value", "unknown_schema_id"]
+    for r in out.rejected:
+        assert r.detail and len(r.detail) <= 1000 and r.detail.isprintable()
+    assert out.rejected[0].detail.endswith("symbol is empty")
+    assert rejects_to_arrow(out.rejected).num_rows == 2
+
+
+def test_an_unresolved_schema_id_is_still_a_bug_not_a_reject() -> None:
+    with pytest.raises(KeyError):
+        run([raw(0, b"\x00\x00\x00\x00\x42\x02")])  # id 66 was never resolved

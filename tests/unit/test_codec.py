@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,7 @@ from k2.avro.codec import decode, encode, parse_schema, split_frame
 from k2.avro.schemas import CONTRACTS, contract_for_topic, subject_for_topic
 from k2.errors import DecodeError, NotConfluentFramed, UndecodableError
 from k2.settings import Settings
+from tests.unit.avro_wire import encode_wide, unscaled
 
 TRADE: dict[str, Any] = {
     "symbol": "BHP",
@@ -185,3 +187,53 @@ def test_contracts_and_subjects_follow_the_topic_name_strategy() -> None:
     assert contract_for_topic("t.trades", settings) is CONTRACTS["trade"]
     assert contract_for_topic("market.rejects", settings) is None
     assert all(not c.schema_str[0].isspace() and not c.schema_str[-1].isspace() for c in CONTRACTS.values())
+
+
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**40, 2**63 - 1, -(2**63)])
+def test_int_beyond_32_bits_on_the_wire_is_undecodable(value: int) -> None:
+    # fastavro reads an Avro int as any varint; a 64-bit one would overflow the int32 column.
+    body = split_frame(encode_wide(1, "trade", {**TRADE, "company_id": value}))[1]
+    with pytest.raises(UndecodableError, match="32-bit"):
+        decode(body, CONTRACTS["trade"].parsed)
+
+
+@pytest.mark.parametrize("value", [2**31 - 1, -(2**31), 0])
+def test_int_edges_decode(value: int) -> None:
+    body = split_frame(encode_wide(1, "reference_data", {**REFERENCE, "company_id": value}))[1]
+    assert decode(body, CONTRACTS["reference_data"].parsed)["company_id"] == value
+
+
+@pytest.mark.parametrize("digits", [10**18, -(10**18), 10**30, 2**63])
+def test_decimal_beyond_its_precision_is_undecodable(digits: int) -> None:
+    # The decimal's bytes can hold any magnitude; fastavro would round it to 18 digits.
+    body = split_frame(encode_wide(1, "trade", {**TRADE, "price": unscaled(digits)}))[1]
+    with pytest.raises(UndecodableError, match="precision 18"):
+        decode(body, CONTRACTS["trade"].parsed)
+
+
+@pytest.mark.parametrize("digits", [10**18 - 1, -(10**18) + 1, 0])
+def test_decimal_edges_decode_exactly(digits: int) -> None:
+    body = split_frame(encode_wide(1, "trade", {**TRADE, "price": unscaled(digits)}))[1]
+    assert decode(body, CONTRACTS["trade"].parsed)["price"] == Decimal(digits).scaleb(-6)
+
+
+def test_non_minimal_decimal_bytes_decode() -> None:
+    # Two's complement with redundant sign bytes is still the same number.
+    for digits, wire in ((1, b"\x00" * 20 + b"\x01"), (-1, b"\xff" * 20)):
+        body = split_frame(encode_wide(1, "trade", {**TRADE, "price": wire}))[1]
+        assert decode(body, CONTRACTS["trade"].parsed)["price"] == Decimal(digits).scaleb(-6)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [100_000, 10 * 2**20])
+def test_huge_decimal_bytes_are_refused_in_linear_time(size: int) -> None:
+    # fastavro turns the bytes into a Decimal first: 1 s for 100 kB, hours for 10 MB (a stuck partition).
+    body = split_frame(encode_wide(1, "trade", {**TRADE, "price": b"\x7f" + bytes(size)}))[1]
+    start = time.perf_counter()
+    with pytest.raises(UndecodableError, match="precision"):
+        decode(body, CONTRACTS["trade"].parsed)
+    assert time.perf_counter() - start < 5
+
+
+def test_parsed_contract_still_encodes_decimals_and_ints() -> None:
+    assert decode(split_frame(encode(3, CONTRACTS["trade"].parsed, TRADE))[1], CONTRACTS["trade"].parsed) == TRADE

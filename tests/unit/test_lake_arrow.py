@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from unittest.mock import ANY
 
 import pyarrow as pa
 import pytest
 from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible
 
-from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow, keep_last, rejects_to_arrow
+from k2.lake.arrow import (
+    arrow_schema,
+    companies_to_arrow,
+    events_to_arrow,
+    keep_last,
+    rejects_to_arrow,
+    rows_to_arrow,
+)
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TABLES, TRADES
 
@@ -182,3 +191,58 @@ def test_keep_last_keeps_the_latest_row_per_key_in_batch_order() -> None:
     assert table.num_rows == 2
     assert {r["company_id"]: r["company_name"] for r in table.to_pylist()} == {1: "new", 2: "BHP Group Ltd"}
     assert table["kafka_offset"].to_pylist() == [2, 3]
+
+
+class CountingBuild:
+    """A build that records how often it ran; int8 overflows for items outside -128..127."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, items: Sequence[int]) -> pa.Table:
+        self.calls += 1
+        return pa.table({"x": pa.array(list(items), pa.int8())})
+
+
+def test_rows_to_arrow_on_a_clean_batch_costs_one_build() -> None:
+    build = CountingBuild()
+    table, failed = rows_to_arrow(build, list(range(100)))
+    assert build.calls == 1 and failed == []
+    assert table is not None and table["x"].to_pylist() == list(range(100))
+
+
+def test_rows_to_arrow_isolates_the_rows_that_do_not_convert_and_keeps_the_order() -> None:
+    items = [5, 300, *range(20), -1000, 7, 128]
+    build = CountingBuild()
+    table, failed = rows_to_arrow(build, items)
+    assert table is not None and table["x"].to_pylist() == [5, *range(20), 7]
+    assert [item for item, _ in failed] == [300, -1000, 128]
+    assert all(reason and "\n" not in reason for _, reason in failed)
+    assert build.calls <= 1 + 2 * 3 * 5 + 1  # bisection: about 2 builds per level per bad row, then one rebuild
+
+
+def test_rows_to_arrow_with_nothing_convertible() -> None:
+    assert rows_to_arrow(CountingBuild(), [1000, 2000]) == (None, [(1000, ANY), (2000, ANY)])
+    build = CountingBuild()
+    assert rows_to_arrow(build, []) == (None, []) and build.calls == 0
+
+
+def test_rows_to_arrow_lets_a_bug_through() -> None:
+    def broken(items: Sequence[int]) -> pa.Table:
+        raise RuntimeError("a bug, not a row")
+
+    with pytest.raises(RuntimeError):
+        rows_to_arrow(broken, [1])
+
+
+def test_rows_to_arrow_with_events_to_arrow_keeps_the_table_order() -> None:
+    events = [
+        ev(0, trade(exchange_timestamp=T0 + 3)),
+        ev(1, trade(price=Decimal("1.0000001"))),  # does not fit decimal(18,6)
+        ev(2, trade(exchange_timestamp=T0 + 1)),
+        ev(3, trade(venue=None)),  # required
+    ]
+    table, failed = rows_to_arrow(lambda batch: events_to_arrow(TRADES, batch), events)
+    assert table is not None and table.schema == arrow_schema(TRADES)
+    assert table["kafka_offset"].to_pylist() == [2, 0]  # sorted like any events_to_arrow table
+    assert [(e.offset, "price" in why or "venue" in why) for e, why in failed] == [(1, True), (3, True)]

@@ -108,3 +108,31 @@ async def test_batch_builds_one_chunk_per_partition_and_kind() -> None:
     assert value("k2_events_rejected_total", topic=TOPIC, reason="unknown_schema_id") == 1
     chunk = pa.ipc.open_stream(table.data["rows:0:0:3:2"]).read_all()
     assert chunk["kafka_offset"].to_pylist() == [0, 3]
+
+
+async def test_a_row_its_table_cannot_hold_is_a_reject_and_its_batch_lands() -> None:
+    """One unrepresentable row (a value outside its column's type) must not sink its batch."""
+    from dataclasses import replace
+
+    from k2.lake.arrow import events_to_arrow
+    from k2.lake.schemas import TRADES
+
+    def picky(events: Any, now_ms: int, schema: Any) -> pa.Table:
+        if any(e.offset == 2 for e in events):
+            raise ValueError("column price: value does not fit decimal(18,6)")
+        return events_to_arrow(TRADES, events, schema)
+
+    proc, table, sent, metrics = make(FlakyRegistry(failures=0))
+    proc.source = replace(proc.source, to_arrow=picky)
+    good = encode(1, CONTRACTS["trade"].parsed, trade())
+    assert await process(proc, [rec(i, good) for i in range(5)]) == 4
+    keys = sorted(ChunkKey.decode(k) for k in table.data)
+    assert [(k.kind, k.first_offset, k.last_offset, k.rows) for k in keys] == [
+        ("rejects", 2, 2, 1),
+        ("rows", 0, 4, 4),
+    ]
+    rows = pa.ipc.open_stream(table.data["rows:0:0:4:4"]).read_all()
+    assert rows["kafka_offset"].to_pylist() == [0, 1, 3, 4]
+    [(reject, model)] = sent
+    assert (reject.offset, reject.reason, reject.value, reject.schema_id) == (2, "invalid_value", good, 1)
+    assert "does not fit its table" in reject.detail and "decimal(18,6)" in reject.detail

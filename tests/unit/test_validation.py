@@ -11,7 +11,10 @@ import pytest
 from k2.errors import DecodeError, InvalidValue
 from k2.validation import (
     MAX_FUTURE_MS,
+    MAX_INSTANT_MS,
+    MAX_SYMBOL_LENGTH,
     MIN_EXCHANGE_TIMESTAMP_MS,
+    MIN_INSTANT_MS,
     validate_quote,
     validate_reference,
     validate_trade,
@@ -156,3 +159,36 @@ def test_validators_are_fast() -> None:
     for r in records:
         validate_trade(r, NOW)
     assert time.perf_counter() - start < 1.0  # ~1 µs each in practice; generous for slow CI
+
+
+# Found by fuzzing: an ingestion time the lake cannot hold (timestamptz is microseconds;
+# 2**62 ms overflows it) was accepted and crashed the batch's Arrow conversion.
+@pytest.mark.parametrize("validate", [validate_trade, validate_quote])
+@pytest.mark.parametrize("ms", [2**62, -(2**63), 2**63 - 1, MAX_INSTANT_MS + 1, MIN_INSTANT_MS - 1])
+def test_ingestion_time_the_lake_cannot_hold_is_invalid(validate: Any, ms: int) -> None:
+    record = (trade if validate is validate_trade else quote)(ingestion_timestamp=ms)
+    assert problem_field(validate(record, NOW)) == "ingestion_timestamp"
+
+
+@pytest.mark.parametrize("ms", [MIN_INSTANT_MS, MAX_INSTANT_MS, 0, -1])
+def test_ingestion_time_edges_pass(ms: int) -> None:
+    assert validate_trade(trade(ingestion_timestamp=ms), NOW) == (None, False)
+    assert datetime.fromtimestamp(MAX_INSTANT_MS / 1000, UTC).year == 9999
+    assert datetime.fromtimestamp(MIN_INSTANT_MS / 1000, UTC) == datetime(1, 1, 1, tzinfo=UTC)
+
+
+# A control character (NUL, newline, ...) in a ticker is a corrupted frame, not an instrument:
+# the symbol keys sequence tracking and the reference data. (It would land: Arrow keeps it.)
+@pytest.mark.parametrize("symbol", ["A\x00B", "BHP\n", "\x7f", "B\u200bHP"])
+def test_symbol_with_control_characters_is_invalid(symbol: str) -> None:
+    assert problem_field(validate_trade(trade(symbol=symbol), NOW)) == "symbol"
+    assert problem_field(validate_quote(quote(symbol=symbol), NOW)) == "symbol"
+    assert problem_field(validate_reference(company(symbol=symbol), NOW)) == "symbol"
+
+
+def test_symbol_longer_than_an_instrument_code_is_invalid() -> None:
+    # The symbol keys the sequence state (a changelog key) and the per-symbol metrics: a
+    # 10 MB one decoded and was accepted.
+    assert validate_trade(trade(symbol="X" * MAX_SYMBOL_LENGTH), NOW) == (None, False)
+    assert problem_field(validate_trade(trade(symbol="X" * (MAX_SYMBOL_LENGTH + 1)), NOW)) == "symbol"
+    assert problem_field(validate_reference(company(symbol="B" * 10_000_000), NOW)) == "symbol"
