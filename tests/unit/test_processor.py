@@ -122,7 +122,7 @@ async def test_a_row_its_table_cannot_hold_is_a_reject_and_its_batch_lands() -> 
             raise ValueError("column price: value does not fit decimal(18,6)")
         return events_to_arrow(TRADES, events, schema)
 
-    proc, table, sent, metrics = make(FlakyRegistry(failures=0))
+    proc, table, sent, _ = make(FlakyRegistry(failures=0))
     proc.source = replace(proc.source, to_arrow=picky)
     good = encode(1, CONTRACTS["trade"].parsed, trade())
     assert await process(proc, [rec(i, good) for i in range(5)]) == 4
@@ -133,6 +133,6 @@ async def test_a_row_its_table_cannot_hold_is_a_reject_and_its_batch_lands() -> 
     ]
     rows = pa.ipc.open_stream(table.data["rows:0:0:4:4"]).read_all()
     assert rows["kafka_offset"].to_pylist() == [0, 1, 3, 4]
-    [(reject, model)] = sent
+    [(reject, _)] = sent
     assert (reject.offset, reject.reason, reject.value, reject.schema_id) == (2, "invalid_value", good, 1)
     assert "does not fit its table" in reject.detail and "decimal(18,6)" in reject.detail
