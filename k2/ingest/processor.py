@@ -264,11 +264,9 @@ class IngressProcessor:
                 out.futures.append(await self.store.put(key, table))
                 out.rows += key.rows
                 out.events += key.rows
-            if outcome.rejected:
-                chunk = rejects_to_arrow(outcome.rejected)
-                first, last = outcome.rejected[0].offset, outcome.rejected[-1].offset
-                key = ChunkKey(REJECTS, partition, first, last, len(outcome.rejected))
-                out.futures.append(await self.store.put(key, chunk))
+            for piece in _by_size(outcome.rejected):
+                key = ChunkKey(REJECTS, partition, piece[0].offset, piece[-1].offset, len(piece))
+                out.futures.append(await self.store.put(key, rejects_to_arrow(piece)))
                 out.rows += key.rows
                 out.events += key.rows
             for key, chunk in extra:
@@ -335,6 +333,20 @@ class IngressProcessor:
                 )
             )
         return out
+
+
+def _by_size(rejects: Sequence[RejectRecord], target: int = CHUNK_TARGET_BYTES) -> list[list[RejectRecord]]:
+    """Rejects in runs of about ``target`` bytes (they carry their records' bytes; one alone may be bigger)."""
+    out: list[list[RejectRecord]] = []
+    size = 0
+    for r in rejects:
+        weight = len(r.value or b"") + len(r.key or b"") + len(r.detail or "") + 64
+        if not out or (size + weight > target and out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += weight
+    return out
 
 
 def _without(

@@ -136,3 +136,15 @@ async def test_a_row_its_table_cannot_hold_is_a_reject_and_its_batch_lands() -> 
     [(reject, _)] = sent
     assert (reject.offset, reject.reason, reject.value, reject.schema_id) == (2, "invalid_value", good, 1)
     assert "does not fit its table" in reject.detail and "decimal(18,6)" in reject.detail
+
+
+def test_rejects_are_chunked_by_the_bytes_they_carry() -> None:
+    from k2.ingest.processor import _by_size
+    from k2.lake.records import RejectRecord
+
+    def r(offset: int, size: int) -> RejectRecord:
+        return RejectRecord("t", 0, offset, "undecodable", "d", 0, None, None, b"x" * size)
+
+    pieces = _by_size([r(0, 600), r(1, 600), r(2, 10), r(3, 5000), r(4, 1)], target=1300)
+    assert [[x.offset for x in p] for p in pieces] == [[0], [1, 2], [3], [4]]
+    assert _by_size([]) == []
