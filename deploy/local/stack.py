@@ -928,8 +928,10 @@ class RestCatalog(Service):
         return {
             # CATALOG_* become catalog properties: '__' -> '-', '_' -> '.', lower case.
             "CATALOG_WAREHOUSE": f"s3://{S3_BUCKET}/",
-            # A file, so the catalog survives its own restart; busy_timeout lets concurrent commits queue.
+            # A file, so the catalog survives its own restart. One connection: two SQLite connections that
+            # both read and then write fail with SQLITE_BUSY whatever the busy timeout (lock upgrade deadlock).
             "CATALOG_URI": f"jdbc:sqlite:{self.database}?busy_timeout=30000",
+            "CATALOG_CLIENTS": "1",
             "CATALOG_IO__IMPL": "org.apache.iceberg.aws.s3.S3FileIO",
             "CATALOG_S3_ENDPOINT": s3.url,
             "CATALOG_S3_PATH__STYLE__ACCESS": "true",
