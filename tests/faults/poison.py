@@ -81,14 +81,26 @@ class Outgoing:
 class PoisonGenerator:
     """Makes poison frames for a topic, from the seed and the topic's real frames."""
 
-    def __init__(self, rng: random.Random, registry: Registry, subjects: Mapping[str, str]) -> None:
+    def __init__(
+        self, rng: random.Random, registry: Registry, subjects: Mapping[str, str], *, high_bit_ids: bool = True
+    ) -> None:
+        """``high_bit_ids=False``: no frame of any kind starts with magic 0 and a schema id >= 2^31 (random
+        bytes and flipped bits make some by chance), so the other kinds can be judged on their own."""
         self.rng = rng
+        self.high_bit_ids = high_bit_ids
         self.registry = registry
         self.subjects = dict(subjects)
         self.schema_ids = {topic: registry.latest(subject)[0] for topic, subject in subjects.items()}
 
     def make(self, kind: str, topic: str, originals: Sequence[SourceRecord]) -> Poison:
         """A frame of ``kind`` for ``topic``; damaged copies start from one of ``originals`` (earlier records)."""
+        for _ in range(64):
+            poison = self._make(kind, topic, originals)
+            if self.high_bit_ids or not _high_bit_frame(poison.value):
+                return poison
+        raise RuntimeError(f"could not make a {kind} frame without a high-bit schema id")
+
+    def _make(self, kind: str, topic: str, originals: Sequence[SourceRecord]) -> Poison:
         rng = self.rng
         original = rng.choice(originals) if originals else None
         frame = original.value if original is not None and original.value else None
@@ -151,6 +163,11 @@ class PoisonGenerator:
         return Poison("truncated", original.key, frame[:-1], "reject")
 
 
+def _high_bit_frame(value: bytes | None) -> bool:
+    """Whether ``value`` reads as magic 0 and a schema id >= 2^31."""
+    return value is not None and len(value) >= 5 and value[0] == 0 and value[1] >= 0x80
+
+
 @dataclass
 class Mixed:
     """What the mixer produced: where each poison frame landed in Kafka, and how many of each kind."""
@@ -172,10 +189,12 @@ def mix(
     huge: int,
     generator: PoisonGenerator,
     partitions: Mapping[str, int],
+    weights: Mapping[str, float] = KINDS,
 ) -> list[Outgoing]:
     """The replay's records (staged topic -> target topic, same partition, same order) with ``count``
     poison frames, ``huge`` of them 1 MB, spread at random over the partitions of ``poisoned_topics``
-    (target names). Records of other topics (reference data) go first, unmixed."""
+    (target names), their kinds drawn with ``weights``. Records of other topics (reference data) go
+    first, unmixed."""
     rng = generator.rng
     out: list[Outgoing] = []
     by_target: dict[TP, list[SourceRecord]] = {}
@@ -187,7 +206,7 @@ def mix(
     slots = [(t, p) for t in poisoned_topics for p in range(partitions[t])]
     per_slot = Counter(rng.choices(range(len(slots)), k=count))
     huge_per_slot = Counter(rng.choices(range(len(slots)), k=huge))
-    kinds, weights = list(KINDS), list(KINDS.values())
+    kinds, shares = list(weights), list(weights.values())
     for index, (topic, partition) in enumerate(slots):
         good = by_target.get((topic, partition), [])
         n = per_slot[index]
@@ -199,7 +218,7 @@ def mix(
         for slot in range(total):
             order = slot / max(total, 1)
             if slot in poison_slots:
-                kind = "huge" if slot in huge_slots else rng.choices(kinds, weights)[0]
+                kind = "huge" if slot in huge_slots else rng.choices(kinds, shares)[0]
                 poison = generator.make(kind, topic, emitted)
                 out.append(Outgoing(topic, partition, poison.key, poison.value, poison, order))
             else:
