@@ -5,22 +5,26 @@ table (a market row or a reject). The suite proves or disproves it from the outs
 only: K2 runs as users run it (``k2 init``, ``k2 replay``, ``faust -A k2.app worker``
 processes), faults are done to processes and services, and the verdict comes from Kafka
 and the lake. Nothing here imports ``k2``, so the suite judges a rewritten worker the
-same way; the one exception is the cross-check against ``tests/integration/law.py``
-inside :func:`check_law`, the single place the law is decided, which switches to the
-``k2 audit`` command with ``K2_FAULTS_LAW=audit`` (or ``both``).
+same way; the one exception is :func:`check_law`, the single place the law is decided:
+it reads the rows itself and also asks ``tests/integration/law.py`` (which needs K2's
+settings object), and switches to the ``k2 audit`` command with ``K2_FAULTS_LAW=audit``
+(or ``both``).
 
-A scenario (see ``tests/faults/test_faults.py``)::
+A scenario (see ``tests/faults/test_faults.py``) is a ``with`` block; leaving it concludes::
 
     def test_something(scenario: ScenarioFactory) -> None:
-        sc = scenario("x_something", "what it does, in a line")
-        sc.start(workers=1)
-        sc.replay(SAMPLE, "--loop", "3", "--rate", "400")
-        sc.wait_landing()                       # the flow is reaching the lake
-        with sc.fault("registry down"):        # timestamps for the report
-            sc.services.stop("registry")
-            sc.sleep(20)
-            sc.services.start("registry")
-        sc.conclude()                           # wait (bounded), judge, report; raises on failure
+        with scenario("x_something", "what it does, in a line") as sc:
+            sc.start(workers=1)                      # fresh tables, k2 init, a worker
+            sc.replay(SAMPLE, "--loop", "3", "--rate", "400")
+            sc.wait_landing(1000)                    # the flow is reaching the lake
+            with sc.fault("registry down"):          # timestamps for the report
+                sc.services.stop("registry")
+                sc.sleep(20)
+                sc.services.start("registry")
+        # here: waited (bounded), judged (law and values), reported; the test failed if anything was wrong
+
+Poison a scenario makes goes into ``sc.expectations`` (what each position must become) and
+``sc.labels`` (how the report counts lost or doubled positions).
 
 Every wait is bounded and ends in a verdict: a lake that stops moving for
 ``K2_FAULTS_STALL_S`` seconds while behind Kafka is a stall, which fails the scenario.
@@ -677,8 +681,8 @@ def _lake_law(dep: Deployment, ends: Mapping[TP, int]) -> LawVerdict:
 def _integration_law(dep: Deployment, verdict: LawVerdict) -> None:
     """Judge the same lake with ``tests/integration/law.py``'s ``assert_law`` too; the stricter verdict wins.
 
-    Its ``assert_law`` is the integration suite's law (once a reading of the rows, now ``k2 audit`` as a
-    library call), and it needs K2's own settings object, so this is the one place the suite imports K2;
+    Its ``assert_law`` is the integration suite's law (a reading of the rows, or ``k2 audit`` as a library
+    call once law.py delegates to it), and it needs K2's own settings object: the one place the suite imports K2;
     when that fails (a rewrite moved things) the harness's own reading decides, and the notes say so.
     """
     try:
@@ -1148,6 +1152,16 @@ class Scenario:
                 return self.now()
             time.sleep(1.0)
         raise Stall(f"nothing reached the lake within {timeout_s:.0f}s (wanted {min_offsets} offsets)")
+
+    def wait_worker_ready(self, timeout_s: float = 300.0) -> float:
+        """Until a live worker has said "Worker ready" (its group settled): the scenario time it is seen."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            self.tick()
+            if any(w.ready() for w in self.env.live_workers()):
+                return self.now()
+            time.sleep(0.5)
+        raise Stall(f"no worker became ready within {timeout_s:.0f}s")
 
     def wait_replays(self) -> float:
         """Until every background replay has finished (bounded by the stall limit); the flow's end."""

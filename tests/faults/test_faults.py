@@ -197,24 +197,53 @@ def test_c_workers_join_and_leave_during_flow(scenario: ScenarioFactory) -> None
 
 
 def test_d_sigkill_at_random_moments(scenario: ScenarioFactory) -> None:
-    """SIGKILL the worker at seeded random moments of a replay and start a new one at once (whatever
-    state it was in: consuming, flushing, restoring, rebalancing)."""
+    """SIGKILL the worker at seeded random moments of a replay and start a new one at once.
+
+    Two kinds of moment. Uniform over the flow: whatever the worker was doing (starting, waiting out a
+    dead member's session, restoring, consuming, flushing). And, in the long version, a random 0-8 s
+    after a worker is ready and the lake has moved under it: a kill while it consumes and commits,
+    which is where exactly-once is at stake (a killed member holds its partitions for its 60 s session,
+    so these come one a minute or so). Each kill's fault line says what it hit."""
     with scenario("d_sigkill_chaos", "SIGKILL + immediate restart at seeded random moments of a replay") as sc:
         cfg = sc.config
-        kills = cfg.pick(3, 24)
-        loops, rate = cfg.pick((4, 450), (20, 200))
+        uniform_kills, ready_kills = cfg.pick((3, 0), (12, 10))
+        loops, rate = cfg.pick((4, 450), (20, 100))
         flow_s = loops * (SAMPLE_EVENTS["trades"] + SAMPLE_EVENTS["quotes"]) / rate
         sc.stall_s = max(sc.stall_s, 180.0)  # every kill leaves a member whose 60 s session the group waits out
         sc.start(workers=1)
-        sc.replay(SAMPLE, "--loop", str(loops), "--rate", str(rate))
-        moments = sorted(sc.rng.uniform(2.0, flow_s) for _ in range(kills))
-        sc.notes.append(f"kill moments (s into the flow): {[round(m, 1) for m in moments]}")
-        for i, moment in enumerate(moments):
-            sc.sleep(max(0.0, moment - sc.now()))
-            with sc.fault(f"kill {i + 1}/{kills}: SIGKILL at +{moment:.1f}s, new worker started"):
-                for worker in sc.env.live_workers():
+        replay = sc.replay(SAMPLE, "--loop", str(loops), "--rate", str(rate))
+        window = cfg.pick(flow_s, 240.0)
+        moments = sorted(sc.rng.uniform(2.0, window) for _ in range(uniform_kills))
+        sc.notes.append(f"uniform kill moments (s into the flow): {[round(m, 1) for m in moments]}")
+        total = uniform_kills + ready_kills
+        landed_before = 0
+
+        def kill(n: int, when: str) -> None:
+            nonlocal landed_before
+            victims = sc.env.live_workers()
+            state = ", ".join(f"{w.name} {'ready' if w.ready() else 'starting'}" for w in victims) or "none alive"
+            landed = sc.landed_rows()
+            with sc.fault(
+                f"kill {n}/{total} {when}: SIGKILL ({state}; lake +{landed - landed_before} offsets since the "
+                "last kill), new worker started"
+            ):
+                for worker in victims:
                     worker.kill()
                 sc.env.start_worker()
+            landed_before = landed
+
+        for i, moment in enumerate(moments):
+            sc.sleep(max(0.0, moment - sc.now()))
+            kill(i + 1, f"at +{moment:.1f}s")
+        for j in range(ready_kills):
+            if not replay.running():
+                sc.notes.append(f"the replay ended after {uniform_kills + j} kills")
+                break
+            ready_at = sc.wait_worker_ready()
+            sc.wait_landing(sc.landed_rows() + 1)
+            delay = sc.rng.uniform(0.0, 8.0)
+            sc.sleep(delay)
+            kill(uniform_kills + j + 1, f"{sc.now() - ready_at:.1f}s after a worker was ready (+{delay:.1f}s)")
 
 
 def test_e_sigterm_mid_stream_then_restart(scenario: ScenarioFactory) -> None:
