@@ -1,6 +1,8 @@
 # K2 developer tasks. Two commands on a fresh machine (Python 3.11, Java 17, Maven; no Docker):
 #   make run    set up, start the local stack and a worker, replay the bundled sample into Iceberg
-#   make test   set up, start the local stack, run every test
+#   make test   set up, start the local stack, run every test (the fault suite in its short version)
+#   make test-faults         the fault suite's long version (K2_FAULTS_LONG=1; an hour or so)
+#   make test-faults-short   the fault suite's short version alone (it is also part of `make test`)
 # The local stack needs no Docker: see deploy/local/stack.py.
 #   make stack-up PROFILE=rest             (profiles: rest, prometheus; comma separated)
 #   make stack-down [PURGE=1]              (PURGE=1 also deletes the stack's data under var/)
@@ -21,7 +23,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -55,6 +57,17 @@ test: venv system-deps
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
 	exit $$rc
+
+# The fault suite (tests/faults): K2's law under service and process faults, judged from Kafka and the
+# lake. One report line per scenario, also appended to var/faults/report.json (K2_FAULTS_REPORT).
+# K2_FAULTS_SEED picks the random moments and positions; K2_FAULTS_LAW=audit judges with `k2 audit`.
+test-faults: venv system-deps
+	$(STACK) up --profile rest
+	K2_FAULTS_LONG=1 $(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS)
+
+test-faults-short: venv system-deps
+	$(STACK) up --profile rest
+	$(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------
 

@@ -6,6 +6,16 @@ Usage::
     python3 deploy/local/stack.py up     [--profile rest] [--profile prometheus]
     python3 deploy/local/stack.py status [--profile rest,prometheus]
     python3 deploy/local/stack.py down   [--purge]
+    python3 deploy/local/stack.py stop   NAME... [--kill]
+    python3 deploy/local/stack.py start  NAME...
+    python3 deploy/local/stack.py freeze NAME...
+    python3 deploy/local/stack.py thaw   NAME...
+
+``stop``/``start`` act on single services (kafka, registry, s3, rest, prometheus) so that
+fault tests can take one away under a running K2 and bring it back: ``stop`` sends SIGTERM
+(``--kill``: SIGKILL, no goodbye), ``start`` is ``up`` for the named services only.
+``freeze`` sends SIGSTOP (the process keeps its sockets but answers nothing, like a hung
+server) and ``thaw`` SIGCONT.
 
 Services, all listening on 127.0.0.1 only (port: default and the variable that changes it):
 
@@ -26,8 +36,10 @@ resolves them from Maven Central into ``~/.m2`` first), ``var/data`` and
 ``var/run/<service>.pid`` their process ids.
 
 Kafka's topics and the registry's schemas (H2 file database) survive ``down``/``up``.
-The ``rest`` profile keeps its state in memory (moto and the catalog's SQLite), so
-``down`` discards its tables.
+The ``rest`` profile's S3 (moto) keeps its objects in memory, so ``down`` discards its
+tables. The REST catalog keeps its own state in a SQLite file (``var/data/rest``), so that
+it survives a restart of the catalog alone, as a real catalog would; that file is wiped
+whenever the S3 API starts afresh, because the tables it lists point into the bucket.
 
 ``up`` is idempotent: a service of ours that is already healthy is left alone. Exit
 codes: 0 ok, 1 failure (the message says what to do), 2 usage, 3 ``status`` found a
@@ -556,6 +568,7 @@ class Service:
 
     def stop(self, pid: int) -> bool:
         signal_process(pid, signal.SIGTERM)
+        signal_process(pid, signal.SIGCONT)  # a frozen process handles SIGTERM only once it runs again
         if not self._wait_exit(pid, self.stop_timeout):
             print(f"  {self.name} (pid {pid}) ignored SIGTERM for {self.stop_timeout:.0f}s; sending SIGKILL")
             signal_process(pid, signal.SIGKILL)
@@ -843,6 +856,15 @@ class RestCatalog(Service):
         self.home = stack.lib / "iceberg-rest"
         self.jar = self.home / f"iceberg-open-api-{ICEBERG_REST_VERSION}.jar"
         self.classes = self.home / "classes"
+        self.datadir = stack.data / "rest"
+
+    @property
+    def database(self) -> Path:
+        return self.datadir / "catalog.db"
+
+    def reset_state(self) -> None:
+        """Forget every namespace and table: the S3 bucket they point into is starting empty."""
+        shutil.rmtree(self.datadir, ignore_errors=True)
 
     def healthy(self) -> bool:
         return http_status(f"{self.url}/v1/config") == 200
@@ -884,6 +906,10 @@ class RestCatalog(Service):
             raise StackError(f"rest: compiling {rel(REST_LAUNCHER)} failed:\n{proc.stdout}{proc.stderr}")
         (self.classes / ".k2-source-sha256").write_text(self._stamp() + "\n")
 
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        return super().spawn()
+
     def command(self) -> list[str]:
         return [
             self.stack.java(),
@@ -902,7 +928,10 @@ class RestCatalog(Service):
         return {
             # CATALOG_* become catalog properties: '__' -> '-', '_' -> '.', lower case.
             "CATALOG_WAREHOUSE": f"s3://{S3_BUCKET}/",
-            "CATALOG_URI": "jdbc:sqlite:file::memory:?cache=shared",
+            # A file, so the catalog survives its own restart. One connection: two SQLite connections that
+            # both read and then write fail with SQLITE_BUSY whatever the busy timeout (lock upgrade deadlock).
+            "CATALOG_URI": f"jdbc:sqlite:{self.database}?busy_timeout=30000",
+            "CATALOG_CLIENTS": "1",
             "CATALOG_IO__IMPL": "org.apache.iceberg.aws.s3.S3FileIO",
             "CATALOG_S3_ENDPOINT": s3.url,
             "CATALOG_S3_PATH__STYLE__ACCESS": "true",
@@ -918,10 +947,14 @@ class RestCatalog(Service):
     def summary(self) -> str:
         s3 = self.stack.service("s3")
         return (
-            f"{self.url}\n{'':14}pyiceberg: load_catalog('k2', type='rest', uri='{self.url}', "
+            f"{self.url} (catalog {rel(self.database)})\n"
+            f"{'':14}pyiceberg: load_catalog('k2', type='rest', uri='{self.url}', "
             f"**{{'s3.endpoint': '{s3.url}', 's3.access-key-id': '{S3_KEY}', 's3.secret-access-key': '{S3_KEY}', "
             f"'s3.region': '{S3_REGION}', 's3.path-style-access': 'true'}})"
         )
+
+    def purge_paths(self) -> list[Path]:
+        return [*super().purge_paths(), self.datadir]
 
 
 class Prometheus(Service):
@@ -970,9 +1003,13 @@ class Prometheus(Service):
 
 
 def cmd_up(stack: Stack, profiles: set[str]) -> int:
-    started_at = time.monotonic()
-    services = stack.selected(profiles)
     print(f"k2 stack up (profiles: {', '.join(sorted(profiles)) or 'none'}; data in {rel(stack.var)})", flush=True)
+    return bring_up(stack, stack.selected(profiles))
+
+
+def bring_up(stack: Stack, services: list[Service]) -> int:
+    """Start those of ``services`` that are not running and wait until all of them are healthy."""
+    started_at = time.monotonic()
     with stack.locked():
         running = {s.name: s.find_pid() for s in services}
         to_start = [s for s in services if running[s.name] is None]
@@ -1003,6 +1040,10 @@ def cmd_up(stack: Stack, profiles: set[str]) -> int:
             print(f"  restarting {service.name}: the S3 API it uses is being started afresh", flush=True)
             service.stop(running[service.name] or 0)
         to_start = [s for s in services if s in to_start or s in restart]
+        if any(s.name == "s3" for s in to_start):
+            for service in to_start:
+                if isinstance(service, RestCatalog):
+                    service.reset_state()
         for service in to_start:
             service.prepare()
 
@@ -1069,6 +1110,63 @@ def cmd_down(stack: Stack, purge: bool) -> int:
     return 0 if ok else 1
 
 
+def named(stack: Stack, names: list[str]) -> list[Service]:
+    known = [s.name for s in stack.services]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise StackError(f"unknown service(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    return [stack.service(n) for n in dict.fromkeys(names)]
+
+
+def cmd_start(stack: Stack, names: list[str]) -> int:
+    """``up`` for the named services only; a fresh S3 also restarts a running catalog (see ``bring_up``)."""
+    services = named(stack, names)
+    rest = stack.service("rest")
+    if any(s.name == "s3" for s in services) and rest not in services and rest.find_pid() is not None:
+        services.append(rest)
+    print(f"k2 stack start {' '.join(s.name for s in services)} (data in {rel(stack.var)})", flush=True)
+    return bring_up(stack, services)
+
+
+def cmd_stop(stack: Stack, names: list[str], kill: bool) -> int:
+    """Stop the named services: SIGTERM (then SIGKILL after their stop timeout), or SIGKILL at once."""
+    ok = True
+    with stack.locked():
+        for service in named(stack, names):
+            pid = service.find_pid()
+            if pid is None:
+                print(f"  {service.name} is not running")
+                continue
+            if kill:
+                signal_process(pid, signal.SIGKILL)
+                stopped = service._wait_exit(pid, 10)
+                if stopped:
+                    with contextlib.suppress(OSError):
+                        service.pid_path.unlink()
+            else:
+                stopped = service.stop(pid)
+            if stopped:
+                print(f"  {'killed' if kill else 'stopped'} {service.name} (pid {pid})")
+            else:
+                ok = False
+                print(f"ERROR: {service.name} (pid {pid}) is still running.", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_signal(stack: Stack, names: list[str], sig: signal.Signals) -> int:
+    """SIGSTOP (freeze) or SIGCONT (thaw) the named services' processes."""
+    ok = True
+    for service in named(stack, names):
+        pid = service.find_pid()
+        if pid is None:
+            ok = False
+            print(f"ERROR: {service.name} is not running.", file=sys.stderr)
+            continue
+        signal_process(pid, sig)
+        print(f"  {'froze' if sig == signal.SIGSTOP else 'thawed'} {service.name} (pid {pid})")
+    return 0 if ok else 1
+
+
 def cmd_status(stack: Stack, profiles: set[str]) -> int:
     requested = stack.selected(profiles)
     all_ok = True
@@ -1112,7 +1210,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="stack.py",
         description="Start, stop or check K2's local stack (no Docker). See the module docstring for details.",
     )
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "start", "stop", "freeze", "thaw"))
+    parser.add_argument("services", nargs="*", metavar="NAME", help="with start, stop, freeze, thaw: the services")
+    parser.add_argument("--kill", action="store_true", help="with stop: SIGKILL at once instead of SIGTERM")
     parser.add_argument(
         "--profile",
         action="append",
@@ -1120,15 +1220,28 @@ def main(argv: list[str] | None = None) -> int:
         help=f"add optional services: {', '.join(PROFILES)} (repeat, or separate with commas)",
     )
     parser.add_argument("--purge", action="store_true", help="with down: also delete the stack's data and logs")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `stop --kill rest` as well as `stop rest --kill`
     try:
         profiles = parse_profiles(args.profile)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if args.purge and args.command != "down":
         parser.error("--purge goes with `down`")
+    if args.kill and args.command != "stop":
+        parser.error("--kill goes with `stop`")
+    per_service = args.command in ("start", "stop", "freeze", "thaw")
+    if per_service and not args.services:
+        parser.error(f"`{args.command}` needs the name of at least one service")
+    if args.services and not per_service:
+        parser.error(f"`{args.command}` takes no service names (it acts on the profiles)")
     try:
         stack = Stack()
+        if args.command == "start":
+            return cmd_start(stack, args.services)
+        if args.command == "stop":
+            return cmd_stop(stack, args.services, args.kill)
+        if args.command in ("freeze", "thaw"):
+            return cmd_signal(stack, args.services, signal.SIGSTOP if args.command == "freeze" else signal.SIGCONT)
         if args.command == "up":
             return cmd_up(stack, profiles)
         if args.command == "down":

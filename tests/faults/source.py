@@ -1,0 +1,205 @@
+"""What was produced: the source topics read back from Kafka and decoded with the registry.
+
+The fault suite judges K2 only from the outside, so it decodes the Confluent wire format
+itself (magic byte 0, 4-byte big-endian schema id, Avro body) with fastavro and the
+registry's own schemas, instead of K2's codec: a bug shared by K2's decoder and the check
+would otherwise pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+__all__ = [
+    "TP",
+    "Decoded",
+    "Position",
+    "Registry",
+    "SourceRecord",
+    "encode",
+    "end_offsets",
+    "make_producer",
+    "read_topics",
+]
+
+TP = tuple[str, int]
+Position = tuple[str, int, int]
+
+_HEADER = struct.Struct(">bI")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One Kafka record of a source topic, as the broker holds it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def position(self) -> Position:
+        return (self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A value that decodes cleanly: a schema id of the topic's subject, a body read to its last byte."""
+
+    schema_id: int
+    record: dict[str, Any]
+
+
+def make_producer(bootstrap: str, **extra: Any) -> Producer:
+    """An idempotent producer (per-partition order kept, no duplicates from retries) that takes 1 MB values."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "message.max.bytes": 1_048_588,  # the broker's default limit for one record batch
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    config.update(extra)
+    return Producer(config)
+
+
+def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) -> dict[TP, int]:
+    """The high watermark (next offset) of every partition of ``topics``; a topic that does not exist is absent."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "k2-faults-watermarks", "enable.auto.commit": False}
+    )
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        out: dict[TP, int] = {}
+        for topic in topics:
+            meta = metadata.topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            for partition in meta.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                out[(topic, partition)] = high
+        return out
+    finally:
+        consumer.close()
+
+
+def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0) -> dict[Position, SourceRecord]:
+    """Every record below ``ends`` (topic, partition -> end offset), read from offset 0 of each partition.
+
+    Raises ``TimeoutError`` naming the partitions that did not deliver everything in ``timeout_s``.
+    """
+    wanted = {tp: end for tp, end in ends.items() if end > 0}
+    out: dict[Position, SourceRecord] = {}
+    if not wanted:
+        return out
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "k2-faults-readback",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(t, p, 0) for (t, p) in wanted])
+        remaining = dict(wanted)
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=1.0):
+                if msg.error() is not None:
+                    raise KafkaException(msg.error())
+                tp = (msg.topic(), msg.partition())
+                offset = msg.offset()
+                if tp not in remaining or offset >= wanted[tp]:
+                    continue
+                out[(tp[0], tp[1], offset)] = SourceRecord(tp[0], tp[1], offset, msg.key(), msg.value())
+                if offset + 1 >= wanted[tp]:
+                    remaining.pop(tp, None)
+        if remaining:
+            raise TimeoutError(f"reading the source topics back took over {timeout_s}s; still missing {remaining}")
+        return out
+    finally:
+        consumer.close()
+
+
+class Registry:
+    """The schema registry as the suite sees it: schemas by id, ids by subject, cached."""
+
+    def __init__(self, url: str) -> None:
+        self.client = SchemaRegistryClient({"url": url})
+        self._schemas: dict[int, Any] = {}
+        self._subject_ids: dict[str, set[int]] = {}
+
+    def subject_ids(self, subject: str) -> set[int]:
+        """Every schema id registered under ``subject`` (empty when the subject does not exist)."""
+        if subject not in self._subject_ids:
+            ids: set[int] = set()
+            try:
+                for version in self.client.get_versions(subject):
+                    ids.add(self.client.get_version(subject, version).schema_id)
+            except Exception:  # an unknown subject; anything else shows up as undecodable frames
+                ids = set()
+            self._subject_ids[subject] = ids
+        return self._subject_ids[subject]
+
+    def latest(self, subject: str) -> tuple[int, Any]:
+        """(id, parsed schema) of the subject's latest version."""
+        registered = self.client.get_latest_version(subject)
+        return registered.schema_id, self.parsed(registered.schema_id)
+
+    def parsed(self, schema_id: int) -> Any:
+        """The fastavro-parsed schema of ``schema_id``, or None when the registry does not know it."""
+        if schema_id not in self._schemas:
+            parsed = None
+            if 0 <= schema_id < 2**31:
+                try:
+                    parsed = fastavro.parse_schema(json.loads(self.client.get_schema(schema_id).schema_str))
+                except Exception:  # unknown id: the frame is not decodable
+                    parsed = None
+            self._schemas[schema_id] = parsed
+        return self._schemas[schema_id]
+
+    def forget_subjects(self) -> None:
+        """Drop the id-by-subject cache (after a new version was registered)."""
+        self._subject_ids.clear()
+
+    def decode(self, value: bytes | None, subject: str) -> Decoded | None:
+        """The record in ``value`` if it is a clean frame of ``subject``; None for anything else."""
+        if value is None or len(value) < _HEADER.size:
+            return None
+        magic, schema_id = _HEADER.unpack_from(value)
+        if magic != 0 or schema_id not in self.subject_ids(subject):
+            return None
+        schema = self.parsed(schema_id)
+        if schema is None:
+            return None
+        body = io.BytesIO(value[_HEADER.size :])
+        try:
+            record = fastavro.schemaless_reader(body, schema, None)
+        except Exception:  # truncated or garbled body
+            return None
+        if body.tell() != len(value) - _HEADER.size or not isinstance(record, dict):
+            return None  # trailing bytes: not a clean frame
+        return Decoded(schema_id, record)
+
+
+def encode(schema_id: int, schema: Any, record: Mapping[str, Any]) -> bytes:
+    """A Confluent frame of ``record`` (the suite's own encoder, for frames the replay cannot make)."""
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, schema, dict(record))
+    return _HEADER.pack(0, schema_id) + body.getvalue()

@@ -1,0 +1,112 @@
+"""The fault harness's own pure parts: offset ranges, reading ``k2 audit``, the poison mixer.
+
+No stack needed. A harness that misreads a range or mixes poison ahead of the record it
+damages would make the fault scenarios' evidence wrong, so these are checked on their own.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import format_ranges, parse_audit_json, parse_audit_text, position_ranges, ranges
+from tests.faults.poison import HUGE_VALUE_BYTES, KINDS, PoisonGenerator, _high_bit_frame, mix
+from tests.faults.source import Decoded, SourceRecord
+
+
+def test_ranges_are_inclusive_runs_of_sorted_distinct_offsets() -> None:
+    assert ranges([7, 0, 2, 1, 2, 9, 8]) == [[0, 2], [7, 9]]
+    assert ranges([]) == []
+    found = position_ranges([("t", 1, 5), ("t", 0, 3), ("t", 0, 4), ("u", 0, 0)])
+    assert found == {"t/0": [[3, 4]], "t/1": [[5, 5]], "u/0": [[0, 0]]}
+    assert format_ranges(found) == "t/0:3-4 t/1:5 u/0:0"
+    assert format_ranges({"t/0": [[i * 2, i * 2] for i in range(5)]}, limit=2) == "t/0:0,2 (+3 more runs)"
+
+
+def test_audit_text_report_lines_become_ranges() -> None:
+    output = "\n".join(
+        [
+            "topic  partition  log start  mark  log end  rows  rejects  missing  doubled",
+            "missing            market.trades.raw/3: 23304-23316, 23400, ... (4 more range(s))",
+            "doubled            market.quotes.raw/0: 5-6 (in market_data.quotes 4 row(s))",
+            "beyond mark        market.quotes.raw/1 in market_data.quotes (its mark: 10): 11-12",
+            "LAW BROKEN: 14 missing, 2 doubled",
+        ]
+    )
+    found = parse_audit_text(output)
+    assert found["missing"] == {"market.trades.raw/3": [[23304, 23316], [23400, 23400]]}
+    assert found["doubled"] == {"market.quotes.raw/0": [[5, 6]]}
+    assert found["beyond mark"] == {"market.quotes.raw/1": [[11, 12]]}
+
+
+def test_audit_json_report_becomes_ranges() -> None:
+    report = {
+        "ok": False,
+        "partitions": [
+            {"topic": "t", "partition": 0, "missing": {"ranges": [[0, 2]]}, "doubled": {"ranges": []}},
+            {"topic": "t", "partition": 1, "missing": {"ranges": []}, "doubled": {"ranges": [[4, 4]]},
+             "beyond_mark": {"market_data.trades": {"ranges": [[9, 10]], "mark": 8}}, "gaps_doubled": {"ranges": []}},
+        ],
+    }  # fmt: skip
+    found = parse_audit_json(report)
+    assert found == {"missing": {"t/0": [[0, 2]]}, "doubled": {"t/1": [[4, 4]]}, "beyond mark": {"t/1": [[9, 10]]}}
+
+
+class FakeRegistry:
+    """Schema id 1 for every subject; a value decodes only when it is one of the known good frames."""
+
+    def __init__(self, good: set[bytes]) -> None:
+        self.good = good
+
+    def latest(self, subject: str) -> tuple[int, Any]:
+        return 1, None
+
+    def decode(self, value: bytes | None, subject: str) -> Decoded | None:
+        return Decoded(1, {"symbol": "BHP"}) if value in self.good else None
+
+
+def staged_records(topic: str, partitions: int, per_partition: int) -> dict[tuple[str, int], list[SourceRecord]]:
+    out: dict[tuple[str, int], list[SourceRecord]] = {}
+    for p in range(partitions):
+        out[(topic, p)] = [
+            SourceRecord(topic, p, o, b"BHP", b"\x00\x00\x00\x00\x01" + f"p{p}o{o}".encode() * 4)
+            for o in range(per_partition)
+        ]
+    return out
+
+
+@pytest.mark.parametrize("high_bit_ids", [True, False])
+def test_mixer_keeps_each_partitions_order_and_damages_only_earlier_records(high_bit_ids: bool) -> None:
+    staged = staged_records("stage.trades", 3, 200)
+    good = {r.value for records in staged.values() for r in records if r.value}
+    gen = PoisonGenerator(random.Random(7), FakeRegistry(good), {"t.trades": "s"}, high_bit_ids=high_bit_ids)  # type: ignore[arg-type]
+    weights = {k: v for k, v in KINDS.items() if high_bit_ids or k != "high_bit_schema_id"}
+    out = mix(staged, {"stage.trades": "t.trades"}, ["t.trades"], 500, 2, gen, {"t.trades": 3}, weights)
+    poison = [o for o in out if o.poison is not None]
+    assert len(poison) == 500
+    assert sum(1 for o in poison if o.poison is not None and o.poison.kind == "huge") == 2
+    assert all(len(o.value or b"") == HUGE_VALUE_BYTES for o in poison if o.poison and o.poison.kind == "huge")
+    kinds = {o.poison.kind for o in poison if o.poison}
+    assert {"truncated", "flipped_bit", "tombstone", "empty_value"} <= kinds <= {*KINDS, "huge"}
+    for p in range(3):
+        in_partition = [o for o in out if o.partition == p]
+        replayed = [o.value for o in in_partition if o.poison is None]
+        assert replayed == [r.value for r in staged[("stage.trades", p)]], "replayed records keep their order"
+        seen: list[bytes] = []
+        for o in in_partition:
+            if o.poison is None:
+                assert o.value is not None
+                seen.append(o.value)
+            elif o.poison.kind == "truncated":
+                assert any(v.startswith(o.value or b"\xff") and v != o.value for v in seen)
+            elif o.poison.kind == "flipped_bit":
+                assert any(_one_bit_apart(v, o.value or b"") for v in seen), "a flipped copy follows its original"
+            if not high_bit_ids:
+                assert not _high_bit_frame(o.value) or o.poison is None
+    assert all(o.poison is None or o.poison.expect == "reject" for o in out)  # nothing decodes in the fake
+
+
+def _one_bit_apart(a: bytes, b: bytes) -> bool:
+    return len(a) == len(b) and sum(bin(x ^ y).count("1") for x, y in zip(a, b, strict=True)) == 1
