@@ -60,7 +60,7 @@ test: venv system-deps
 
 # The fault suite (tests/faults): K2's law under service and process faults, judged from Kafka and the
 # lake. One report line per scenario, also appended to var/faults/report.json (K2_FAULTS_REPORT).
-# K2_FAULTS_SEED picks the random moments and positions; K2_FAULTS_LAW=audit judges with `k2 audit`.
+# K2_FAULTS_SEED picks the random moments and positions; K2_FAULTS_LAW: both (default: the rows and `k2 audit`), lake or audit.
 test-faults: venv system-deps
 	$(STACK) up --profile rest
 	K2_FAULTS_LONG=1 $(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS)

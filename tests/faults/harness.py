@@ -6,9 +6,9 @@ only: K2 runs as users run it (``k2 init``, ``k2 replay``, ``faust -A k2.app wor
 processes), faults are done to processes and services, and the verdict comes from Kafka
 and the lake. Nothing here imports ``k2``, so the suite judges a rewritten worker the
 same way; the one exception is :func:`check_law`, the single place the law is decided:
-it reads the rows itself and also asks ``tests/integration/law.py`` (which needs K2's
-settings object), and switches to the ``k2 audit`` command with ``K2_FAULTS_LAW=audit``
-(or ``both``).
+by default (``K2_FAULTS_LAW=both``) it reads the rows itself and runs the ``k2 audit``
+command, and both must hold; ``lake`` reads the rows and asks ``tests/integration/law.py``
+(which needs K2's settings object); ``audit`` runs the command alone.
 
 A scenario (see ``tests/faults/test_faults.py``) is a ``with`` block; leaving it concludes::
 
@@ -114,7 +114,7 @@ class Config:
     @classmethod
     def from_env(cls) -> Config:
         long = os.environ.get("K2_FAULTS_LONG", "") not in ("", "0")
-        law = os.environ.get("K2_FAULTS_LAW", "lake")
+        law = os.environ.get("K2_FAULTS_LAW", "both")
         if law not in ("lake", "audit", "both"):
             raise ValueError(f"K2_FAULTS_LAW={law!r}: expected lake, audit or both")
         return cls(
