@@ -161,7 +161,14 @@ class IcebergWriter:
         if table is None:
             table = self.catalog.load_table(TABLES[table_name].name)
         elif refresh:
-            table.refresh()
+            try:
+                table.refresh()
+            except ValueError as exc:  # pyiceberg: "Table UUID does not match: current=... != refreshed=..."
+                if _recreated(exc):
+                    raise TableRecreated(
+                        f"{table_name} was dropped and created again under this worker ({exc})"
+                    ) from exc
+                raise
         if missing_properties(table):
             # pyiceberg would retry conflicts itself with stale offsets: switch that off first.
             table, _ = ensure_table(self.catalog, TABLES[table_name])

@@ -24,7 +24,7 @@ from k2.lake.offsets import COMMIT_ID_KEY, WORKER_ID_KEY, read_offsets
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TABLES, TRADES
 from k2.lake.tables import ensure_table, ensure_tables
-from k2.lake.writer import IcebergWriter
+from k2.lake.writer import IcebergWriter, TableRecreated
 
 from .lake_helpers import (
     DAY_MS,
@@ -192,6 +192,22 @@ def test_an_overlapping_replay_writes_only_the_new_tail(writer: IcebergWriter) -
     result = writer.commit(TRADES, events_to_arrow(TRADES, replay), offsets_of(replay), "c2")
     assert (result.rows_written, result.rows_dropped) == (5, 5)
     assert [r["kafka_offset"] for r in rows(writer.table(TRADES))] == list(range(15))
+
+
+def test_a_table_recreated_under_the_writer_is_reported_as_such(writer: IcebergWriter, catalog: SqlCatalog) -> None:
+    """pyiceberg's refresh raises a bare ValueError (``Table UUID does not match``) once the table was
+    dropped and created again; the writer turns it into TableRecreated, which the pipeline acts on."""
+    first = trade_events(0, range(10))
+    writer.commit(TRADES, events_to_arrow(TRADES, first), offsets_of(first), "c1")
+    catalog.drop_table(TABLES[TRADES].name)
+    ensure_table(catalog, TABLES[TRADES])
+    more = trade_events(0, range(10, 20))
+    with pytest.raises(TableRecreated, match="dropped and created again"):
+        writer.commit(TRADES, events_to_arrow(TRADES, more), offsets_of(more), "c2")
+    writer.forget_tables()
+    result = writer.commit(TRADES, events_to_arrow(TRADES, more), offsets_of(more), "c3")
+    assert result.rows_written == 10
+    assert read_offsets(writer.table(TRADES, refresh=True)) == {(TRADES_TOPIC, 0): 19}
 
 
 def test_offsets_are_cumulative_across_partitions(writer: IcebergWriter) -> None:

@@ -186,6 +186,24 @@ async def test_a_failing_table_keeps_its_chunks_and_others_proceed(
     assert h.metric("k2_iceberg_commit_failures_total", table=QUOTES) == 1
 
 
+async def test_a_table_recreated_under_the_flush_stops_the_flush_and_keeps_the_chunks(tmp_path: Path) -> None:
+    """Unlike a failing table, a recreated one invalidates every mark: the flush raises TableRecreated for
+    the pipeline to position its partitions again, and nothing is forgotten."""
+    from k2.lake.schemas import TABLES
+    from k2.lake.tables import ensure_table
+    from k2.lake.writer import TableRecreated
+
+    h = Harness(tmp_path)
+    await h.put_trades(0, range(3))
+    await h.flusher.flush(ALL)
+    key = await h.put_trades(0, range(3, 6))
+    h.writer.catalog.drop_table(TABLES[TRADES].name)
+    ensure_table(h.writer.catalog, TABLES[TRADES])
+    with pytest.raises(TableRecreated):
+        await h.flusher.flush(ALL)
+    assert h.stores[TRADES_TOPIC].chunk_keys() == [key]
+
+
 def test_source_offsets_and_overlaps_are_per_topic_partition() -> None:
     def pc_(topic: str, p: int, first: int, last: int) -> PendingChunk:
         return PendingChunk(topic, ChunkKey(ROWS, p, first, last, last - first + 1), b"")
