@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import Config, Scenario, ScenarioFactory
+from tests.faults.config import Config
+from tests.faults.scenario import Scenario, ScenarioFactory
 from tests.integration.conftest import stack  # the session fixture, shared with the integration suite
 
 __all__ = ["stack"]

@@ -23,17 +23,12 @@ import pyarrow as pa
 import pytest
 from confluent_kafka.schema_registry import Schema
 
-from tests.faults.harness import (
-    SAMPLE,
-    SAMPLE_EVENTS,
-    Config,
-    Scenario,
-    ScenarioFactory,
-    check_law,
-    check_values,
-)
+from tests.faults.config import SAMPLE, SAMPLE_EVENTS, Config
+from tests.faults.law import check_law
 from tests.faults.poison import KINDS, PoisonGenerator, mix, produce
+from tests.faults.scenario import Scenario, ScenarioFactory
 from tests.faults.source import Registry, SourceRecord, encode, make_producer, read_topics
+from tests.faults.values import check_values
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.rest, pytest.mark.timeout(7200)]
 

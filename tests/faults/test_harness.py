@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import format_ranges, parse_audit_json, parse_audit_text, position_ranges, ranges
+from tests.faults.law import parse_audit_json, parse_audit_text
 from tests.faults.poison import HUGE_VALUE_BYTES, KINDS, PoisonGenerator, _high_bit_frame, mix
+from tests.faults.ranges import format_ranges, position_ranges, ranges
 from tests.faults.source import Decoded, SourceRecord
 
 
