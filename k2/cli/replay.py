@@ -110,6 +110,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(by the data's span + 1 ms) and continues the sequence numbers (default: 1)",
     )
     parser.add_argument(
+        "--loop-step",
+        type=_positive_int,
+        default=None,
+        metavar="MS",
+        help="shift pass i by i*MS ms instead, so that passes stay on the data's own days "
+        "(a long load without a day partition per pass; sequence numbers still continue)",
+    )
+    parser.add_argument(
         "--symbols",
         type=_symbols,
         default=None,
@@ -215,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
         check_registered(client, settings)
         replayer = Replayer(producer, make_serializers(client), settings)
         progress = not args.no_progress and sys.stderr.isatty()
-        report = replayer.run(source, loops=args.loop, rate=args.rate, progress=progress, faults=faults)
+        report = replayer.run(
+            source, loops=args.loop, loop_step_ms=args.loop_step, rate=args.rate, progress=progress, faults=faults
+        )
     except K2Error as exc:
         print(f"k2 replay: {exc}", file=sys.stderr)
         return 2

@@ -45,23 +45,32 @@ def merge_by_time(streams: Iterable[Sequence[Event]]) -> Iterator[Event]:
     return heapq.merge(*streams, key=_event_time)
 
 
-def loop_shift_ms(span_ms: int, pass_index: int) -> int:
+def loop_shift_ms(span_ms: int, pass_index: int, step_ms: int | None = None) -> int:
     """How far pass ``pass_index`` (0-based) of ``--loop`` moves event times.
 
-    ``(span + 1) * i``: the first event of pass *i* is 1 ms after the last event of pass
-    *i-1*, so looped events are strictly newer than everything before them.
+    ``(span + 1) * i`` by default: the first event of pass *i* is 1 ms after the last event
+    of pass *i-1*, so looped events are strictly newer than everything before them.
+    ``step_ms * i`` with ``--loop-step``: passes overlap in time and stay on the data's own
+    days (a long benchmark load without a day partition per pass).
     """
     if span_ms < 0 or pass_index < 0:
         raise ValueError("span and pass index must be non-negative")
+    if step_ms is not None:
+        if step_ms < 1:
+            raise ValueError("the loop step must be at least 1 ms")
+        return step_ms * pass_index
     return (span_ms + 1) * pass_index
 
 
-def replay_plan(events: Sequence[Event], loops: int, span_ms: int) -> Iterator[tuple[Event, int, int]]:
+def replay_plan(
+    events: Sequence[Event], loops: int, span_ms: int, step_ms: int | None = None
+) -> Iterator[tuple[Event, int, int]]:
     """``(event, time_shift_ms, sequence_offset)`` for every event of every pass, in send order.
 
     Sequence numbers continue across passes per symbol and per kind (trades and quotes
     are numbered separately): pass *i* adds *i* times the last number of pass 0, so a
-    symbol with 92 trades numbers them 1..92, then 93..184, and so on.
+    symbol with 92 trades numbers them 1..92, then 93..184, and so on. ``step_ms``: see
+    :func:`loop_shift_ms`.
     """
     if loops < 1:
         raise ValueError("loops must be at least 1")
@@ -71,7 +80,7 @@ def replay_plan(events: Sequence[Event], loops: int, span_ms: int) -> Iterator[t
         if event.sequence_number > last_seq.get(key, 0):
             last_seq[key] = event.sequence_number
     for pass_index in range(loops):
-        shift = loop_shift_ms(span_ms, pass_index)
+        shift = loop_shift_ms(span_ms, pass_index, step_ms)
         if pass_index == 0:
             for event in events:
                 yield event, 0, 0

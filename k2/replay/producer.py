@@ -288,6 +288,7 @@ class Replayer:
         source: ReplaySource,
         *,
         loops: int = 1,
+        loop_step_ms: int | None = None,
         rate: float | None = None,
         progress: bool = True,
         faults: Faults | None = None,
@@ -295,7 +296,8 @@ class Replayer:
         """Send reference data once, then ``loops`` passes of the events; flush; return the report.
 
         ``rate`` caps events per second (reference rows included); ``progress`` shows a bar
-        on stderr (callers should pass False when stderr is not a terminal); ``faults``
+        on stderr (callers should pass False when stderr is not a terminal); ``loop_step_ms``
+        shifts pass *i* by *i* times that instead of past the previous pass; ``faults``
         (:func:`~k2.replay.feed.plan_faults`) drops and repeats events, as listed in the
         report's ``injected``.
         """
@@ -303,7 +305,7 @@ class Replayer:
         report.malformed = list(source.malformed)
         bucket = TokenBucket(rate) if rate else None
         total = len(source.reference) + len(source.events) * loops
-        planned = replay_plan(source.events, loops, source.span_ms)
+        planned = replay_plan(source.events, loops, source.span_ms, loop_step_ms)
         if faults is not None:
             total += faults.duplicates - len(faults.drop)
             planned = with_faults(planned, faults, report.injected)

@@ -96,6 +96,20 @@ def test_replay_plan_loops_are_strictly_newer_and_sequences_continue() -> None:
     assert {r["ingestion_timestamp"] for r in records} == {7}
 
 
+def test_a_loop_step_keeps_passes_on_the_data_days_and_sequences_continuing() -> None:
+    events = list(merge_by_time([[trade("BHP", 1000, 1), trade("BHP", 1500, 2)], [quote("BHP", 1200, 1)]]))
+    span = data_span_ms(events)
+    plan = list(replay_plan(events, 3, span, step_ms=1))
+    assert [shift for _, shift, _ in plan] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    records = [to_record(e, shift, off, ingestion_ms=7) for e, shift, off in plan]
+    trades = [(r["exchange_timestamp"], r["sequence_number"]) for r, (e, _, _) in zip(records, plan, strict=True)
+              if type(e) is Trade]  # fmt: skip
+    assert trades == [(1000, 1), (1500, 2), (1001, 3), (1501, 4), (1002, 5), (1502, 6)]
+    assert loop_shift_ms(100, 3, step_ms=1) == 3
+    with pytest.raises(ValueError):
+        loop_shift_ms(100, 1, step_ms=0)
+
+
 def test_single_pass_is_unchanged() -> None:
     events = [trade("A", 5, 1)]
     assert list(replay_plan(events, 1, 0)) == [(events[0], 0, 0)]
