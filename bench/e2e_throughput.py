@@ -52,6 +52,14 @@ def peak_rss_mib(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="about how many events (default 1,000,000)")
+    parser.add_argument(
+        "--loop-step",
+        type=int,
+        default=1,
+        metavar="MS",
+        help="k2 replay --loop-step: passes stay on the sample's days (default 1; 0: each pass after the last, "
+        "a day partition per pass as before)",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -80,7 +88,8 @@ def main() -> int:
     subprocess.run([str(BIN / "k2"), "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     t = time.perf_counter()
     subprocess.run(
-        [str(BIN / "k2"), "replay", str(SAMPLE), "--loop", str(loops), "--no-progress"],
+        [str(BIN / "k2"), "replay", str(SAMPLE), "--loop", str(loops), "--no-progress"]
+        + (["--loop-step", str(args.loop_step)] if args.loop_step else []),
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,

@@ -12,12 +12,15 @@ back, and whether every offset landed exactly once (``k2 audit`` when present).
     .venv/bin/python bench/outage_rss.py --events 400000 --outage 60
 
 Needs the local stack with the REST profile (`make stack-up PROFILE=rest`); freezes that
-stack's REST catalog for the outage (other users of it wait too).
+stack's REST catalog for the outage (other users of it wait too), and drops and re-creates
+K2's tables there first: a table is fed by one topic, and rows of earlier runs' topics would
+read as doubled offsets of this run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -103,6 +106,18 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYICEBERG_")} | k2env | catalog
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     settings = Settings(**{k[3:].lower(): v for k, v in k2env.items()})  # type: ignore[arg-type]
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from k2.lake.schemas import TABLES
+
+    props = {k.removeprefix("PYICEBERG_CATALOG__K2__").lower().replace("__", "."): v for k, v in catalog.items()}
+    props = {k.replace("_", "-"): v for k, v in props.items()}
+    rest = load_catalog("k2", **props)
+    for table in TABLES.values():
+        with contextlib.suppress(NoSuchTableError):
+            rest.drop_table(table.name)
+    print(f"dropped K2's tables on the REST catalog at {props['uri']}; k2 init creates them again")
     subprocess.run([str(BIN / "k2"), "init"], env=env, check=True, stdout=subprocess.DEVNULL)
 
     log = (var / "worker.log").open("wb")

@@ -21,7 +21,7 @@ from k2.audit.ranges import EMPTY
 from k2.audit.report import AuditReport
 from k2.audit.verdict import PartitionVerdict, TableOffsets, judge_partition, still_missing
 from k2.lake.records import TopicPartition
-from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, REJECTS, SEQUENCE_GAPS, TRADES
+from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, REJECTS, SEQUENCE_GAPS, TABLES, TRADES
 from k2.settings import Settings
 
 __all__ = ["by_partition", "judge_lake", "lake_topics", "law_tables", "settle"]
@@ -107,6 +107,7 @@ def judge_lake(
                 )
             )
     notes += _foreign_rows(lake, set(topics))
+    notes += _shared_tables(lake, own_tables)
     return AuditReport(
         tuple(verdicts),
         companies=tuple(_companies(lake)),
@@ -156,6 +157,23 @@ def _foreign_rows(lake: LakeRead, topics: set[str]) -> list[str]:
         if other:
             listed = ", ".join(f"{topic} ({n})" for topic, n in sorted(other.items()))
             notes.append(f"{name} holds rows of topics this audit does not judge: {listed}")
+    return notes
+
+
+def _shared_tables(lake: LakeRead, own_tables: Mapping[str, str]) -> list[str]:
+    """Notes on tables of one topic whose marks name another topic too: their rows cannot be told apart."""
+    notes = []
+    for name, topic in sorted(own_tables.items()):
+        t = lake.tables.get(name)
+        if t is None or TABLES[name].position.topic_column is not None:
+            continue
+        others = sorted({tp[0] for tp in t.marks} - {topic})
+        if others:
+            notes.append(
+                f"{name} records marks of another topic too ({', '.join(others)}): it was fed by more than one "
+                f"topic, and its rows, which carry no topic, all count as {topic}'s (its offsets may read as "
+                "doubled). A table is fed by one topic: give the new topic a fresh lake, or re-create the tables"
+            )
     return notes
 
 

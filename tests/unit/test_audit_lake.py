@@ -121,6 +121,18 @@ def test_an_offset_landed_twice_in_one_table_is_doubled(catalog: Catalog) -> Non
     assert report.doubled == 2
 
 
+def test_a_table_fed_by_another_topic_too_is_named(catalog: Catalog) -> None:
+    """A table of one topic whose marks name another (K2_TRADES_TOPIC changed, or two deployments share a
+    lake): its rows cannot be told apart, so the audit says why offsets may read as doubled."""
+    land_trades(catalog, 0, list(range(0, 10)), {("old.trades", 0): 9})
+    land_trades(catalog, 0, list(range(0, 10)), {("old.trades", 0): 9, T0: 9})
+    report = audit(SETTINGS, catalog, log=FakeLog({T0: 10, T1: 0, Q0: 0, R0: 0}))
+    assert report.verdict(TRADES_TOPIC, 0).doubled == Ranges.of((0, 9))
+    assert any(
+        f"{TRADES} records marks of another topic too (old.trades)" in n and "one topic" in n for n in report.notes
+    ), report.notes
+
+
 def test_rows_beyond_their_tables_mark(catalog: Catalog) -> None:
     land_trades(catalog, 0, list(range(0, 10)), {T0: 7})  # a commit whose marks lag its rows
     report = audit(SETTINGS, catalog, log=FakeLog({T0: 10, T1: 0, Q0: 0, R0: 0}))
