@@ -176,7 +176,8 @@ NOTES = """\
   row's data file), in a separate phase at a fixed rate below every system's capacity.
 - *missing*, *doubled*: (topic, partition, offset) of the source not in the lake / in it more than
   once, read from the lake's lineage columns; *kill -9*: the same after a second run killed at
-  ~40% of the load and restarted. `floor` (aiokafka + fastavro decode) and `faust-bare` only count.
+  ~40% of the load and restarted (not run for `k2x2`, nor its freshness phase). `floor` (aiokafka +
+  fastavro decode) and `faust-bare` only count.
   `(late)`: the kill came after the whole load had landed, so it tested nothing.
   A `*` marks a steady rate that is the rate from start: the first commit held (nearly) the whole load."""
 
