@@ -3,6 +3,10 @@
 #   make test   set up, start the local stack, run every test (the fault suite in its short version)
 #   make test-faults         the fault suite's long version (K2_FAULTS_LONG=1; an hour or so)
 #   make test-faults-short   the fault suite's short version alone (it is also part of `make test`)
+#   make bench               K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect, one run
+#                            (bench/compare.py; BENCH_ARGS="--events 100000" to vary): results in
+#                            bench/results/<date>.json and README's Performance section regenerated from them
+#   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events; also in `make test`)
 # The local stack needs no Docker: see deploy/local/stack.py.
 #   make stack-up PROFILE=rest             (profiles: rest, prometheus; comma separated)
 #   make stack-down [PURGE=1]              (PURGE=1 also deletes the stack's data under var/)
@@ -23,7 +27,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short bench bench-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -68,6 +72,18 @@ test-faults: venv system-deps
 test-faults-short: venv system-deps
 	$(STACK) up --profile rest
 	$(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS)
+
+# The benchmark (bench/compare.py): Quix Streams gets its own venv under var/bench and Kafka Connect
+# its jars from Maven Central on first use. One full run (2M events) takes the best part of an hour.
+BENCH_ARGS ?=
+bench: venv
+	$(STACK) up
+	$(PY) bench/compare.py --readme $(BENCH_ARGS)
+
+bench-short: venv
+	$(STACK) up
+	$(PY) bench/compare.py --events 20000 --systems floor,faust-bare,k2 --no-kill --no-freshness \
+	  --out var/bench/short.json $(BENCH_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------
 
