@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TP, AppT
 from mode import Service
@@ -98,6 +98,8 @@ class Pipeline(Service):
         self._unpositioned: set[TP] = set()
         self._committed: dict[TP, int | None] = {}
         self._positioning: asyncio.Task[None] | None = None
+        self._restored_generation: int | None = None
+        """The consumer generation whose table recovery faust has completed (``app.on_rebalance_complete``)."""
         self._inflight: dict[asyncio.Task[None], IngressProcessor] = {}
         self._flushing: asyncio.Task[FlushReport] | None = None
         self.last_taken: dict[TP, float] = {}
@@ -110,6 +112,8 @@ class Pipeline(Service):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        # mode's handler type names the signal argument by a protocol mypy cannot match a method to
+        self.app.on_rebalance_complete.connect(cast(Any, self._on_rebalance_complete))
         self._registry = WriterSchemaCache.from_settings(self.settings)
         for topic, source in self.sources.items():
             self._processors[topic] = IngressProcessor(
@@ -252,7 +256,18 @@ class Pipeline(Service):
             self._positioning = None
         if owned:
             self.app.consumer.pause_partitions(owned)
+            if self._restored_generation != self.ledger.generation:
+                # faust is still restoring this assignment's tables (chunks, sequence state): positions
+                # read now would miss restored chunks, and batches taken now would race the restore,
+                # which overwrites their state with older values. faust seeks again once its tables are
+                # restored (on_rebalance_complete, then perform_seek); that call positions.
+                log.debug("positioning %d partition(s) after table recovery", len(owned))
+                return
             self._positioning = asyncio.ensure_future(self._position(owned))
+
+    def _on_rebalance_complete(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """faust's tables are restored for the current generation (it seeks right after this signal)."""
+        self._restored_generation = self.app.consumer_generation_id
 
     async def _position(self, tps: set[TP]) -> None:
         """Start each partition after everything already settled (:mod:`k2.pipeline.positions`).

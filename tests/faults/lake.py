@@ -24,6 +24,7 @@ __all__ = [
     "QUOTES",
     "REJECTS",
     "TRADES",
+    "gap_positions",
     "lake_positions",
     "reference_ledger",
     "scan_rows",
@@ -77,3 +78,12 @@ def lake_positions(dep: Deployment) -> tuple[Counter[Position], Counter[Position
         for row in scan_rows(catalog, GAPS, ("source_topic", "source_partition", "source_offset")):
             gaps[(row["source_topic"], row["source_partition"], row["source_offset"])] += 1
     return seen, gaps, ledger
+
+
+def gap_positions(dep: Deployment) -> set[Position]:
+    """Source positions of the sequence-gap rows of ``dep``'s topics (none when the table does not exist)."""
+    if GAPS not in dep.tables():
+        return set()
+    topics = set(dep.topics.values())
+    rows = scan_rows(dep.catalog(), GAPS, ("source_topic", "source_partition", "source_offset"))
+    return {(r["source_topic"], r["source_partition"], r["source_offset"]) for r in rows if r["source_topic"] in topics}

@@ -55,10 +55,10 @@ import pytest
 
 from tests.faults.config import Config
 from tests.faults.deployment import Deployment
-from tests.faults.lake import QUOTES, REJECTS, TRADES, reference_ledger, scan_rows
+from tests.faults.lake import QUOTES, REJECTS, TRADES, gap_positions, reference_ledger, scan_rows
 from tests.faults.law import LawVerdict, check_law
 from tests.faults.processes import Replay, RssMonitor, Worker
-from tests.faults.ranges import format_ranges, offset_count
+from tests.faults.ranges import format_ranges, offset_count, position_ranges
 from tests.faults.report import ScenarioReport, append_report, code_under_test
 from tests.faults.services import Services
 from tests.faults.source import TP, Position
@@ -354,6 +354,16 @@ class Scenario:
         except Exception as exc:  # a judgement that cannot be made is a failure, and still reported
             law = LawVerdict(holds=False, source=self.config.law, notes=[f"law check failed: {exc!r}"])
             failures.append(f"law check failed: {type(exc).__name__}: {exc}")
+        if not self.expectations:  # the replayed sample numbers every stream without a hole
+            try:
+                gaps = gap_positions(self.env)
+                if gaps:
+                    failures.append(
+                        f"false sequence gaps: the source has none, the lake reports {len(gaps)} "
+                        f"[{format_ranges(position_ranges(gaps), 6)}]"
+                    )
+            except Exception as exc:
+                failures.append(f"gap check failed: {type(exc).__name__}: {exc}")
         try:
             values = check_values(self.env, ends, self.expectations)
             if not values.holds:
