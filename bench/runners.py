@@ -331,9 +331,25 @@ def _exact(system: System) -> bool:
 
 
 @dataclass
-class Quix(System):
-    quix: QuixSystem | None = None
+class _Peer(System):
+    """A wrapped peer that writes no marks: progress is rows landed; done when exactly every event landed."""
+
     _checked_at: int = -1
+
+    def progress(self) -> int:
+        return min(self.total, rows_in(self.catalog(), self.tables()))
+
+    def complete(self) -> bool:
+        rows = rows_in(self.catalog(), self.tables())
+        if rows < self.total or rows == self._checked_at:
+            return False
+        self._checked_at = rows
+        return _exact(self)
+
+
+@dataclass
+class Quix(_Peer):
+    quix: QuixSystem | None = None
 
     def prepare(self) -> None:
         super().prepare()
@@ -367,16 +383,6 @@ class Quix(System):
         assert self.quix is not None
         return self.quix.catalog()
 
-    def progress(self) -> int:
-        return min(self.total, rows_in(self.catalog(), self.tables()))
-
-    def complete(self) -> bool:
-        rows = rows_in(self.catalog(), self.tables())
-        if rows < self.total or rows == self._checked_at:
-            return False
-        self._checked_at = rows
-        return _exact(self)
-
     def kill(self) -> None:
         if self.quix is None:
             return
@@ -400,9 +406,8 @@ class Quix(System):
 
 
 @dataclass
-class Connect(System):
+class Connect(_Peer):
     connect: ConnectSystem | None = None
-    _checked_at: int = -1
 
     def prepare(self) -> None:
         super().prepare()
@@ -437,16 +442,6 @@ class Connect(System):
     def catalog(self) -> Catalog:
         assert self.connect is not None
         return self.connect.catalog()
-
-    def progress(self) -> int:
-        return min(self.total, rows_in(self.catalog(), self.tables()))
-
-    def complete(self) -> bool:
-        rows = rows_in(self.catalog(), self.tables())
-        if rows < self.total or rows == self._checked_at:
-            return False
-        self._checked_at = rows
-        return _exact(self)
 
     def kill(self) -> None:
         if self.connect is None:

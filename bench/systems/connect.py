@@ -28,7 +28,7 @@ and ``kafka_topic``, which routes each record to its table (its columns the tabl
 Exactly once is the sink's own: each task sends its data files and its source offsets to
 the control topic in one Kafka transaction, the coordinator commits the files to Iceberg and
 records the control topic's offsets in the snapshot summary, so a restarted JVM neither
-loses nor repeats a commit (``bench/systems/try_connect.py`` checks this row by row).
+loses nor repeats a commit (``bench/compare.py``'s kill -9 run checks this row by row).
 
 Usage from a driver::
 

@@ -156,8 +156,6 @@ def test_b2_poison_flood_without_high_bit_schema_ids(scenario: ScenarioFactory) 
     """The same flood without high-bit schema ids, not even by chance (scenario a has those alone): what
     every other kind of poison does, so that one kind's failure cannot hide another's."""
     weights = {kind: share for kind, share in KINDS.items() if kind != "high_bit_schema_id"}
-    if not Config.from_env().long:
-        pytest.skip("a diagnostic variant of b: long version only (make test-faults)")
     with scenario("b2_poison_flood_no_high_bit", "the flood of b without any frame with a high-bit schema id") as sc:
         poison_flood(sc, weights, high_bit_ids=False)
 
