@@ -2,8 +2,11 @@
 """One run, one broker, one data set: K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect.
 
 1. Load once, before any clock starts: ``k2 init``, then ``k2 replay data/sample --loop N
-   --loop-step 1`` into fresh topics (6 partitions each), N passes so that trades + quotes
-   >= ``--events``.
+   --loop-step 1 --instruments I`` into fresh topics (6 partitions each), N passes so that
+   trades + quotes >= ``--events``. Each of the sample's companies goes out as I instruments
+   (``--instruments``, 12 by default: its own symbol, key and sequence numbers each), so the
+   load spreads over the partitions; the sample's three symbols alone would put 97% of it in
+   one partition per topic, and no group of workers could share it.
 2. Per system (``--systems``), with its own consumer group from the earliest offset and its
    own SQLite catalog: events/s from process start and steady (from its first commit or
    count) until every event is landed or counted; CPU s per million events and peak RSS of
@@ -51,6 +54,7 @@ from bench import report  # noqa: E402
 from bench.lakecheck import exactness, file_stats, freshness, produced_times  # noqa: E402
 from bench.procs import Timeout, wait_until  # noqa: E402
 from bench.runners import LAKE_SYSTEMS, SYSTEMS, Source, System, SystemFailed, base_env, k2_command, make  # noqa: E402
+from bench.soak import soak  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 EVENTS_PER_PASS = 2243 + 2609  # trades + quotes in data/sample (reference data is sent once)
@@ -96,13 +100,19 @@ def end_offsets(source: Source) -> dict[tuple[str, int], int]:
     return read(Settings(kafka_bootstrap_servers=source.broker), source.market)
 
 
-def load(source: Source, events: int, var: Path) -> tuple[dict[tuple[str, int], int], int, float]:
+def replay_args(passes: int, instruments: int) -> list[str]:
+    """``k2 replay`` of the sample: ``passes`` passes of ``instruments`` instruments per company."""
+    loop = ["--loop", str(passes), "--loop-step", "1", "--instruments", str(instruments)]
+    return ["replay", str(SAMPLE), *loop, "--no-progress"]
+
+
+def load(source: Source, events: int, instruments: int, var: Path) -> tuple[dict[tuple[str, int], int], int, float]:
     """Fresh topics holding at least ``events`` trades + quotes: (end offsets, passes, seconds)."""
     env = loader_env(source, var)
     k2_command(["init"], env, timeout_s=300)
-    passes = max(1, math.ceil(events / EVENTS_PER_PASS))
+    passes = max(1, math.ceil(events / (EVENTS_PER_PASS * instruments)))
     begin = time.monotonic()
-    k2_command(["replay", str(SAMPLE), "--loop", str(passes), "--loop-step", "1", "--no-progress"], env, 3600)
+    k2_command(replay_args(passes, instruments), env, 3600)
     seconds = time.monotonic() - begin
     ends = end_offsets(source)
     for topic in source.market:
@@ -202,7 +212,9 @@ def kill_run(system: System, kill_at: float, timeout_s: float) -> dict[str, Any]
     } | verdict
 
 
-def fresh_run(system: System, rate: float, seconds: float, warmup_s: float, timeout_s: float) -> dict[str, Any]:
+def fresh_run(
+    system: System, rate: float, seconds: float, warmup_s: float, instruments: int, timeout_s: float
+) -> dict[str, Any]:
     """Live production at ``rate`` into fresh (empty) topics the running system reads: produced -> visible."""
     source = system.source
     k2_command(["init"], loader_env(source, system.workdir / "load"), timeout_s=300)
@@ -211,8 +223,8 @@ def fresh_run(system: System, rate: float, seconds: float, warmup_s: float, time
     wait_until(f"{system.name} ready on empty topics", system.ready, 240, alive=[system.check])
     time.sleep(3)
     since_ms = int((time.time() + warmup_s) * 1000)
-    passes = max(1, math.ceil(rate * seconds / EVENTS_PER_PASS))
-    replay = ["replay", str(SAMPLE), "--loop", str(passes), "--loop-step", "1", "--rate", f"{rate:g}", "--no-progress"]
+    passes = max(1, math.ceil(rate * seconds / (EVENTS_PER_PASS * instruments)))
+    replay = [*replay_args(passes, instruments), "--rate", f"{rate:g}"]
     k2_command(replay, loader_env(source, system.workdir / "load"), timeout_s=seconds * 4 + 120)
     system.ends = end_offsets(source)
     wait_until(
@@ -248,6 +260,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2_000_000, help="at least this many trades + quotes")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma separated, of {', '.join(SYSTEMS)}")
+    parser.add_argument(
+        "--instruments",
+        type=int,
+        default=12,
+        help="each company of the sample sent as this many instruments (k2 replay --instruments), so the load "
+        "spreads over the partitions: the sample's three symbols alone fill one partition per topic",
+    )
     parser.add_argument("--flush-interval", type=float, default=5.0, help="every lake system's commit interval, s")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill -9 runs")
     parser.add_argument("--kill-at", type=float, default=0.4, help="share of the load landed at the kill")
@@ -255,6 +274,9 @@ def main() -> int:
     parser.add_argument("--freshness-rate", type=float, default=3000, help="events/s produced live")
     parser.add_argument("--freshness-s", type=float, default=60, help="about how long to produce live")
     parser.add_argument("--freshness-warmup", type=float, default=10, help="events of the first N s not counted")
+    parser.add_argument("--no-soak", action="store_true", help="skip K2's long run at a steady rate (memory over time)")
+    parser.add_argument("--soak-rate", type=float, default=10_000, help="events/s produced live during the soak")
+    parser.add_argument("--soak-s", type=float, default=600, help="about how long the soak produces, s")
     parser.add_argument("--timeout", type=float, default=1800, help="bound of every wait for a system, s")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>.json)")
     parser.add_argument("--readme", action="store_true", help="regenerate README's Performance section from it")
@@ -275,6 +297,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "run": run,
+        "k2_commit": report.k2_commit(),
         "machine": report.machine(),
         "versions": {"python": report.python_versions()},
         "systems": {},
@@ -283,17 +306,20 @@ def main() -> int:
     live: list[System] = []
     try:
         log(f"run {run}: loading {args.events:,}+ events into {source.trades}, {source.quotes} ({source.broker})")
-        ends, passes, load_s = load(source, args.events, work / "load")
+        ends, passes, load_s = load(source, args.events, args.instruments, work / "load")
         total = sum(ends.values())
         log(f"loaded {total:,} events ({passes} passes) in {load_s:.1f}s")
         results["config"] = {
             "events": total,
             "loops": passes,
+            "instruments": args.instruments,
             "partitions": PARTITIONS,
             "flush_interval_s": args.flush_interval,
             "kill_at": args.kill_at,
             "freshness_rate": args.freshness_rate,
             "freshness_s": args.freshness_s,
+            "soak_rate": None if args.no_soak else args.soak_rate,
+            "soak_s": None if args.no_soak else args.soak_s,
             "load_s": round(load_s, 1),
         }
 
@@ -332,9 +358,30 @@ def main() -> int:
                 system = make(name, fresh, {}, work / f"{name}-fresh", args.flush_interval)
                 results["systems"][name]["freshness"] = attempt(
                     f"{name} freshness",
-                    lambda s: fresh_run(s, args.freshness_rate, args.freshness_s, args.freshness_warmup, args.timeout),
+                    lambda s: fresh_run(
+                        s, args.freshness_rate, args.freshness_s, args.freshness_warmup, args.instruments, args.timeout
+                    ),
                     system,
                 )
+        if "k2" in names and not args.no_soak:
+            soaked = topics(f"{prefix}.soak")
+            load_env = loader_env(soaked, work / "k2-soak" / "load")
+            k2_command(["init"], load_env, timeout_s=300)
+            system = make("k2", soaked, {}, work / "k2-soak", args.flush_interval)
+            results["systems"]["k2"]["soak"] = attempt(
+                "k2 soak",
+                lambda s: soak(
+                    s,
+                    lambda passes: replay_args(passes, args.instruments),
+                    load_env,
+                    lambda: end_offsets(soaked),
+                    args.soak_rate,
+                    args.soak_s,
+                    EVENTS_PER_PASS * args.instruments,
+                    args.timeout,
+                ),
+                system,
+            )
     except (Timeout, SystemFailed, subprocess.SubprocessError) as exc:
         log(f"FAILED: {exc}")
         results["error"] = str(exc)

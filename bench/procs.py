@@ -33,6 +33,8 @@ class Sample:
     """user + sys of the process, plus what its reaped children used (cutime + cstime)."""
     hwm_mib: float
     """VmHWM: the process's peak resident set."""
+    rss_mib: float = 0.0
+    """VmRSS: its resident set when sampled."""
 
 
 def _read(pid: int) -> tuple[int, Sample] | None:
@@ -45,10 +47,10 @@ def _read(pid: int) -> tuple[int, Sample] | None:
     fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state) of stat(5)
     sid = int(fields[3])
     cpu = sum(int(x) for x in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
-    hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    if hwm is None:
+    kib = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if line.startswith(("VmHWM:", "VmRSS:"))}
+    if "VmHWM" not in kib:
         return None
-    return sid, Sample(cpu, int(hwm.split()[1]) / 1024)
+    return sid, Sample(cpu, int(kib["VmHWM"]) / 1024, int(kib.get("VmRSS", 0)) / 1024)
 
 
 @dataclass
@@ -61,15 +63,19 @@ class Meter:
     def watch(self, leader_pid: int) -> None:
         self.sessions.add(leader_pid)
 
-    def sample(self) -> None:
+    def sample(self) -> float:
+        """Read every live process of the sessions; returns their summed resident set now (MiB)."""
         if not self.sessions:
-            return
+            return 0.0
+        resident = 0.0
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             got = _read(int(entry))
             if got is not None and got[0] in self.sessions:
                 self.last[int(entry)] = got[1]
+                resident += got[1].rss_mib
+        return resident
 
     @property
     def cpu_s(self) -> float:

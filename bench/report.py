@@ -72,6 +72,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def k2_commit() -> str:
+    """The checkout's commit (with ``+dirty`` when the work tree differs), or ``unknown``."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    except OSError:
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _java_version() -> str:
     try:
         done = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
@@ -84,7 +96,7 @@ def _java_version() -> str:
 def python_versions() -> dict[str, str]:
     """The K2 interpreter's packages that shape the figures."""
     out = {}
-    for name in ("faust-streaming", "aiokafka", "pyiceberg", "fastavro", "pyarrow", "confluent-kafka"):
+    for name in ("faust-streaming", "aiokafka", "pyiceberg", "fastavro", "polars", "pyarrow", "confluent-kafka"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -155,12 +167,15 @@ def describe(results: Mapping[str, Any]) -> str:
     cfg = results["config"]
     py = v.get("python", {})
     peers = ", ".join(f"{k} {val}" for k, val in {**v.get("quix", {}), **v.get("connect", {})}.items())
+    instruments = cfg.get("instruments", 1)
+    spread = f", each company as {instruments} instruments (`k2 replay --instruments`)" if instruments > 1 else ""
     return (
-        f"Measured {results['date']} by `make bench` (`bench/compare.py`) in one run of "
+        f"Measured {results['date']} on K2 {results.get('k2_commit', 'unknown')} "
+        f"by `make bench` (`bench/compare.py`) in one run of "
         f"{results['duration_s'] / 60:.0f} minutes on {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, "
         f"Python {m['python']}, {m['java']}; "
         f"load average {m['loadavg_start'][0]:.1f} at the start (the machine is shared: figures are noisy). "
-        f"{cfg['events']:,} trade and quote events ({cfg['loops']} passes of `data/sample`, "
+        f"{cfg['events']:,} trade and quote events ({cfg['loops']} passes of `data/sample`{spread}, "
         f"{cfg['partitions']} partitions per topic) loaded before any clock starts; every system reads them with its "
         f"own consumer group from the earliest offset into its own SQLite catalog, committing every "
         f"{cfg['flush_interval_s']:g} s. faust-streaming {py.get('faust-streaming')}, aiokafka {py.get('aiokafka')}, "
@@ -182,8 +197,34 @@ NOTES = """\
   A `*` marks a steady rate that is the rate from start: the first commit held (nearly) the whole load."""
 
 
+def findings(results: Mapping[str, Any]) -> list[str]:
+    """The figures the targets are stated in: K2 against the floor and Quix, two workers against one, the soak."""
+    systems = results["systems"]
+    rate = {n: (systems.get(n) or {}).get("steady_events_per_s") for n in ("k2", "k2x2", "floor", "quix")}
+    out = []
+    if rate["k2"] and rate["floor"]:
+        out.append(f"- One K2 worker lands {rate['k2'] / rate['floor']:.0%} of the floor's rate")
+        if rate["quix"]:
+            out[-1] += f" and {rate['k2'] / rate['quix']:.2f}x Quix Streams'"
+        out[-1] += "."
+    if rate["k2"] and rate["k2x2"]:
+        out.append(f"- Two K2 workers in one group: {rate['k2x2'] / rate['k2']:.2f}x one.")
+    soaked = (systems.get("k2") or {}).get("soak") or {}
+    if "second_half_growth_mib_per_min" in soaked:
+        out.append(
+            f"- Soak: {soaked['events']:,} events produced at {soaked['rate']:,.0f}/s for {soaked['seconds'] / 60:.0f} "
+            f"minutes; worker RSS peak {soaked['first_half_peak_mib']:,.0f} MiB in the first half and "
+            f"{soaked['second_half_peak_mib']:,.0f} MiB in the second, growing "
+            f"{soaked['second_half_growth_mib_per_min']:+.1f} MiB/min over the second half; "
+            f"{soaked.get('missing', '?')} missing, {soaked.get('doubled', '?')} doubled."
+        )
+    return out
+
+
 def section(results: Mapping[str, Any]) -> str:
-    return "\n".join(["## Performance", "", describe(results), "", markdown(results), "", NOTES])
+    return "\n".join(
+        ["## Performance", "", describe(results), "", markdown(results), "", *findings(results), "", NOTES]
+    )
 
 
 def newest() -> Path:

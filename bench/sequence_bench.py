@@ -2,8 +2,9 @@
 """Cost of sequence tracking per event, and the changelog bytes it writes, in process (no Kafka).
 
 Feeds micro-batches of trades over SYMBOLS symbols (numbers in order, a gap and a
-duplicate now and then) through :func:`k2.sequence.track.track` and through the
-fingerprint alone, and reports microseconds per event and state bytes per event.
+duplicate now and then), as the Arrow rows a worker tracks, through
+:func:`k2.sequence.track.track` and through the fingerprints alone, and reports
+microseconds per event and state bytes per event.
 
     .venv/bin/python bench/sequence_bench.py --events 500000 --symbols 50 --batch 5000
 """
@@ -14,10 +15,14 @@ import argparse
 import time
 from decimal import Decimal
 
+import pyarrow as pa
+
+from k2.lake.arrow import events_to_arrow
 from k2.lake.records import BufferedEvent
+from k2.lake.schemas import TRADES
 from k2.sequence.book import SequenceBook
-from k2.sequence.classify import fingerprint
-from k2.sequence.track import track
+from k2.sequence.fingerprint import fingerprints
+from k2.sequence.track import NOT_PAYLOAD, track
 
 
 def events(n: int, symbols: int) -> list[BufferedEvent]:
@@ -51,15 +56,18 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000)
     args = parser.parse_args()
     feed = events(args.events, args.symbols)
+    batches: list[pa.Table] = [
+        events_to_arrow(TRADES, feed[i : i + args.batch], sort=False) for i in range(0, len(feed), args.batch)
+    ]
     start = time.perf_counter()
-    for e in feed:
-        fingerprint(e.record)
+    for rows in batches:
+        fingerprints(rows, NOT_PAYLOAD)
     fp_s = time.perf_counter() - start
     book = SequenceBook({}, args.window)
     written = writes = 0
     start = time.perf_counter()
-    for i in range(0, len(feed), args.batch):
-        result = track("t", feed[i : i + args.batch], book, now_ms=0)
+    for rows in batches:
+        result = track("t", rows, book, 0, now_ms=0)
         writes += len(result.changes)
         written += sum(len(v or b"") for _, _, v in result.changes)
     track_s = time.perf_counter() - start

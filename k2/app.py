@@ -31,7 +31,7 @@ from k2.observe.health import Readiness
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline, Wiring
 from k2.settings import Settings, get_settings
-from k2.validation import validate_quote, validate_reference, validate_trade
+from k2.validation import quote_rows, trade_rows, validate_quote, validate_reference, validate_trade
 from k2.web.views import register_views
 
 __all__ = ["K2App", "app", "create_app", "sources"]
@@ -57,22 +57,16 @@ def sources(settings: Settings) -> list[Source]:
     """K2's three source topics: each with its contract's subject, its rules, its tables and its Arrow recipe."""
 
     def market(table: str) -> Any:
-        return lambda events, now_ms, schema: events_to_arrow(table, events, schema)
+        return lambda events, now_ms, schema: events_to_arrow(table, events, schema, sort=False)
 
+    def reference(events: Any, now_ms: int, schema: Any) -> Any:
+        return companies_to_arrow(events, now_ms, schema, sort=False)
+
+    trades, quotes, ref = settings.trades_topic, settings.quotes_topic, settings.reference_topic
     return [
-        Source(
-            settings.trades_topic, subject_for_topic(settings.trades_topic), validate_trade, (TRADES,), market(TRADES)
-        ),
-        Source(
-            settings.quotes_topic, subject_for_topic(settings.quotes_topic), validate_quote, (QUOTES,), market(QUOTES)
-        ),
-        Source(
-            settings.reference_topic,
-            subject_for_topic(settings.reference_topic),
-            validate_reference,
-            (COMPANY_VERSIONS, COMPANIES),
-            companies_to_arrow,
-        ),
+        Source(trades, subject_for_topic(trades), validate_trade, (TRADES,), market(TRADES), trade_rows),
+        Source(quotes, subject_for_topic(quotes), validate_quote, (QUOTES,), market(QUOTES), quote_rows),
+        Source(ref, subject_for_topic(ref), validate_reference, (COMPANY_VERSIONS, COMPANIES), reference),
     ]
 
 
@@ -99,7 +93,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         producer_acks=-1,
         producer_max_request_size=s.max_message_bytes,
         # Chunks (Arrow IPC) and rejects go out compressed; consumers read any codec.
-        producer_compression_type="lz4",
+        producer_compression_type=None,
         web_bind=s.web_host,
         web_port=s.web_port,
         web_metrics_enabled=True,

@@ -38,6 +38,13 @@ class K2Metrics:
         self.events_accepted = Counter(
             "k2_events_accepted_total", "Records that passed schema and domain checks.", ["topic"], registry=registry
         )
+        self.events_batch_path = Counter(
+            "k2_events_batch_path_total",
+            "Accepted records decoded and checked by the batch path (the rest went one by one: a share that falls "
+            "means a producer writes what the batch path cannot prove, and the worker slows down).",
+            ["topic"],
+            registry=registry,
+        )
         self.events_rejected = Counter(
             "k2_events_rejected_total",
             "Records sent to the rejects topic, by reason.",
@@ -191,6 +198,7 @@ class K2Metrics:
             for counter in (
                 self.events_consumed,
                 self.events_accepted,
+                self.events_batch_path,
                 self.ingest_failures,
                 self.ingest_discontinuities,
                 self.offsets_lost_to_retention,

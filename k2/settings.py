@@ -56,11 +56,17 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535)
     web_host: str = "127.0.0.1"
     flush_interval_s: float = Field(5.0, gt=0)
-    flush_max_rows: int = Field(50_000, ge=1)
-    ingest_batch_max: int = Field(
-        5000,
+    flush_max_rows: int = Field(
+        200_000,
         ge=1,
-        description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records).",
+        description="Buffered events that start a flush before the timer does; twice this is the buffer's bound. "
+        "Each flush is one commit per table: at full rate this sets the commit frequency, and the files' size.",
+    )
+    ingest_batch_max: int = Field(
+        20_000,
+        ge=1,
+        description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records). "
+        "Each partition's share is decoded and checked as one batch: larger batches cost less per event.",
     )
     worker_id: str | None = Field(None, description="Identifier written into Iceberg commits; defaults to host:pid.")
     session_timeout_s: float = Field(

@@ -19,6 +19,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from k2.errors import InvalidValue
 from k2.settings import DAY_MS
 
@@ -29,6 +33,8 @@ __all__ = [
     "MIN_EXCHANGE_TIMESTAMP_MS",
     "MIN_INSTANT_MS",
     "Verdict",
+    "quote_rows",
+    "trade_rows",
     "validate_quote",
     "validate_reference",
     "validate_trade",
@@ -157,3 +163,73 @@ def validate_reference(record: Mapping[str, Any], now_ms: int = 0) -> Verdict:
         if end < start:
             return InvalidValue("end_date", end_text, "end_date is before start_date"), False
     return _OK
+
+
+# -- the same rules, in columns, for the batch path (k2.ingest.fast) ------------------------------
+#
+# Each function below is a *sufficient* condition for its validator above: a row it passes is a
+# row the validator passes (and flags the same way). It may turn down rows the validator would
+# pass (a symbol with a space in the middle, say): those are decided one by one by the validator.
+
+_PLAIN_SYMBOL = rf"^[!-~]{{1,{MAX_SYMBOL_LENGTH}}}$"
+"""1 to 64 printable ASCII characters, none a space: not empty, not blank, printable, short enough."""
+
+
+def _columns(table: pa.Table, ints: tuple[str, ...], decimals: tuple[str, ...]) -> bool:
+    """Whether ``table`` has the columns the rules read, of the types they read (as the batch decoder gives them)."""
+    names = set(table.column_names)
+    if "symbol" not in names or not pa.types.is_large_string(table.schema.field("symbol").type):
+        return False
+    for name in ints:
+        if name not in names or not pa.types.is_int64(table.schema.field(name).type):
+            return False
+    return all(name in names and pa.types.is_decimal(table.schema.field(name).type) for name in decimals)
+
+
+def _zero(column: pa.ChunkedArray) -> pa.Scalar:
+    return pa.scalar(_ZERO, column.type)
+
+
+def _symbol_and_times(table: pa.Table, now_ms: int) -> pa.ChunkedArray:
+    """What :func:`_check_symbol` and :func:`_check_time` pass, as a sufficient condition per row."""
+    ts, ingested = table["exchange_timestamp"], table["ingestion_timestamp"]
+    return pc.and_(
+        pc.and_(
+            pc.match_substring_regex(table["symbol"], _PLAIN_SYMBOL),
+            pc.and_(pc.greater_equal(ts, MIN_EXCHANGE_TIMESTAMP_MS), pc.less_equal(ts, now_ms + MAX_FUTURE_MS)),
+        ),
+        pc.and_(pc.greater_equal(ingested, MIN_INSTANT_MS), pc.less_equal(ingested, MAX_INSTANT_MS)),
+    )
+
+
+def _mask(condition: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(condition, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def trade_rows(table: pa.Table, now_ms: int) -> tuple[np.ndarray, int] | None:
+    """Rows :func:`validate_trade` certainly passes (never flagged), or None if the columns are not a trade's."""
+    if not _columns(table, ("volume", "exchange_timestamp", "ingestion_timestamp"), ("price",)):
+        return None
+    price, volume = table["price"], table["volume"]
+    ok = pc.and_(pc.and_(pc.greater(price, _zero(price)), pc.greater(volume, 0)), _symbol_and_times(table, now_ms))
+    return _mask(ok), 0
+
+
+def quote_rows(table: pa.Table, now_ms: int) -> tuple[np.ndarray, int] | None:
+    """Rows :func:`validate_quote` certainly passes, and how many of them it flags (crossed), or None."""
+    if not _columns(
+        table,
+        ("bid_volume", "ask_volume", "exchange_timestamp", "ingestion_timestamp"),
+        ("bid_price", "ask_price"),
+    ):
+        return None
+    bid, ask = table["bid_price"], table["ask_price"]
+    bid_side, ask_side = pc.greater(bid, _zero(bid)), pc.greater(ask, _zero(ask))
+    sides = pc.and_(
+        pc.and_(pc.greater_equal(bid, _zero(bid)), pc.greater_equal(ask, _zero(ask))),
+        pc.or_(bid_side, ask_side),
+    )
+    volumes = pc.and_(pc.greater_equal(table["bid_volume"], 0), pc.greater_equal(table["ask_volume"], 0))
+    ok = _mask(pc.and_(pc.and_(sides, volumes), _symbol_and_times(table, now_ms)))
+    crossed = _mask(pc.and_(pc.and_(bid_side, ask_side), pc.greater(bid, ask)))
+    return ok, int(np.count_nonzero(ok & crossed))

@@ -41,6 +41,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC_BYTE",
     "MAX_SCHEMA_ID",
+    "TEMPORAL_LOGICAL_TYPES",
     "ParsedSchema",
     "decode",
     "encode",
@@ -61,8 +62,8 @@ _HEADER = struct.Struct(">bI")
 #: Avro also allows a list (union) or a str (primitive) at the top level.
 ParsedSchema = Any
 
-# Logical types left as their underlying int (see the module docstring).
-_RAW_LOGICAL_TYPES = frozenset(
+#: Logical types left as their underlying int (see the module docstring).
+TEMPORAL_LOGICAL_TYPES = frozenset(
     {
         "timestamp-millis",
         "timestamp-micros",
@@ -83,7 +84,7 @@ def _strip_temporal(node: Any) -> Any:
         return [_strip_temporal(item) for item in node]
     if isinstance(node, dict):
         out = {key: _strip_temporal(value) for key, value in node.items()}
-        if out.get("logicalType") in _RAW_LOGICAL_TYPES:
+        if out.get("logicalType") in TEMPORAL_LOGICAL_TYPES:
             del out["logicalType"]
         return out
     return node

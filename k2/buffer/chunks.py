@@ -55,6 +55,9 @@ class ChunkKey:
         return cls(parts[0], partition, first, last, rows)
 
 
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
 def to_ipc(table: pa.Table) -> bytes:
     """Serialise an Arrow table as one IPC stream (schema + record batches), uncompressed.
 
@@ -62,7 +65,7 @@ def to_ipc(table: pa.Table) -> bytes:
     compressing twice costs CPU on the hot path for nothing.
     """
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 

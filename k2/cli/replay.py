@@ -124,6 +124,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SYM[,SYM...]",
         help="only these symbols, e.g. BHP,DVN (default: all in the reference data)",
     )
+    parser.add_argument(
+        "--instruments",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="send each company as N instruments: itself and copies SYM.1 ... SYM.N-1 with their own company ids "
+        "and sequence numbers, so a load spreads over the topics' partitions (default: 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a tty)")
     parser.add_argument(
         "--inject-gaps", type=_count, default=0, metavar="N", help="drop N events: N sequence gaps (default: 0)"
@@ -215,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         KAFKA_LOG.setLevel(logging.CRITICAL)  # connection-refused spam; failures are reported by us
     try:
-        source = load_source(args.dir, args.symbols)
+        source = load_source(args.dir, args.symbols, args.instruments)
         faults = _faults(args, source)
         producer = make_producer(settings)
         check_kafka(producer, settings, timeout_s=KAFKA_CHECK_TIMEOUT_S)

@@ -11,38 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from k2.avro.codec import HEADER_SIZE, MAX_SCHEMA_ID, decode, frame_schema_id
 from k2.errors import DecodeError, InvalidValue, NotConfluentFramed, UnknownSchemaId, one_line
+from k2.ingest.frames import RawRecord
 from k2.lake.records import BufferedEvent, RejectRecord
 
 __all__ = [
     "BatchOutcome",
-    "RawRecord",
     "Resolution",
     "ResolvedSchema",
     "Validator",
     "classify",
-    "schema_ids",
 ]
 
 
-class RawRecord(NamedTuple):
-    """One Kafka record as consumed: position, and the key and value bytes untouched."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-
-
 class ResolvedSchema(Protocol):
-    """What :func:`classify` needs of a writer schema fetched from the registry."""
+    """What classification needs of a writer schema fetched from the registry."""
 
     @property
-    def parsed(self) -> Any: ...
+    def parsed(self) -> Any:
+        """The schema as :func:`k2.avro.codec.parse_schema` parsed it (for :func:`classify`)."""
+        ...
+
+    @property
+    def schema_str(self) -> str:
+        """The schema's JSON text (for the batch path, :mod:`k2.ingest.fast`)."""
+        ...
 
 
 #: How a schema id of the batch was resolved: a schema registered under the topic's
@@ -64,20 +60,6 @@ class BatchOutcome:
     flagged: int = 0
     #: writer schema ids of the accepted records (a new one may mean new columns)
     accepted_schema_ids: set[int] = field(default_factory=set)
-
-
-def schema_ids(records: Iterable[RawRecord]) -> set[int]:
-    """The schema ids named by the well-framed records of a batch (to resolve before :func:`classify`).
-
-    Ids above :data:`~k2.avro.codec.MAX_SCHEMA_ID` (high bit set) are left out: no registry
-    can know them, so asking would only cost a round trip; :func:`classify` rejects them.
-    """
-    ids: set[int] = set()
-    for rec in records:
-        v = rec.value
-        if v is not None and len(v) >= 5 and v[0] == 0 and v[1] < 0x80:
-            ids.add(int.from_bytes(v[1:5], "big"))
-    return ids
 
 
 _MAX_VALUE_REPR = 200
@@ -110,7 +92,7 @@ def classify(
 ) -> BatchOutcome:
     """Decode and check each record against its writer schema and the domain rules.
 
-    ``schemas`` maps every schema id of the batch (see :func:`schema_ids`) to its
+    ``schemas`` maps every schema id of the batch (see :meth:`k2.ingest.frames.Frames.schema_ids`) to its
     resolution, made beforehand against the topic's subject. Transient registry failures
     must be retried by the caller *before* this runs: an id absent from ``schemas`` is a
     bug (``KeyError``), never a reason to reject good data.

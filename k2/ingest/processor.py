@@ -1,13 +1,15 @@
 """One fetched batch of one source partition: resolve schemas, classify, build chunks, write them.
 
-Everything per record is in :func:`~k2.ingest.classify.classify` (pure); everything per
-batch is here, in two phases the pipeline relies on:
+What a record becomes is defined per record by :func:`~k2.ingest.classify.classify`
+(pure); :func:`classify_batch` gets the same answer for a whole batch, in columns where
+the batch path (:mod:`k2.ingest.fast`) proves it and record by record for the rest.
+Everything per batch is here, in two phases the pipeline relies on:
 
 1. :meth:`IngressProcessor.prepare` may wait (a registry outage is waited out, never
    turned into rejects; a new writer schema adds its columns to the table) but changes
    nothing, so a batch can be abandoned there (a revocation) at no cost;
 2. :meth:`IngressProcessor.write` classifies, runs the stages (sequence tracking,
-   reference data), turns rows into Arrow chunks, and hands every write to Kafka: chunks
+   reference data) on the rows, cuts them into Arrow chunks, and hands every write to Kafka: chunks
    and state to their changelogs, rejects to the rejects topic. It returns the delivery
    futures; the pipeline's ledger decides when the batch counts as durable.
 
@@ -35,7 +37,9 @@ from k2.avro.registry import WriterSchema
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import DecodeError, RegistryUnavailable, one_line
-from k2.ingest.classify import BatchOutcome, RawRecord, Resolution, Validator, classify, schema_ids
+from k2.ingest.classify import Resolution, Validator, classify
+from k2.ingest.fast import DecoderCache, RowRules, fast_rows
+from k2.ingest.frames import Frames
 from k2.lake.arrow import rejects_to_arrow, rows_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import BufferedEvent, RejectRecord
@@ -43,11 +47,22 @@ from k2.lake.schemas import TABLES
 from k2.metrics import K2Metrics
 from k2.models import Reject
 
-__all__ = ["ArrowRecipe", "BatchWrites", "IngressProcessor", "LakeSchemas", "Source", "Stage", "evolve_for"]
+__all__ = [
+    "ArrowRecipe",
+    "BatchWrites",
+    "IngressProcessor",
+    "LakeSchemas",
+    "Prepared",
+    "Source",
+    "Stage",
+    "Taken",
+    "classify_batch",
+    "evolve_for",
+]
 
 log = logging.getLogger(__name__)
 
-#: Builds the Arrow rows of accepted events: ``(events, now_ms, table_schema) -> table``.
+#: Builds the Arrow rows of accepted events, in their order: ``(events, now_ms, table_schema) -> table``.
 ArrowRecipe = Callable[[Sequence[BufferedEvent], int, pa.Schema], pa.Table]
 
 #: Chunks aim at this size in the changelog (the producer compresses them further).
@@ -64,6 +79,9 @@ class Source:
     tables: tuple[str, ...]
     """Tables its accepted rows land in (one chunk, committed to each); the first one's schema builds the chunk."""
     to_arrow: ArrowRecipe
+    row_rules: RowRules | None = None
+    """Sufficient conditions for :attr:`validate` in columns: with them, batches take the batch path
+    (:mod:`k2.ingest.fast`); without, every record goes through :func:`~k2.ingest.classify.classify`."""
 
     @property
     def table_name(self) -> str:
@@ -108,17 +126,34 @@ class SchemaResolver(Protocol):
     async def check_subject(self, schema_id: int, subject: str) -> WriterSchema: ...
 
 
-class Stage(Protocol):
-    """A step between :func:`classify` and buffering, for rules that need state (sequence numbers, reference data).
+@dataclass
+class Taken:
+    """What one batch became, between classification and its writes."""
 
-    It may move events from ``outcome.accepted`` to ``outcome.rejected`` (keeping each in
-    consumption order) and returns extra chunks to buffer; :meth:`persist` sends the state
-    it changed and returns the deliveries (part of the batch's durability).
+    frames: Frames
+    rows: pa.Table | None
+    """Accepted rows in the table's schema, in offset order (None: none)."""
+    rejected: list[RejectRecord] = field(default_factory=list)
+    """In offset order."""
+    flagged: int = 0
+    """Accepted events the validator flagged (crossed quotes)."""
+    proved: int = 0
+    """Accepted events the batch path proved (the others went through the per-record path)."""
+
+    @property
+    def accepted(self) -> int:
+        return 0 if self.rows is None else self.rows.num_rows
+
+
+class Stage(Protocol):
+    """A step between classification and buffering, for rules that need state (sequence numbers, reference data).
+
+    It may move rows from ``batch.rows`` to ``batch.rejected`` (keeping both in offset order)
+    and returns extra chunks to buffer; :meth:`persist` sends the state it changed and returns
+    the deliveries (part of the batch's durability).
     """
 
-    def __call__(
-        self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
-    ) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
+    def __call__(self, batch: Taken, now_ms: int) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
 
     async def persist(self) -> list[asyncio.Future[Any]]: ...
 
@@ -183,12 +218,13 @@ class IngressProcessor:
         """True while :meth:`write` hands writes to Kafka (a revocation waits for it instead of cancelling)."""
         self._ids_seen: set[int] = set()
         self._bytes_per_row = 200.0
+        self._decoders = DecoderCache()
 
     # -- phase 1: may wait, changes nothing ---------------------------------------------
 
-    async def prepare(self, records: Sequence[RawRecord]) -> Prepared:
+    async def prepare(self, frames: Frames) -> Prepared:
         """Resolve the batch's schema ids and bring the tables' columns up to date; waits out outages."""
-        resolved = await self.resolve(schema_ids(records))
+        resolved = await self.resolve(frames.schema_ids())
         writers = [w for w in resolved.values() if isinstance(w, WriterSchema) and w.schema_id not in self._ids_seen]
         if writers:
             await self._retrying(
@@ -238,33 +274,26 @@ class IngressProcessor:
 
     # -- phase 2: classify, build, hand over ----------------------------------------------
 
-    async def write(self, partition: int, records: Sequence[RawRecord], prepared: Prepared) -> BatchWrites:
+    async def write(self, frames: Frames, prepared: Prepared) -> BatchWrites:
         """Classify and buffer a batch of one partition; returns the deliveries to wait for."""
         topic = self.source.topic
+        partition = frames.partition
         now_ms = int(self.clock() * 1000)
-        self.metrics.events_consumed.labels(topic).inc(len(records))
-        outcome = classify(topic, records, prepared.resolved, self.source.validate, now_ms, self.worker_id)
-        # Rows first: what its table cannot hold is a reject before any stage records it as landed.
-        pieces, unfit = self._pieces(outcome.accepted, now_ms, prepared.schema)
-        if unfit:
-            bad = {id(e) for e, _ in unfit}
-            outcome.accepted = [e for e in outcome.accepted if id(e) not in bad]
-            outcome.rejected = sorted([*outcome.rejected, *self._unfit(unfit, records, now_ms)], key=_position)
-        kept_before = len(outcome.accepted)
+        self.metrics.events_consumed.labels(topic).inc(len(frames))
+        taken = classify_batch(self.source, frames, prepared, self._decoders, now_ms, self.worker_id)
         extra: list[tuple[ChunkKey, pa.Table]] = []
         for stage in self.stages:
-            extra.extend(stage(records, outcome, now_ms))
-        if len(outcome.accepted) != kept_before:  # a stage moved events to the rejects (duplicates)
-            pieces = _without(pieces, {e.offset for e in outcome.accepted}, self.source.table_name)
-        out = BatchWrites(accepted=len(outcome.accepted), rejected=len(outcome.rejected))
+            extra.extend(stage(taken, now_ms))
+        out = BatchWrites(accepted=taken.accepted, rejected=len(taken.rejected))
         self.writing = True
         try:
-            for events, table in pieces:
-                key = ChunkKey(ROWS, partition, events[0].offset, events[-1].offset, len(events))
+            for table in self._pieces(taken.rows):
+                offsets = table[TABLES[self.source.table_name].position.offset_column]
+                key = ChunkKey(ROWS, partition, offsets[0].as_py(), offsets[-1].as_py(), table.num_rows)
                 out.futures.append(await self.store.put(key, table))
                 out.rows += key.rows
                 out.events += key.rows
-            for piece in _by_size(outcome.rejected):
+            for piece in _by_size(taken.rejected):
                 key = ChunkKey(REJECTS, partition, piece[0].offset, piece[-1].offset, len(piece))
                 out.futures.append(await self.store.put(key, rejects_to_arrow(piece)))
                 out.rows += key.rows
@@ -274,65 +303,82 @@ class IngressProcessor:
                 out.rows += key.rows
             for stage in self.stages:
                 out.futures.extend(await stage.persist())
-            for r in outcome.rejected:
+            for r in taken.rejected:
                 out.futures.append(await self.send_reject(r, _reject_model(r)))
         finally:
             self.writing = False
         self.metrics.events_accepted.labels(topic).inc(out.accepted)
-        for r in outcome.rejected:
+        self.metrics.events_batch_path.labels(topic).inc(taken.proved)
+        for r in taken.rejected:
             self.metrics.events_rejected.labels(topic, r.reason).inc()
-        if outcome.flagged:
-            self.metrics.crossed_quotes.labels(topic).inc(outcome.flagged)
+        if taken.flagged:
+            self.metrics.crossed_quotes.labels(topic).inc(taken.flagged)
         return out
 
-    def _pieces(
-        self, events: Sequence[BufferedEvent], now_ms: int, schema: pa.Schema
-    ) -> tuple[list[tuple[list[BufferedEvent], pa.Table]], list[tuple[BufferedEvent, str]]]:
-        """Accepted events as Arrow tables of about :data:`CHUNK_TARGET_BYTES`, and the events no column can hold."""
-        if not events:
-            return [], []
+    def _pieces(self, rows: pa.Table | None) -> list[pa.Table]:
+        """Accepted rows in runs of about :data:`CHUNK_TARGET_BYTES`."""
+        if rows is None or not rows.num_rows:
+            return []
+        self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (rows.nbytes / rows.num_rows)
         per_chunk = max(1, int(CHUNK_TARGET_BYTES / self._bytes_per_row))
-        size = math.ceil(len(events) / math.ceil(len(events) / per_chunk))
-        pieces: list[tuple[list[BufferedEvent], pa.Table]] = []
-        unfit: list[tuple[BufferedEvent, str]] = []
-        for i in range(0, len(events), size):
-            piece = list(events[i : i + size])
-            table, bad = rows_to_arrow(lambda evs: self.source.to_arrow(evs, now_ms, schema), piece)
-            unfit.extend(bad)
-            if table is None:
-                continue
-            if bad:
-                failed = {id(e) for e, _ in bad}
-                piece = [e for e in piece if id(e) not in failed]
-            pieces.append((piece, table))
-            if table.num_rows:
-                self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (table.nbytes / table.num_rows)
-        return pieces, unfit
+        n = rows.num_rows
+        size = math.ceil(n / math.ceil(n / per_chunk))
+        return [rows.slice(i, size) for i in range(0, n, size)]
 
-    def _unfit(
-        self, unfit: Sequence[tuple[BufferedEvent, str]], records: Sequence[RawRecord], now_ms: int
-    ) -> list[RejectRecord]:
-        raw = {r.offset: r for r in records}
-        out = []
-        for event, why in unfit:
-            rec = raw.get(event.offset)
-            key = rec.key if rec is not None else None
-            value = rec.value if rec is not None else None
-            out.append(
-                RejectRecord(
-                    event.topic,
-                    event.partition,
-                    event.offset,
-                    "invalid_value",
-                    one_line(f"does not fit its table: {why}"),
-                    now_ms,
-                    stored_schema_id(value),
-                    key,
-                    value,
-                    self.worker_id,
-                )
+
+def classify_batch(
+    source: Source, frames: Frames, prepared: Prepared, decoders: DecoderCache, now_ms: int, worker_id: str | None
+) -> Taken:
+    """Rows and rejects of one partition's batch: the batch path for what it proves, :func:`classify` for the rest.
+
+    Pure (the decoders are a cache). With ``source.row_rules`` None every record goes
+    through :func:`classify`: the definition the batch path is held to.
+    """
+    position = TABLES[source.table_name].position
+    fast = fast_rows(frames, prepared.resolved, decoders, source.row_rules, prepared.schema, position, now_ms)
+    taken = Taken(frames, fast.rows, flagged=fast.flagged, proved=0 if fast.rows is None else fast.rows.num_rows)
+    if not fast.slow:
+        return taken
+    out = classify(source.topic, frames.records(fast.slow), prepared.resolved, source.validate, now_ms, worker_id)
+    taken.flagged += out.flagged
+    taken.rejected = out.rejected
+    if out.accepted:
+        # What its table cannot hold is a reject before any stage records it as landed.
+        table, unfit = rows_to_arrow(lambda evs: source.to_arrow(evs, now_ms, prepared.schema), out.accepted)
+        if unfit:
+            taken.rejected = sorted([*taken.rejected, *_unfit(unfit, frames, now_ms, worker_id)], key=_position)
+        if table is not None:
+            if taken.rows is None:
+                taken.rows = table
+            else:
+                both = pa.concat_tables([taken.rows, table])
+                taken.rows = both.take(pc.sort_indices(both[position.offset_column]))
+    return taken
+
+
+def _unfit(
+    unfit: Sequence[tuple[BufferedEvent, str]], frames: Frames, now_ms: int, worker_id: str | None
+) -> list[RejectRecord]:
+    out = []
+    for event, why in unfit:
+        rec = frames.at_offset(event.offset)
+        key = rec.key if rec is not None else None
+        value = rec.value if rec is not None else None
+        out.append(
+            RejectRecord(
+                event.topic,
+                event.partition,
+                event.offset,
+                "invalid_value",
+                one_line(f"does not fit its table: {why}"),
+                now_ms,
+                stored_schema_id(value),
+                key,
+                value,
+                worker_id,
             )
-        return out
+        )
+    return out
 
 
 def _by_size(rejects: Sequence[RejectRecord], target: int = CHUNK_TARGET_BYTES) -> list[list[RejectRecord]]:
@@ -346,22 +392,6 @@ def _by_size(rejects: Sequence[RejectRecord], target: int = CHUNK_TARGET_BYTES) 
             size = 0
         out[-1].append(r)
         size += weight
-    return out
-
-
-def _without(
-    pieces: list[tuple[list[BufferedEvent], pa.Table]], keep: set[int], table_name: str
-) -> list[tuple[list[BufferedEvent], pa.Table]]:
-    """The pieces with only the events whose offset is in ``keep`` (rows filtered by the table's offset column)."""
-    column = TABLES[table_name].position.offset_column
-    out = []
-    for events, table in pieces:
-        kept = [e for e in events if e.offset in keep]
-        if not kept:
-            continue
-        if len(kept) != len(events):
-            table = table.filter(pc.is_in(table[column], pa.array([e.offset for e in kept], pa.int64())))
-        out.append((kept, table))
     return out
 
 

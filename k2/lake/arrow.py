@@ -133,21 +133,26 @@ def _build(
     table_name: str,
     column: Callable[[str], list[Any]],
     schema: pa.Schema | None,
+    sort: bool = True,
 ) -> pa.Table:
     schema = arrow_schema(table_name) if schema is None else schema
     arrays = [column_to_arrow(column(f.name), f) for f in schema]
     table = pa.Table.from_arrays(arrays, schema=schema)
-    return sort_for_table(table, TABLES[table_name])
+    return sort_for_table(table, TABLES[table_name]) if sort else table
 
 
-def events_to_arrow(table_name: str, events: Sequence[BufferedEvent], schema: pa.Schema | None = None) -> pa.Table:
-    """Decoded events of one table (trades or quotes) as a sorted Arrow table with lineage columns.
+def events_to_arrow(
+    table_name: str, events: Sequence[BufferedEvent], schema: pa.Schema | None = None, *, sort: bool = True
+) -> pa.Table:
+    """Decoded events of one table (trades or quotes) as an Arrow table with lineage columns.
 
     Args:
         table_name: a key of :data:`k2.lake.schemas.TABLES` fed by one topic.
         events: the buffered events; ``record`` keys missing from a dict read as null.
         schema: the table's current Arrow schema when it has evolved past K2's definition
             (see ``IcebergWriter.arrow_schema``); defaults to :func:`arrow_schema`.
+        sort: in the table's sort order (True), or in the events' order (the worker's chunks:
+            the flush sorts what it commits).
 
     Raises:
         ValueError: a required value is missing or a value does not fit its column.
@@ -162,11 +167,11 @@ def events_to_arrow(table_name: str, events: Sequence[BufferedEvent], schema: pa
             return [e.offset for e in events]
         return [r.get(name) for r in records]
 
-    return _build(table_name, column, schema)
+    return _build(table_name, column, schema, sort)
 
 
 def companies_to_arrow(
-    events: Sequence[BufferedEvent], updated_at: int | datetime, schema: pa.Schema | None = None
+    events: Sequence[BufferedEvent], updated_at: int | datetime, schema: pa.Schema | None = None, *, sort: bool = True
 ) -> pa.Table:
     """Reference-data events as rows of ``reference_data.companies``.
 
@@ -185,7 +190,7 @@ def companies_to_arrow(
             return [e.offset for e in events]
         return [e.record.get(name) for e in events]
 
-    return _build(COMPANIES, column, schema)
+    return _build(COMPANIES, column, schema, sort)
 
 
 _SOURCE_NAMES = {"source_topic": "topic", "source_partition": "partition", "source_offset": "offset"}

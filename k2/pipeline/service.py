@@ -32,7 +32,7 @@ from k2.avro.registry import WriterSchema, WriterSchemaCache
 from k2.buffer.chunks import REJECTS, ROWS
 from k2.buffer.store import ChunkStore
 from k2.catalog import load_k2_catalog
-from k2.ingest.classify import RawRecord
+from k2.ingest.frames import Frames
 from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, Stage, evolve_for
 from k2.kafka.batches import FetchedBatch
 from k2.lake.records import RejectRecord
@@ -382,11 +382,11 @@ class Pipeline(Service):
         tp = batch.tp
         await self.ledger.wait_capacity()
         proc = self._processors[tp.topic]
-        records = _raw(batch.records)
-        prepared = await proc.prepare(records)
+        frames = Frames.of(tp.partition, batch.records)
+        prepared = await proc.prepare(frames)
         if self._revoking or tp in self._unpositioned:
             return False
-        admission = self.ledger.admit(tp, batch.start, batch.end, records, batch.generation)
+        admission = self.ledger.admit(tp, batch.start, batch.end, batch.records, batch.generation)
         if admission.verdict is Verdict.DISCONTINUITY:
             if self.ledger.refused_once(tp):
                 self.metrics.ingest_discontinuities.labels(tp.topic).inc()
@@ -404,7 +404,9 @@ class Pipeline(Service):
             return False
         if admission.verdict is not Verdict.ACCEPT or not admission.records:
             return False
-        writes = await proc.write(tp.partition, admission.records, prepared)
+        if len(admission.records) != len(frames):  # a re-fetched head, already taken, was cut off
+            frames = Frames.of(tp.partition, admission.records)
+        writes = await proc.write(frames, prepared)
         self.ledger.track(tp, batch.end, writes.futures)
         self.gate.added(writes.events, room)
         self.last_taken[tp] = time.monotonic()
@@ -511,8 +513,3 @@ def record_commit_times(metrics: K2Metrics, statuses: Iterable[TableStatus]) -> 
     for st in statuses:
         if st.committed_at_ms is not None:
             metrics.record_commit(st.name, st.committed_at_ms / 1000)
-
-
-def _raw(records: Sequence[Any]) -> list[RawRecord]:
-    """aiokafka records as :class:`RawRecord` (position, untouched bytes, broker time in ms)."""
-    return [RawRecord(r.partition, r.offset, r.key, r.value, r.timestamp or 0) for r in records]

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey
-from k2.ingest.classify import BatchOutcome, RawRecord
-from k2.lake.records import BufferedEvent
+from k2.ingest.processor import Taken
 from k2.metrics import K2Metrics
 from k2.models import ReferenceData
 
@@ -85,20 +84,23 @@ class Instruments:
 
 
 def check_batch(
-    events: Iterable[BufferedEvent], by_symbol: Mapping[str, frozenset[int]]
+    rows: pa.Table, by_symbol: Mapping[str, frozenset[int]]
 ) -> tuple[Counter[str], Counter[tuple[str, int]]]:
-    """Events whose symbol is unknown (by symbol), and whose company id contradicts it (by symbol, id). Pure."""
+    """Rows whose symbol is unknown (by symbol), and whose company id contradicts it (by symbol, id). Pure."""
     unknown: Counter[str] = Counter()
     mismatched: Counter[tuple[str, int]] = Counter()
-    get = by_symbol.get
-    for event in events:
-        record = event.record
-        symbol = record["symbol"]
-        ids = get(symbol)
+    counts = rows.group_by(["symbol", "company_id"], use_threads=False).aggregate([([], "count_all")])
+    for symbol, company_id, n in zip(
+        counts.column("symbol").to_pylist(),
+        counts.column("company_id").to_pylist(),
+        counts.column("count_all").to_pylist(),
+        strict=True,
+    ):
+        ids = by_symbol.get(symbol)
         if ids is None:
-            unknown[symbol] += 1
-        elif record["company_id"] not in ids:
-            mismatched[(symbol, record["company_id"])] += 1
+            unknown[symbol] += n
+        elif company_id not in ids:
+            mismatched[(symbol, company_id)] += n
     return unknown, mismatched
 
 
@@ -139,11 +141,9 @@ class InstrumentCheck:
         self.instruments = instruments
         self.watch = watch
 
-    def __call__(
-        self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
-    ) -> list[tuple[ChunkKey, pa.Table]]:
-        if outcome.accepted:
-            unknown, mismatched = check_batch(outcome.accepted, self.instruments.by_symbol())
+    def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
+        if batch.rows is not None and batch.rows.num_rows:
+            unknown, mismatched = check_batch(batch.rows, self.instruments.by_symbol())
             if unknown or mismatched:
                 self.watch.add(self.topic, unknown, mismatched)
         return []
@@ -153,12 +153,19 @@ class InstrumentCheck:
         return []
 
 
-def latest_by_company(events: Iterable[BufferedEvent]) -> dict[str, tuple[int, dict[str, Any]]]:
-    """``str(company_id)`` -> (partition, fields) of the last version of each company in ``events``. Pure."""
-    return {
-        str(e.record["company_id"]): (e.partition, {f: e.record.get(f) for f in _FIELDS})
-        for e in events  # consumption order: the last one wins
-    }
+def latest_by_company(rows: pa.Table) -> dict[str, dict[str, Any]]:
+    """``str(company_id)`` -> fields of the last version of each company in ``rows`` (in offset order). Pure.
+
+    ``rows`` are reference-data rows as their table holds them (dates as dates); the fields
+    are the contract's (dates as ISO strings), what :class:`ReferenceData` holds.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows.select(list(_FIELDS)).to_pylist():  # offset order: the last one wins
+        for name in ("start_date", "end_date"):
+            if row[name] is not None:
+                row[name] = row[name].isoformat()
+        latest[str(row["company_id"])] = row
+    return latest
 
 
 class ReferenceUpdate:
@@ -175,14 +182,12 @@ class ReferenceUpdate:
         self.changelog = ChangelogWriter(table)
         self._changes: list[tuple[int, str, ReferenceData]] = []
 
-    def __call__(
-        self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
-    ) -> list[tuple[ChunkKey, pa.Table]]:
-        latest = latest_by_company(outcome.accepted)
-        for key, (partition, fields) in latest.items():
+    def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
+        latest = latest_by_company(batch.rows) if batch.rows is not None else {}
+        for key, fields in latest.items():
             value = ReferenceData(**fields)
             self.table.data[key] = value
-            self._changes.append((partition, key, value))
+            self._changes.append((batch.frames.partition, key, value))
         if latest:
             self.instruments.changed()
         self.metrics.reference_companies.set(len(self.table.data))

@@ -13,13 +13,15 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from k2.replay.asx_csv import Quote, Trade
+from k2.replay.asx_csv import Quote, ReferenceRow, Trade
 
 __all__ = [
+    "INSTRUMENT_ID_STEP",
     "Event",
     "Faults",
     "Injected",
     "TokenBucket",
+    "fan_out",
     "loop_shift_ms",
     "merge_by_time",
     "plan_faults",
@@ -43,6 +45,38 @@ def merge_by_time(streams: Iterable[Sequence[Event]]) -> Iterator[Event]:
     stream, file order (``heapq.merge`` is stable), so the result is deterministic.
     """
     return heapq.merge(*streams, key=_event_time)
+
+
+INSTRUMENT_ID_STEP = 1_000_000
+"""Company ids of the copies :func:`fan_out` makes: the original's plus ``k`` times this."""
+
+
+def fan_out(
+    events: Sequence[Event], reference: Sequence[ReferenceRow], instruments: int
+) -> tuple[list[Event], list[ReferenceRow]]:
+    """Every company and its ticks as ``instruments`` instruments: the original and copies ``SYM.1``, ``SYM.2``...
+
+    A copy has its own symbol (so its own Kafka key, partition and sequence numbers) and
+    company id (``id + k * INSTRUMENT_ID_STEP``), and the original's ticks at the same
+    times. A load of many instruments spreads over a topic's partitions, as a real market
+    does; the sample alone has three symbols, one of which carries 97% of the ticks, so it
+    fills one partition per topic whatever their number.
+    """
+    if instruments < 1:
+        raise ValueError("instruments must be at least 1")
+    out_reference = list(reference)
+    for k in range(1, instruments):
+        out_reference += [_copy(r, k) for r in reference]
+    out_events: list[Event] = []
+    for event in events:  # each tick, then its copies: the merged feed stays in time order
+        out_events.append(event)
+        out_events.extend(_copy(event, k) for k in range(1, instruments))
+    return out_events, out_reference
+
+
+def _copy(row: Any, k: int) -> Any:
+    """Copy ``k`` of a tick or a reference row (named tuples with ``symbol`` and ``company_id``)."""
+    return row._replace(symbol=f"{row.symbol}.{k}", company_id=row.company_id + k * INSTRUMENT_ID_STEP)
 
 
 def loop_shift_ms(span_ms: int, pass_index: int, step_ms: int | None = None) -> int:

@@ -38,7 +38,17 @@ from k2.replay.asx_csv import (
     parse_reference_file,
     parse_trades_file,
 )
-from k2.replay.feed import Event, Faults, Injected, TokenBucket, merge_by_time, replay_plan, to_record, with_faults
+from k2.replay.feed import (
+    Event,
+    Faults,
+    Injected,
+    TokenBucket,
+    fan_out,
+    merge_by_time,
+    replay_plan,
+    to_record,
+    with_faults,
+)
 from k2.settings import Settings
 
 __all__ = [
@@ -94,8 +104,8 @@ def _tick_files(root: Path, kind: str, known_ids: Collection[int]) -> dict[int, 
     return files
 
 
-def load_source(root: Path, symbols: Sequence[str] | None = None) -> ReplaySource:
-    """Parse a replay folder, keeping only ``symbols`` (all when None).
+def load_source(root: Path, symbols: Sequence[str] | None = None, instruments: int = 1) -> ReplaySource:
+    """Parse a replay folder, keeping only ``symbols`` (all when None), each as ``instruments`` (see :func:`fan_out`).
 
     Raises :class:`ReplayInputError` for a missing folder, a missing part of the layout, a
     tick file of a company the reference data does not list, or an unknown symbol.
@@ -133,12 +143,9 @@ def load_source(root: Path, symbols: Sequence[str] | None = None) -> ReplaySourc
             quotes = parse_quotes_file(path, symbol=chosen[company_id].symbol, company_id=company_id)
             streams.append(quotes.rows)
             malformed.extend(quotes.malformed)
+    events, reference = fan_out(list(merge_by_time(streams)), reference, instruments)
     return ReplaySource(
-        root=root,
-        reference=reference,
-        events=list(merge_by_time(streams)),
-        span_ms=data_span_ms(*streams),
-        malformed=malformed,
+        root=root, reference=reference, events=events, span_ms=data_span_ms(*streams), malformed=malformed
     )
 
 

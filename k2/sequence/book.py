@@ -29,10 +29,10 @@ is never shadowed by a stale cache).
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from collections.abc import MutableMapping
 from typing import Any
+
+import numpy as np
 
 from k2.sequence.classify import FIRST, IN_ORDER, KeyState, Verdict, decide, first
 
@@ -44,7 +44,6 @@ BLOCK = 16
 _HEAD = struct.Struct("<BqqqIqqI")  # version, last, last_time, applied, epoch, low_block, log_floor, log length
 _LOG = struct.Struct("<qBq")  # offset, outcome, ref
 _VERSION = 1
-_SWAP = sys.byteorder != "little"
 
 Change = tuple[int, str, bytes | None]
 """``(partition, key, value)`` to send to the changelog; ``None`` deletes."""
@@ -76,37 +75,24 @@ def decode_head(data: bytes) -> KeyState:
 
 
 class Block:
-    """Fingerprints (0: not seen) and offsets of :data:`BLOCK` consecutive sequence numbers."""
+    """Fingerprints (0: not seen) and offsets of :data:`BLOCK` consecutive sequence numbers (little-endian)."""
 
     __slots__ = ("fps", "offsets")
 
-    def __init__(self, fps: array[int] | None = None, offsets: array[int] | None = None) -> None:
-        self.fps = fps if fps is not None else array("I", bytes(4 * BLOCK))
-        self.offsets = offsets if offsets is not None else array("q", bytes(8 * BLOCK))
+    def __init__(self, fps: np.ndarray | None = None, offsets: np.ndarray | None = None) -> None:
+        self.fps = fps if fps is not None else np.zeros(BLOCK, dtype="<u4")
+        self.offsets = offsets if offsets is not None else np.zeros(BLOCK, dtype="<i8")
 
     def encode(self) -> bytes:
-        fps, offsets = self.fps, self.offsets
-        if _SWAP:
-            fps, offsets = array("I", fps), array("q", offsets)
-            fps.byteswap()
-            offsets.byteswap()
-        return fps.tobytes() + offsets.tobytes()
+        return self.fps.tobytes() + self.offsets.tobytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Block:
         if len(data) != 12 * BLOCK:
             raise ValueError(f"a window block is {12 * BLOCK} bytes, got {len(data)}")
-        fps = array("I")
-        fps.frombytes(data[: 4 * BLOCK])
-        offsets = array("q")
-        offsets.frombytes(data[4 * BLOCK :])
-        if _SWAP:
-            fps.byteswap()
-            offsets.byteswap()
+        fps = np.frombuffer(data, dtype="<u4", count=BLOCK).copy()
+        offsets = np.frombuffer(data, dtype="<i8", offset=4 * BLOCK).copy()
         return cls(fps, offsets)
-
-
-assert array("I").itemsize == 4 and array("q").itemsize == 8
 
 
 class Cursor:
@@ -124,6 +110,37 @@ class Cursor:
         self._last: tuple[int, int, Block] | None = None  # the block put() wrote last: (epoch, index, block)
         #: window blocks that may exist before this batch: (epoch, lowest index, highest index)
         self._start_range = None if state is None else (state.epoch, state.low_block, state.last // BLOCK)
+
+    def continues(self, seq: int, offset: int) -> bool:
+        """Whether an event with ``seq`` at ``offset`` is simply the key's next one (in order, not re-delivered)."""
+        state = self.state
+        return state is not None and seq == state.last + 1 and offset > state.applied
+
+    def run(self, seqs: np.ndarray, last_time: int, fps: np.ndarray, offsets: np.ndarray, size: int) -> None:
+        """Apply a run of consecutive numbers that :meth:`continues` the key, in one go (all in order).
+
+        The same as :meth:`track` for each, but only the numbers that stay in the window
+        (the last ``size``) are written to it.
+        """
+        state = self.state
+        assert state is not None
+        first_seq, last_seq = int(seqs[0]), int(seqs[-1])
+        state.applied = int(offsets[-1])
+        state.last = last_seq
+        state.last_time = last_time
+        low = max(first_seq, last_seq - size + 1)
+        epoch = state.epoch
+        seq = low
+        while seq <= last_seq:
+            index, i = divmod(seq, BLOCK)
+            end = min(last_seq, index * BLOCK + BLOCK - 1)
+            block = self._block(epoch, index, create=True)
+            assert block is not None
+            at, stop = seq - first_seq, end - first_seq + 1
+            block.fps[i : i + stop - at] = fps[at:stop]
+            block.offsets[i : i + stop - at] = offsets[at:stop]
+            seq = end + 1
+        self._last = None
 
     def track(self, seq: int, time_ms: int, fp: int, offset: int, size: int) -> Verdict:
         """Classify the key's next event (in offset order) and update the state."""
@@ -170,8 +187,8 @@ class Cursor:
         if block is None:
             return None
         i = seq % BLOCK
-        fp = block.fps[i]
-        return None if fp == 0 else (fp, block.offsets[i])
+        fp = int(block.fps[i])
+        return None if fp == 0 else (fp, int(block.offsets[i]))
 
     def put(self, seq: int, fp: int, offset: int) -> None:
         assert self.state is not None

@@ -27,7 +27,7 @@ the duplicate test, because a new session repeats the numbers of the old one.
 **Same payload** means the decoded record minus ``ingestion_timestamp``: that field is
 stamped by whoever read the feed, so an exchange message received twice differs there
 and only there (``k2 replay --inject-duplicates`` re-sends events exactly so). The
-comparison uses a 32-bit fingerprint (:func:`fingerprint`); a collision could only turn
+comparison uses a 32-bit fingerprint (:mod:`k2.sequence.fingerprint`); a collision could only turn
 a conflict into a duplicate, and both are rejected, so it never changes where a record lands.
 
 **The window** (``K2_DEDUP_WINDOW``, default 1000) bounds what is kept per key: the
@@ -46,12 +46,9 @@ cannot be resolved; it is counted (``unresolved``) and treated as in order.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 __all__ = [
     "FIRST",
@@ -63,8 +60,6 @@ __all__ = [
     "Verdict",
     "Window",
     "decide",
-    "event_millis",
-    "fingerprint",
     "first",
     "severity",
 ]
@@ -73,8 +68,6 @@ LARGE_GAP_MIN = 10
 """A gap of this many missing numbers or more is large; fewer is small."""
 RESET_AFTER_MS = 60 * 60 * 1000
 """A session reset needs the event time to jump by strictly more than this."""
-
-_NOT_PAYLOAD = "ingestion_timestamp"
 
 
 class Outcome(IntEnum):
@@ -130,25 +123,6 @@ UNRESOLVED = Verdict(Outcome.IN_ORDER, redelivered=True, unresolved=True)
 def severity(missing: int) -> str:
     """``small`` for 1-9 missing numbers, ``large`` from :data:`LARGE_GAP_MIN` on."""
     return "large" if missing >= LARGE_GAP_MIN else "small"
-
-
-def fingerprint(record: Mapping[str, Any]) -> int:
-    """A stable, non-zero 32-bit digest of the payload: every field but ``ingestion_timestamp``.
-
-    Stable across processes (``repr`` of ints, strings, decimals and ``None`` is, unlike
-    ``hash()`` of a string), because it outlives the worker in the state's changelog.
-    About a microsecond per event.
-    """
-    return zlib.crc32(repr([v for k, v in record.items() if k != _NOT_PAYLOAD]).encode()) or 1
-
-
-def event_millis(value: Any) -> int:
-    """An event time as epoch milliseconds (the codec gives ints; an aware datetime also works)."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    raise TypeError(f"expected epoch milliseconds or a datetime, got {type(value).__name__}")
 
 
 @dataclass(slots=True)

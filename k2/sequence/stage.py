@@ -17,9 +17,10 @@ import pyarrow as pa
 from k2.avro.codec import stored_schema_id
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import GAPS, ChunkKey
-from k2.ingest.classify import BatchOutcome, RawRecord
+from k2.ingest.frames import RawRecord
+from k2.ingest.processor import Taken
 from k2.lake.arrow import gaps_to_arrow
-from k2.lake.records import BufferedEvent, GapRecord, RejectRecord
+from k2.lake.records import GapRecord, RejectRecord
 from k2.metrics import K2Metrics
 from k2.sequence.book import SequenceBook
 from k2.sequence.classify import Outcome, Verdict
@@ -32,11 +33,10 @@ CONFLICT_REASON = "sequence_conflict"
 
 
 def sequence_reject(
-    event: BufferedEvent, verdict: Verdict, raw: RawRecord | None, now_ms: int, worker_id: str | None
+    topic: str, row: dict[str, Any], verdict: Verdict, raw: RawRecord | None, now_ms: int, worker_id: str | None
 ) -> RejectRecord:
-    """The reject of a duplicate or a conflict: the original key and value bytes, and why (pure)."""
-    r = event.record
-    name = f"{r.get('exchange') or ''}:{r['symbol']} #{r['sequence_number']}"
+    """The reject of a duplicate or a conflict (``row`` as its table holds it): the original bytes, and why (pure)."""
+    name = f"{row.get('exchange') or ''}:{row['symbol']} #{row['sequence_number']}"
     if verdict.outcome is Outcome.DUPLICATE:
         reason, detail = DUPLICATE_REASON, f"{name} already landed from offset {verdict.ref} (same payload)"
     else:
@@ -47,7 +47,7 @@ def sequence_reject(
         key, value = raw.key, raw.value
     schema_id = stored_schema_id(value)
     return RejectRecord(
-        event.topic, event.partition, event.offset, reason, detail, now_ms, schema_id, key, value, worker_id
+        topic, row["kafka_partition"], row["kafka_offset"], reason, detail, now_ms, schema_id, key, value, worker_id
     )
 
 
@@ -75,21 +75,21 @@ class SequenceStage:
         self.changelog = ChangelogWriter(table)
         self._changes: list[tuple[int, str, bytes | None]] = []
 
-    def __call__(
-        self, records: Sequence[RawRecord], outcome: BatchOutcome, now_ms: int
-    ) -> list[tuple[ChunkKey, pa.Table]]:
-        if not outcome.accepted:
+    def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
+        rows = batch.rows
+        if rows is None or not rows.num_rows:
             return []
-        result = track(self.topic, outcome.accepted, self.book, now_ms)
+        result = track(self.topic, rows, self.book, batch.frames.partition, now_ms)
         self._changes.extend(result.changes)  # sent, in this order, by persist()
-        outcome.accepted = result.accepted
         if result.rejected:
-            raw = {(r.partition, r.offset): r for r in records}
-            extra = [
-                sequence_reject(e, v, raw.get((e.partition, e.offset)), now_ms, self.worker_id)
-                for e, v in result.rejected
-            ]
-            outcome.rejected = sorted([*outcome.rejected, *extra], key=lambda r: (r.partition, r.offset))
+            extra = []
+            for row, verdict in result.rejected:
+                values = rows.slice(row, 1).to_pylist()[0]
+                raw = batch.frames.at_offset(values["kafka_offset"])
+                extra.append(sequence_reject(self.topic, values, verdict, raw, now_ms, self.worker_id))
+            kept = rows.filter(pa.array(result.keep))
+            batch.rows = kept if kept.num_rows else None
+            batch.rejected = sorted([*batch.rejected, *extra], key=lambda r: (r.partition, r.offset))
         self._count(result.counts, result.new_gaps)
         return gap_chunks(result.gaps)
 

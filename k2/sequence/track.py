@@ -1,30 +1,48 @@
 """One micro-batch through sequence tracking: verdicts, gap rows and state writes. Pure.
 
-The only state is the :class:`~k2.sequence.book.SequenceBook` passed in (over a dict in
-tests, over a Faust table's data in the worker); what must reach the changelog comes
-back in :attr:`TrackResult.changes`, once per key and batch, never per event.
+The rows come in their table's Arrow schema, in offset order (one partition). The only
+state is the :class:`~k2.sequence.book.SequenceBook` passed in (over a dict in tests, over
+a Faust table's data in the worker); what must reach the changelog comes back in
+:attr:`TrackResult.changes`, once per key and batch, never per event.
+
+Per key (exchange, symbol), the common case is a run of consecutive numbers that simply
+continues the key: it is checked and applied in one go (:meth:`~k2.sequence.book.Cursor.run`).
+Any other run (a gap, a duplicate, a reset, a re-delivery, a key's first event) is
+decided event by event by :func:`~k2.sequence.classify.decide`, exactly as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from k2.lake.records import BufferedEvent, GapRecord
-from k2.sequence.book import Change, SequenceBook
-from k2.sequence.classify import IN_ORDER, Outcome, Verdict, event_millis, fingerprint, severity
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["TrackResult", "track"]
+from k2.lake.records import GapRecord
+from k2.lake.schemas import KAFKA_POSITION
+from k2.sequence.book import Change, Cursor, SequenceBook
+from k2.sequence.classify import IN_ORDER, Outcome, Verdict, severity
+from k2.sequence.fingerprint import fingerprints
+
+__all__ = ["NOT_PAYLOAD", "TrackResult", "track"]
+
+NOT_PAYLOAD = frozenset({"ingestion_timestamp", KAFKA_POSITION.partition_column, KAFKA_POSITION.offset_column})
+"""Columns left out of the payload fingerprint: stamped by whoever read the feed, or by Kafka. An
+exchange message received twice differs there and only there (``k2 replay --inject-duplicates``)."""
+
+_ROW = "__k2_row"
 
 
 @dataclass
 class TrackResult:
     """What a batch became, sequence-wise."""
 
-    accepted: list[BufferedEvent] = field(default_factory=list)
-    """Events bound for the market table, in batch order."""
-    rejected: list[tuple[BufferedEvent, Verdict]] = field(default_factory=list)
-    """Duplicates and conflicts, bound for the rejects."""
+    keep: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
+    """Per row: bound for the market table (False: a duplicate or a conflict)."""
+    rejected: list[tuple[int, Verdict]] = field(default_factory=list)
+    """Duplicates and conflicts (row index and verdict), bound for the rejects, in row order."""
     gaps: list[GapRecord] = field(default_factory=list)
     """Gap rows of the batch, re-delivered ones included (so a rebuilt chunk is the chunk built before)."""
     new_gaps: list[GapRecord] = field(default_factory=list)
@@ -35,55 +53,119 @@ class TrackResult:
     changes: list[Change] = field(default_factory=list)
 
     def count(self, label: str, n: int = 1) -> None:
-        self.counts[label] = self.counts.get(label, 0) + n
+        if n:
+            self.counts[label] = self.counts.get(label, 0) + n
 
 
-def track(topic: str, events: Sequence[BufferedEvent], book: SequenceBook, now_ms: int) -> TrackResult:
-    """Classify the accepted events of a batch (in consumption order) and update ``book``.
+def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms: int) -> TrackResult:
+    """Classify the rows of one partition's batch (in offset order) and update ``book``.
 
-    Events without a sequence number are accepted untracked. Per-event work: a dict
-    lookup for the key's cursor, a fingerprint and a few comparisons.
+    ``rows`` has the columns ``exchange``, ``symbol``, ``sequence_number`` (nullable),
+    ``exchange_timestamp`` and ``kafka_offset``, plus the payload. Rows without a
+    sequence number are accepted untracked.
     """
-    out = TrackResult()
-    accept = out.accepted.append
+    n = rows.num_rows
+    out = TrackResult(keep=np.ones(n, dtype=bool))
+    seq_column = rows.column("sequence_number")
+    tracked = n - seq_column.null_count
+    out.count("untracked", n - tracked)
+    if not tracked:
+        out.changes = book.changes()
+        return out
+    seqs = pc.fill_null(seq_column, 0).to_numpy()
+    offsets = rows.column(KAFKA_POSITION.offset_column).to_numpy()
+    times_ms = pc.divide(rows.column("exchange_timestamp").cast(pa.int64()), 1000).to_numpy()
+    keys = pa.table(
+        {
+            "exchange": rows.column("exchange"),
+            "symbol": rows.column("symbol"),
+            _ROW: pa.array(np.arange(n, dtype=np.int64)),
+        }
+    )
+    if tracked < n:
+        keys = keys.filter(seq_column.is_valid())
+    groups = keys.group_by(["exchange", "symbol"], use_threads=False).aggregate([(_ROW, "list")])
     size = book.size
-    by_outcome = [0] * (max(Outcome) + 1)
-    untracked = redelivered = unresolved = in_order = 0
-    cursor_of = book.cursor
-    for event in events:
-        record = event.record
-        seq = record.get("sequence_number")
-        if seq is None:
-            untracked += 1
-            accept(event)
-            continue
-        exchange = record.get("exchange") or ""
-        symbol = record["symbol"]
-        event_ms = record["exchange_timestamp"]
-        if type(event_ms) is not int:
-            event_ms = event_millis(event_ms)
-        verdict = cursor_of(event.partition, exchange, symbol).track(
-            seq, event_ms, fingerprint(record), event.offset, size
-        )
-        if verdict is IN_ORDER:  # the common case first
-            in_order += 1
-            accept(event)
-            continue
-        if verdict.redelivered:
-            redelivered += 1
-            unresolved += verdict.unresolved
+    plans: list[tuple[str, str, Cursor, np.ndarray, int, bool]] = []
+    needed: list[np.ndarray] = []
+    for exchange, symbol, members in zip(
+        groups.column("exchange").to_pylist(),
+        groups.column("symbol").to_pylist(),
+        groups.column(f"{_ROW}_list").to_pylist(),
+        strict=True,
+    ):
+        exchange = exchange or ""
+        index = np.sort(np.asarray(members, dtype=np.int64))
+        cursor = book.cursor(partition, exchange, symbol)
+        first = 1 if cursor.state is None else 0  # a key's first event is decided alone
+        rest_seqs, rest_offsets = seqs[index[first:]], offsets[index[first:]]
+        if first:
+            is_run = len(rest_seqs) > 0 and int(rest_seqs[0]) == int(seqs[index[0]]) + 1 and _consecutive(rest_seqs)
         else:
-            by_outcome[verdict.outcome] += 1
-        if verdict.rejected:
-            out.rejected.append((event, verdict))
+            is_run = _continues_run(cursor, rest_seqs, rest_offsets)
+        plans.append((exchange, symbol, cursor, index, first, is_run))
+        # Fingerprints only where they are kept: a run writes its last `size` numbers to the window.
+        needed.append(index[:first])
+        needed.append(index[first:][-size:] if is_run else index[first:])
+    wanted = np.concatenate(needed)
+    fps = np.zeros(n, dtype=np.uint32)
+    fps[wanted] = fingerprints(rows.take(pa.array(wanted)), NOT_PAYLOAD)
+    tally = _Tally(out, topic, partition, size, now_ms, times_ms)
+    for exchange, symbol, cursor, index, first, is_run in plans:
+        key_seqs, key_offsets, key_fps = seqs[index], offsets[index], fps[index]
+        if first:
+            tally.decide(cursor, exchange, symbol, int(index[0]), key_seqs[0], key_offsets[0], key_fps[0])
+        if is_run:
+            cursor.run(key_seqs[first:], int(times_ms[index[-1]]), key_fps[first:], key_offsets[first:], size)
+            tally.by_outcome[Outcome.IN_ORDER] += len(index) - first
             continue
-        accept(event)
-        if verdict.outcome is Outcome.GAP:
+        for j in range(first, len(index)):
+            tally.decide(cursor, exchange, symbol, int(index[j]), key_seqs[j], key_offsets[j], key_fps[j])
+    out.rejected.sort(key=lambda item: item[0])
+    out.gaps.sort(key=lambda gap: gap.offset)
+    out.new_gaps.sort(key=lambda gap: gap.offset)
+    for outcome in Outcome:
+        out.count(outcome.label, tally.by_outcome[outcome])
+    out.count("redelivered", tally.redelivered)
+    out.count("unresolved", tally.unresolved)
+    out.changes = book.changes()
+    return out
+
+
+@dataclass
+class _Tally:
+    """Decides single events of a batch (the cases a run does not cover) and counts what was decided."""
+
+    out: TrackResult
+    topic: str
+    partition: int
+    size: int
+    now_ms: int
+    times_ms: np.ndarray
+    by_outcome: list[int] = field(default_factory=lambda: [0] * (max(Outcome) + 1))
+    redelivered: int = 0
+    unresolved: int = 0
+
+    def decide(self, cursor: Cursor, exchange: str, symbol: str, row: int, seq: Any, offset: Any, fp: Any) -> None:
+        seq, offset, event_ms = int(seq), int(offset), int(self.times_ms[row])
+        verdict = cursor.track(seq, event_ms, int(fp), offset, self.size)
+        if verdict is IN_ORDER:
+            self.by_outcome[Outcome.IN_ORDER] += 1
+            return
+        if verdict.redelivered:
+            self.redelivered += 1
+            self.unresolved += verdict.unresolved
+        else:
+            self.by_outcome[verdict.outcome] += 1
+        if verdict.rejected:
+            self.out.keep[row] = False
+            self.out.rejected.append((row, verdict))
+        elif verdict.outcome is Outcome.GAP:
             missing = seq - verdict.ref
             gap = GapRecord(
-                topic,
-                event.partition,
-                event.offset,
+                self.topic,
+                self.partition,
+                offset,
                 exchange,
                 symbol,
                 verdict.ref,
@@ -91,17 +173,18 @@ def track(topic: str, events: Sequence[BufferedEvent], book: SequenceBook, now_m
                 missing,
                 severity(missing),
                 event_ms,
-                now_ms,
+                self.now_ms,
             )
-            out.gaps.append(gap)
+            self.out.gaps.append(gap)
             if not verdict.redelivered:
-                out.new_gaps.append(gap)
-    by_outcome[Outcome.IN_ORDER] += in_order
-    for outcome in Outcome:
-        if by_outcome[outcome]:
-            out.count(outcome.label, by_outcome[outcome])
-    for label, n in (("untracked", untracked), ("redelivered", redelivered), ("unresolved", unresolved)):
-        if n:
-            out.count(label, n)
-    out.changes = book.changes()
-    return out
+                self.out.new_gaps.append(gap)
+
+
+def _continues_run(cursor: Cursor, seqs: np.ndarray, offsets: np.ndarray) -> bool:
+    """Whether ``seqs`` are consecutive and the first continues the key (see :meth:`Cursor.continues`)."""
+    return len(seqs) > 0 and cursor.continues(int(seqs[0]), int(offsets[0])) and _consecutive(seqs)
+
+
+def _consecutive(seqs: np.ndarray) -> bool:
+    """Whether ``seqs`` go up by one each (Python ints for the span: numpy's int64 difference wraps)."""
+    return int(seqs[-1]) - int(seqs[0]) == len(seqs) - 1 and bool((np.diff(seqs) == 1).all())

@@ -21,7 +21,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["k2"]):
-    from k2.ingest.classify import RawRecord
+    from k2.ingest.frames import RawRecord
     from tests.unit.fuzz_frames import KNOWN_ID, NOW, TARGETS, base_frame, check_batch
 
 _CONTRACTS = sorted(TARGETS)

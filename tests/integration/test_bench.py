@@ -33,13 +33,13 @@ def test_compare_short(stack: Stack, tmp_path: Path) -> None:
         "K2_SCHEMA_REGISTRY_URL": stack.schema_registry_url,
     }
     cmd = [sys.executable, str(ROOT / "bench" / "compare.py"), "--events", "20000", "--systems", ",".join(SYSTEMS)]
-    cmd += ["--no-kill", "--no-freshness", "--timeout", "300", "--out", str(out)]
+    cmd += ["--instruments", "4", "--no-kill", "--no-freshness", "--no-soak", "--timeout", "300", "--out", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"compare.py exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
     results = json.loads(out.read_text())
     assert results["config"]["events"] >= 20_000
-    assert results["config"]["partitions"] == 6
+    assert results["config"]["partitions"] == 6 and results["config"]["instruments"] == 4
     assert {"nproc", "ram_gib", "cpu", "python"} <= set(results["machine"])
     assert {"faust-streaming", "aiokafka", "pyiceberg"} <= set(results["versions"]["python"])
     assert list(results["systems"]) == list(SYSTEMS)

@@ -19,6 +19,14 @@ class RecordingTable:
         self.data: dict[str, bytes] = {}
         self.changelog: list[tuple[int | None, str, bytes | None]] = []
         self.changelog_topic = self
+        self.app = self
+        self.producer = _Producer(self)
+
+    def get_topic_name(self) -> str:
+        return "recording-changelog"
+
+    def prepare_key(self, key: str, serializer: Any) -> tuple[str, None]:
+        return key, None
 
     async def send(self, *, key: str, value: bytes | None, partition: int | None, **_: Any) -> asyncio.Future[None]:
         self.changelog.append((partition, key, value))
@@ -35,3 +43,15 @@ class RecordingTable:
             else:
                 state[key] = value
         return state
+
+
+class _Producer:
+    """What ``app.producer.send`` does for :class:`k2.buffer.changelog.ChangelogWriter`: record, deliver at once."""
+
+    def __init__(self, table: RecordingTable) -> None:
+        self.table = table
+
+    async def send(
+        self, topic: str, key: str, value: bytes | None, partition: int | None, timestamp: Any, headers: Any
+    ) -> asyncio.Future[None]:
+        return await self.table.send(key=key, value=value, partition=partition)

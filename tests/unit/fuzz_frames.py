@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 
+from k2.app import sources
 from k2.avro.codec import MAX_SCHEMA_ID, encode
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
-from k2.ingest.classify import RawRecord, Resolution, Validator, classify, schema_ids
+from k2.ingest.classify import Resolution, Validator, classify
+from k2.ingest.fast import DecoderCache
+from k2.ingest.frames import Frames, RawRecord, read_headers
+from k2.ingest.processor import Prepared, classify_batch
 from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow, rejects_to_arrow, rows_to_arrow
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TRADES
+from k2.settings import Settings
 from k2.validation import validate_quote, validate_reference, validate_trade
 from tests.unit.avro_wire import encode_wide, unscaled, wide_schema
 
@@ -40,8 +45,9 @@ REASONS = frozenset({"not_confluent_framed", "unknown_schema_id", "wrong_subject
 
 
 class _Writer:
-    def __init__(self, parsed: Any) -> None:
+    def __init__(self, parsed: Any, schema_str: str) -> None:
         self.parsed = parsed
+        self.schema_str = schema_str
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,11 @@ TARGETS: dict[str, Target] = {
 def resolutions(contract: str, records: Sequence[RawRecord]) -> dict[int, Resolution]:
     """What the registry would answer for the ids of a batch: the contract, a wrong subject, or unknown."""
     answers: dict[int, Resolution] = {}
-    for schema_id in schema_ids(records):
+    headers = read_headers([r.value for r in records])
+    for schema_id in {int(i) for i in headers.schema_ids[headers.framed]}:
         assert schema_id <= MAX_SCHEMA_ID, f"schema_ids() asks the registry about {schema_id:#x}"
         if schema_id == KNOWN_ID:
-            answers[schema_id] = _Writer(CONTRACTS[contract].parsed)
+            answers[schema_id] = _Writer(CONTRACTS[contract].parsed, CONTRACTS[contract].schema_str)
         elif schema_id == WRONG_SUBJECT_ID:
             answers[schema_id] = WrongSubject(f"schema id {schema_id} is registered under another subject")
         else:
@@ -88,10 +95,13 @@ class Tally:
 
     frames: int = 0
     accepted: int = 0
+    proved: int = 0
+    """Of the accepted, those the batch path proved itself (the rest it left to the per-record path)."""
     reasons: dict[str, int] | None = None
 
-    def add(self, accepted: int, reasons: Sequence[str]) -> None:
+    def add(self, accepted: int, reasons: Sequence[str], proved: int = 0) -> None:
         self.accepted += accepted
+        self.proved += proved
         self.frames += accepted + len(reasons)
         counts = self.reasons if self.reasons is not None else {}
         for reason in reasons:
@@ -112,6 +122,40 @@ def check_batch(target: Target, records: Sequence[RawRecord], tally: Tally | Non
         raise AssertionError(f"{target.contract}: {type(exc).__name__}: {exc}; {culprit}") from exc
 
 
+_SOURCES = {s.topic: s for s in sources(Settings())}
+
+
+def check_paths(target: Target, records: Sequence[RawRecord]) -> int:
+    """The batch path (:mod:`k2.ingest.fast`) gives exactly the rows, rejects and flags of the per-record path.
+
+    Returns how many rows the batch path itself proved (the rest it left to the per-record path).
+    """
+    source = _SOURCES[target.topic]
+    proved = 0
+    for partition in sorted({r.partition for r in records}):
+        frames = Frames.from_records([r for r in records if r.partition == partition])
+        prepared = Prepared(resolutions(target.contract, records), arrow_schema(target.table))
+        one_by_one = classify_batch(replace(source, row_rules=None), frames, prepared, DecoderCache(), NOW, "fuzz")
+        batched = classify_batch(source, frames, prepared, DecoderCache(), NOW, "fuzz")
+        if one_by_one.rows is None or batched.rows is None:
+            assert one_by_one.rows is None and batched.rows is None, "one path accepted rows, the other none"
+        else:
+            assert batched.rows.equals(one_by_one.rows), _first_difference(batched.rows, one_by_one.rows)
+        assert batched.rejected == one_by_one.rejected, "the paths rejected differently"
+        assert batched.flagged == one_by_one.flagged
+        proved += batched.proved
+    return proved
+
+
+def _first_difference(a: pa.Table, b: pa.Table) -> str:
+    if a.num_rows != b.num_rows or a.schema != b.schema:
+        return f"{a.num_rows} rows {a.schema} vs {b.num_rows} rows {b.schema}"
+    for i, (x, y) in enumerate(zip(a.to_pylist(), b.to_pylist(), strict=True)):
+        if x != y:
+            return f"row {i}: batch path {x} vs per-record path {y}"
+    return "tables differ in chunking only"
+
+
 def _check(target: Target, records: Sequence[RawRecord], tally: Tally | None) -> None:
     out = classify(target.topic, records, resolutions(target.contract, records), target.validate, NOW, "fuzz")
     by_position = {(r.partition, r.offset): r for r in records}
@@ -130,8 +174,9 @@ def _check(target: Target, records: Sequence[RawRecord], tally: Tally | None) ->
         assert table.schema == arrow_schema(target.table)
     rejects = rejects_to_arrow(out.rejected)
     assert rejects.num_rows == len(out.rejected) and rejects.schema == arrow_schema(REJECTS)
+    proved = check_paths(target, records)
     if tally is not None:
-        tally.add(len(out.accepted), [r.reason for r in out.rejected])
+        tally.add(len(out.accepted), [r.reason for r in out.rejected], proved)
 
 
 def _culprit(target: Target, records: Sequence[RawRecord]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from k2.app import sources
-from k2.ingest.classify import RawRecord
+from k2.ingest.frames import Frames, RawRecord
 from k2.ingest.processor import BatchWrites, IngressProcessor, Source
 from k2.settings import Settings
 
@@ -16,9 +16,9 @@ async def process(proc: IngressProcessor, records: Sequence[RawRecord]) -> int:
     """Prepare and write ``records`` one partition at a time (as fetched batches are); returns rows accepted."""
     accepted = 0
     for partition in sorted({r.partition for r in records}):
-        batch = [r for r in records if r.partition == partition]
-        prepared = await proc.prepare(batch)
-        writes: BatchWrites = await proc.write(partition, batch, prepared)
+        frames = Frames.from_records([r for r in records if r.partition == partition])
+        prepared = await proc.prepare(frames)
+        writes: BatchWrites = await proc.write(frames, prepared)
         await asyncio.gather(*writes.futures)
         accepted += writes.accepted
     return accepted

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, LongType, NestedField
@@ -69,3 +70,18 @@ def test_freshness_is_commit_time_minus_create_time(tmp_path: Path) -> None:
     assert fresh["p50_s"] == 2.0
     # Rows produced before since_ms are not counted (the warm-up).
     assert freshness(catalog, [Lineage("ns.rows", "topic")], produced, since_ms=first - 2500)["n"] == 2
+
+
+def test_soak_trend_reads_growth_from_the_second_half_only() -> None:
+    from bench.soak import trend
+
+    flat = [(t * 10.0, 300.0 + (50.0 if t < 3 else 0.0)) for t in range(12)]  # warm-up bump, then flat
+    assert trend(flat) == {
+        "first_half_peak_mib": 350.0,
+        "second_half_peak_mib": 300.0,
+        "second_half_growth_mib_per_min": 0.0,
+    }
+    growing = [(t * 10.0, 300.0 + t) for t in range(12)]  # 1 MiB per 10 s
+    assert trend(growing)["second_half_growth_mib_per_min"] == 6.0
+    with pytest.raises(ValueError):
+        trend(growing[:3])

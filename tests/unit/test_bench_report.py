@@ -53,3 +53,23 @@ def test_readme_section_is_generated_between_markers_and_replaced(tmp_path: Path
     report.update_readme(changed, readme)
     second = readme.read_text()
     assert second.count(report.BEGIN) == 1 and "12,345" in second and "rest\n" in second
+
+
+def test_findings_state_the_targets_figures() -> None:
+    results = _results()
+    results["systems"]["k2x2"] = {"steady_events_per_s": 17_000}
+    results["systems"]["k2"]["soak"] = {
+        "events": 6_000_000,
+        "rate": 10_000,
+        "seconds": 600,
+        "first_half_peak_mib": 410.0,
+        "second_half_peak_mib": 415.0,
+        "second_half_growth_mib_per_min": 0.4,
+        "missing": 0,
+        "doubled": 0,
+    }
+    lines = report.findings(results)
+    assert lines[0] == "- One K2 worker lands 12% of the floor's rate and 0.50x Quix Streams'."
+    assert lines[1] == "- Two K2 workers in one group: 1.70x one."
+    assert "growing +0.4 MiB/min" in lines[2] and "0 missing, 0 doubled" in lines[2]
+    assert report.findings({"systems": {}}) == []

@@ -12,7 +12,8 @@ import pytest
 from k2.avro.codec import encode, parse_schema
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
-from k2.ingest.classify import RawRecord, Resolution, classify, schema_ids
+from k2.ingest.classify import Resolution, classify
+from k2.ingest.frames import Frames, RawRecord
 from k2.lake.arrow import events_to_arrow, rejects_to_arrow
 from k2.lake.schemas import TRADES
 from k2.validation import validate_quote, validate_trade
@@ -112,7 +113,11 @@ def test_schema_id_known_only_for_framed_records() -> None:
 
 
 def test_schema_ids_lists_framed_ids_only() -> None:
-    assert schema_ids([good(0), raw(1, b"\x01\x00\x00\x00\x05x"), raw(2, None), raw(3, b"\x00\x00")]) == {TRADE_ID}
+    batch = [good(0), raw(1, b"\x01\x00\x00\x00\x05x"), raw(2, None), raw(3, b"\x00\x00")]
+    assert Frames.from_records(batch).schema_ids() == {TRADE_ID}
+    headers = Frames.from_records(batch).headers
+    assert headers.framed.tolist() == [True, False, False, False]
+    assert headers.sizes.tolist() == [len(batch[0].value or b""), 6, 0, 2]
 
 
 def test_crossed_quote_is_accepted_and_counted() -> None:
@@ -146,7 +151,7 @@ def test_schema_id_with_the_high_bit_is_unknown_without_asking_the_registry() ->
     # rejects_to_arrow raised, losing the whole batch. Registry ids are positive Java ints.
     body = encode(TRADE_ID, TRADE_SCHEMA, trade())[5:]
     value = b"\x00\x80\x00\x00\x02" + body
-    assert schema_ids([raw(0, value)]) == set()  # never sent to the registry
+    assert Frames.from_records([raw(0, value)]).schema_ids() == set()  # never sent to the registry
     out = run([raw(0, value), good(1)])  # SCHEMAS lacks the id: a lookup would be a KeyError
     [r] = out.rejected
     assert (r.offset, r.reason, r.schema_id) == (0, "unknown_schema_id", None)
@@ -157,7 +162,7 @@ def test_schema_id_with_the_high_bit_is_unknown_without_asking_the_registry() ->
 
 def test_largest_registry_id_is_still_resolved() -> None:
     value = b"\x00\x7f\xff\xff\xff\x02"
-    assert schema_ids([raw(0, value)]) == {2**31 - 1}
+    assert Frames.from_records([raw(0, value)]).schema_ids() == {2**31 - 1}
 
 
 def test_out_of_contract_wire_values_are_undecodable_and_the_batch_converts() -> None:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from k2.lake.arrow import events_to_arrow
 from k2.lake.records import BufferedEvent
+from k2.lake.schemas import QUOTES, TRADES
 from k2.replay.asx_csv import Quote, Trade, data_span_ms
 from k2.replay.feed import (
     Faults,
@@ -246,15 +248,20 @@ def test_sequence_tracking_finds_exactly_the_injected_faults(loops: int) -> None
     events = sample_events()
     faults = plan_faults(streams(events), loops, gaps=8, duplicates=6, seed=3)
     injected: list[Injected] = []
-    books = {Trade: SequenceBook({}, 1000), Quote: SequenceBook({}, 1000)}
-    found_gaps, found_dups = [], []
+    by_kind: dict[type, list[BufferedEvent]] = {Trade: [], Quote: []}
     for offset, (e, shift, off) in enumerate(
         with_faults(replay_plan(events, loops, data_span_ms(events)), faults, injected)
     ):
-        buffered = BufferedEvent("t", 0, offset, to_record(e, shift, off, ingestion_ms=offset))
-        result = track("t", [buffered], books[type(e)], now_ms=0)
-        found_gaps += [(type(e), g.symbol, g.expected, g.received) for g in result.gaps]
-        found_dups += [(type(e), e.symbol, v.outcome.label) for _, v in result.rejected]
+        by_kind[type(e)].append(BufferedEvent("t", 0, offset, to_record(e, shift, off, ingestion_ms=offset)))
+    found_gaps, found_dups = [], []
+    for kind, table in ((Trade, TRADES), (Quote, QUOTES)):
+        book = SequenceBook({}, 1000)
+        buffered = by_kind[kind]
+        for start in range(0, len(buffered), 700):  # batches, as a worker takes them
+            batch = buffered[start : start + 700]
+            result = track("t", events_to_arrow(table, batch, sort=False), book, 0, now_ms=0)
+            found_gaps += [(kind, g.symbol, g.expected, g.received) for g in result.gaps]
+            found_dups += [(kind, batch[row].record["symbol"], v.outcome.label) for row, v in result.rejected]
     assert sorted(found_gaps, key=str) == sorted(
         ((i.kind, i.symbol, i.sequence_number, i.sequence_number + 1) for i in injected if i.fault == "gap"), key=str
     )
@@ -270,3 +277,23 @@ def test_too_many_faults_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         plan_faults(keys, 1, gaps=0, duplicates=6, seed=0)
     assert plan_faults(keys, 1, gaps=0, duplicates=0, seed=0) == Faults()
+
+
+def test_fan_out_copies_every_company_as_instruments_of_their_own() -> None:
+    from k2.replay.asx_csv import ReferenceRow
+    from k2.replay.feed import INSTRUMENT_ID_STEP, fan_out
+
+    events = [trade("BHP", 10, 1), trade("DVN", 11, 1), trade("BHP", 12, 2)]
+    reference = [ReferenceRow(7078, "BHP", "BHP Ltd", "AU1", "2001-01-01", None)]
+    out, companies = fan_out(events, reference, 3)
+    assert [(e.symbol, e.sequence_number) for e in out[:3]] == [("BHP", 1), ("BHP.1", 1), ("BHP.2", 1)]
+    assert len(out) == 9 and [e.exchange_timestamp for e in out] == sorted(e.exchange_timestamp for e in out)
+    assert [(c.symbol, c.company_id) for c in companies] == [
+        ("BHP", 7078),
+        ("BHP.1", 7078 + INSTRUMENT_ID_STEP),
+        ("BHP.2", 7078 + 2 * INSTRUMENT_ID_STEP),
+    ]
+    assert out[1].company_id == events[0].company_id + INSTRUMENT_ID_STEP
+    assert fan_out(events, reference, 1) == (events, reference)
+    with pytest.raises(ValueError):
+        fan_out(events, reference, 0)

@@ -16,9 +16,9 @@ from k2.avro.registry import WriterSchema
 from k2.avro.schemas import CONTRACTS
 from k2.buffer.chunks import ChunkKey
 from k2.buffer.store import ChunkStore
-from k2.ingest.classify import BatchOutcome, RawRecord
-from k2.ingest.processor import IngressProcessor, LakeSchemas
-from k2.lake.arrow import arrow_schema
+from k2.ingest.frames import Frames, RawRecord
+from k2.ingest.processor import IngressProcessor, LakeSchemas, Taken
+from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import SEQUENCE_GAPS, TRADES
 from k2.lake.tables import ensure_tables
@@ -79,6 +79,11 @@ class Harness:
     def chunk(self, kind: str) -> pa.Table:
         [key] = [k for k in self.buffer.data if k.startswith(kind)]
         return pa.ipc.open_stream(self.buffer.data[key]).read_all()
+
+
+def taken(rows: pa.Table, partition: int = 0) -> Taken:
+    """A batch as the stages receive it (rows already built; no frames needed by these stages)."""
+    return Taken(Frames(partition, [], [], [], []), rows)
 
 
 def rec(offset: int, seq: int, partition: int = 0, **kw: Any) -> RawRecord:
@@ -215,15 +220,19 @@ async def test_reference_update_writes_the_last_version_of_each_company_once() -
     metrics = K2Metrics(CollectorRegistry())
     stage = ReferenceUpdate(table, instruments, metrics)
     assert instruments.by_symbol() == {}
-    outcome = BatchOutcome(accepted=[ev(0, ref(1, "AAA")), ev(1, ref(2, "BBB")), ev(2, ref(1, "AAX"))])
-    assert stage([], outcome, T0) == []
+    batch = taken(
+        companies_to_arrow([ev(0, ref(1, "AAA")), ev(1, ref(2, "BBB")), ev(2, ref(1, "AAX"))], T0, sort=False)
+    )
+    assert stage(batch, T0) == []
     assert table.changelog == []  # nothing is sent before persist()
     await stage.persist()
     assert [(p, k) for p, k, _ in table.changelog] == [(0, "1"), (0, "2")]
     assert isinstance(table.changelog[0][2], ReferenceData)
     assert instruments.by_symbol() == {"AAX": {1}, "BBB": {2}}
     assert metrics.registry.get_sample_value("k2_reference_companies") == 2
-    assert latest_by_company([ev(0, ref(3, "C"), partition=4)]) == {"3": (4, ref(3, "C"))}
+    assert latest_by_company(companies_to_arrow([ev(0, ref(3, "C", end_date="2020-02-29"))], T0, sort=False)) == {
+        "3": ref(3, "C", end_date="2020-02-29")
+    }
 
 
 def test_unknown_symbols_and_contradicting_company_ids_are_counted_not_rejected() -> None:
@@ -236,13 +245,14 @@ def test_unknown_symbols_and_contradicting_company_ids_are_counted_not_rejected(
         ev(3, trade(symbol="AAA", company_id=2)),
         ev(4, trade(symbol="BBB", company_id=3)),
     ]
-    unknown, mismatched = check_batch(events, instruments.by_symbol())
+    rows = events_to_arrow(TRADES, events, sort=False)
+    unknown, mismatched = check_batch(rows, instruments.by_symbol())
     assert unknown == {"ZZZ": 2} and mismatched == {("AAA", 2): 1}
     metrics = K2Metrics(CollectorRegistry())
     watch = InstrumentWatch(metrics)
-    outcome = BatchOutcome(accepted=events)
-    assert InstrumentCheck("trades", instruments, watch)([], outcome, T0) == []
-    assert len(outcome.accepted) == 5
+    batch = taken(rows)
+    assert InstrumentCheck("trades", instruments, watch)(batch, T0) == []
+    assert batch.accepted == 5
     value = metrics.registry.get_sample_value
     assert value("k2_unknown_instrument_events_total", {"topic": "trades", "symbol": "ZZZ"}) == 2
     assert value("k2_instrument_mismatch_events_total", {"topic": "trades", "symbol": "AAA"}) == 1

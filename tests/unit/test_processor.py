@@ -15,7 +15,7 @@ from k2.avro.schemas import CONTRACTS
 from k2.buffer.chunks import ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import RegistryUnavailable, UnknownSchemaId
-from k2.ingest.classify import RawRecord
+from k2.ingest.frames import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema
 from k2.metrics import K2Metrics

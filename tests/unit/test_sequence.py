@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from k2.lake.records import BufferedEvent
+from k2.lake.arrow import events_to_arrow
+from k2.lake.records import BufferedEvent, GapRecord
+from k2.lake.schemas import TRADES
 from k2.sequence.book import BLOCK, Block, SequenceBook, decode_head, encode_head
-from k2.sequence.classify import RESET_AFTER_MS, KeyState, Outcome, fingerprint
-from k2.sequence.track import TrackResult, track
+from k2.sequence.classify import RESET_AFTER_MS, KeyState, Outcome, Verdict
+from k2.sequence.fingerprint import fingerprints
+from k2.sequence.track import NOT_PAYLOAD, track
 from tests.unit.lake_helpers import T0, trade
 
 TOPIC = "market.trades.raw"
@@ -37,7 +42,18 @@ class Feed:
         return [self.ev(s, **kw) for s in seqs]
 
 
-def outcomes(result: TrackResult, events: list[Any]) -> list[str]:
+@dataclass
+class Tracked:
+    """A :class:`~k2.sequence.track.TrackResult` read back onto the events it was given."""
+
+    accepted: list[Any]
+    rejected: list[tuple[Any, Verdict]]
+    gaps: list[GapRecord]
+    counts: dict[str, int]
+    changes: list[Any]
+
+
+def outcomes(result: Tracked, events: list[Any]) -> list[str]:
     """The class of each event, in order, rebuilt from the result (accepted, gaps, rejected)."""
     rejected = {e.offset: v.outcome.label for e, v in result.rejected}
     gaps = {g.offset for g in result.gaps}
@@ -52,8 +68,16 @@ def outcomes(result: TrackResult, events: list[Any]) -> list[str]:
     return out
 
 
-def run(book: SequenceBook, events: list[Any]) -> TrackResult:
-    return track(TOPIC, events, book, now_ms=T0 + 10 * HOUR)
+def run(book: SequenceBook, events: list[Any]) -> Tracked:
+    rows = events_to_arrow(TRADES, events, sort=False)
+    result = track(TOPIC, rows, book, events[0].partition if events else 0, now_ms=T0 + 10 * HOUR)
+    return Tracked(
+        [e for e, keep in zip(events, result.keep, strict=True) if keep],
+        [(events[i], v) for i, v in result.rejected],
+        result.gaps,
+        result.counts,
+        result.changes,
+    )
 
 
 @pytest.fixture
@@ -188,8 +212,11 @@ def test_window_blocks_out_of_the_window_are_deleted() -> None:
     result = run(book, Feed().run(list(range(1, last + 1))))
     blocks = sorted(int(k.rsplit("|", 1)[1]) for k in book.data if k.startswith("w|"))
     assert blocks == list(range((last - 100 + 1) // BLOCK, last // BLOCK + 1))
-    deleted = [k for _, k, v in result.changes if v is None]
-    assert deleted == [f"w|0|ASX|BHP|0|{i}" for i in range(blocks[0])]
+    # Only blocks of the window are written; nothing below it is (a run writes its last `size` numbers only).
+    written = sorted(int(k.rsplit("|", 1)[1]) for _, k, v in result.changes if v is not None and k.startswith("w|"))
+    assert written == blocks
+    deleted = [int(k.rsplit("|", 1)[1]) for _, k, v in result.changes if v is None]
+    assert all(i < blocks[0] for i in deleted)
 
 
 def test_one_write_per_key_and_block_per_batch_in_crash_safe_order(book: SequenceBook) -> None:
@@ -223,7 +250,7 @@ def restore(changes: list[Any], base: dict[str, Any] | None = None) -> dict[str,
     return data
 
 
-def verdicts(result: TrackResult) -> tuple[Any, ...]:
+def verdicts(result: Tracked) -> tuple[Any, ...]:
     """Where each event went and the gap rows, minus what legitimately differs (detection time, flags)."""
     return (
         [e.offset for e in result.accepted],
@@ -313,14 +340,105 @@ def test_head_and_block_round_trip() -> None:
         Block.decode(b"short")
 
 
-def test_fingerprint_ignores_ingestion_time_only_and_is_stable_across_processes() -> None:
+def _fingerprints(*records: dict[str, Any]) -> list[int]:
+    events = [BufferedEvent(TOPIC, 0, i, r) for i, r in enumerate(records)]
+    return fingerprints(events_to_arrow(TRADES, events, sort=False), NOT_PAYLOAD).tolist()
+
+
+def test_fingerprint_ignores_ingestion_time_and_position_only_and_is_stable_across_processes() -> None:
     base = trade(sequence_number=5)
-    assert fingerprint(base) == fingerprint({**base, "ingestion_timestamp": 1})
-    assert fingerprint(base) != fingerprint({**base, "volume": 101})
-    assert fingerprint(base) != 0
-    code = (
-        "from tests.unit.lake_helpers import trade; from k2.sequence.classify import fingerprint; "
-        "print(fingerprint(trade(sequence_number=5)))"
+    same, later, other, no_buyer = _fingerprints(
+        base, {**base, "ingestion_timestamp": 1}, {**base, "volume": 101}, {**base, "buyer_id": "B7"}
     )
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(other) == fingerprint(base)
+    assert same == later  # and its offset differs too
+    assert len({same, other, no_buyer}) == 3
+    assert same != 0
+    code = (
+        "from tests.unit.test_sequence import _fingerprints; from tests.unit.lake_helpers import trade; "
+        "print(_fingerprints(trade(sequence_number=5))[0])"
+    )
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(printed) == same
+
+
+# -- runs: the batch shortcut decides as event-by-event tracking does ------------------------------
+
+
+def _messy_feed(rng: random.Random, n: int) -> list[BufferedEvent]:
+    """Two symbols, mostly in order, with gaps, repeats (same or other payload), late events and resets."""
+    feed = Feed()
+    last = {"BHP": 0, "DVN": 0}
+    at = 0
+    out = []
+    for _ in range(n):
+        symbol = rng.choice(("BHP", "BHP", "BHP", "DVN"))
+        roll = rng.random()
+        if roll < 0.9:
+            last[symbol] += 1
+            seq = last[symbol]
+        elif roll < 0.93:
+            last[symbol] += rng.randint(2, 30)
+            seq = last[symbol]
+        elif roll < 0.97:
+            seq = max(1, last[symbol] - rng.randint(0, 20))
+        elif roll < 0.99:
+            at += 2 * HOUR
+            last[symbol] = seq = 1
+        else:
+            seq = None
+        at += rng.randint(0, 5)
+        price = Decimal(rng.choice((1, 1, 1, 2)))
+        out.append(feed.ev(seq, at=at, symbol=symbol, price=price))
+    return out
+
+
+def _one_by_one(book: SequenceBook, events: list[BufferedEvent]) -> list[str]:
+    """The reference: every event through Cursor.track, one at a time (no runs)."""
+    labels = []
+    rows = events_to_arrow(TRADES, events, sort=False)
+    fps = fingerprints(rows, NOT_PAYLOAD).tolist()
+    for e, fp in zip(events, fps, strict=True):
+        seq = e.record["sequence_number"]
+        if seq is None:
+            labels.append("untracked")
+            continue
+        cursor = book.cursor(e.partition, e.record["exchange"], e.record["symbol"])
+        verdict = cursor.track(seq, e.record["exchange_timestamp"], fp, e.offset, book.size)
+        labels.append(verdict.outcome.label)
+    book.changes()
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_runs_decide_exactly_as_one_event_at_a_time(seed: int) -> None:
+    rng = random.Random(seed)
+    events = _messy_feed(rng, 3000)
+    size = rng.choice((16, 50, 1000))
+    batched, single = SequenceBook({}, size=size), SequenceBook({}, size=size)
+    got: list[str] = []
+    expected: list[str] = []
+    i = 0
+    while i < len(events):
+        batch = events[i : i + rng.randint(1, 400)]
+        i += len(batch)
+        rows = events_to_arrow(TRADES, batch, sort=False)
+        result = track(TOPIC, rows, batched, 0, now_ms=T0 + 100 * HOUR)
+        rejected = dict(result.rejected)
+        gaps = {g.offset for g in result.gaps}
+        for row, e in enumerate(batch):
+            if row in rejected:
+                got.append(rejected[row].outcome.label)
+            elif e.offset in gaps:
+                got.append("gap")
+            elif e.record["sequence_number"] is None:
+                got.append("untracked")
+            else:
+                got.append("kept")
+        expected += _one_by_one(single, batch)
+    simplified = ["kept" if x in ("first", "in_order", "out_of_order", "reset") else x for x in expected]
+    assert got == simplified
+    encode = lambda data: {  # noqa: E731
+        k: v.encode() if isinstance(v, Block) else encode_head(v) if isinstance(v, KeyState) else v
+        for k, v in data.items()
+    }
+    assert encode(batched.data) == encode(single.data)

@@ -1,0 +1,128 @@
+"""A fetched batch of one source partition as columns: what classification reads.
+
+The consumer hands over aiokafka records; the hot path needs their values as one list (to
+decode them in a block), and a single record only for the few events that go one by one
+(rejects, events the batch decoder leaves to the codec), so both shapes are here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Frames", "Headers", "RawRecord", "read_headers"]
+
+_HEADER = 5  # the Confluent header: magic byte 0, then the schema id (4 bytes, big-endian)
+
+
+@dataclass(frozen=True)
+class Headers:
+    """The Confluent header of every frame of a batch, read in one pass."""
+
+    framed: np.ndarray
+    """Per frame: a value of at least the header's length, magic byte 0, a schema id below 2**31."""
+    schema_ids: np.ndarray
+    """Per frame: the header's schema id (meaningless where not ``framed``)."""
+    sizes: np.ndarray
+    """Per frame: the value's length (0 for a tombstone)."""
+
+
+def read_headers(values: Sequence[bytes | None]) -> Headers:
+    """The headers of ``values``, in numpy arrays (one slice per value, the rest vectorised)."""
+    n = len(values)
+    sizes = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n)
+    whole = sizes >= _HEADER
+    heads = np.zeros((n, _HEADER), dtype=np.uint8)
+    if whole.all():
+        heads[:] = np.frombuffer(b"".join([v[:_HEADER] for v in values]), dtype=np.uint8).reshape(n, _HEADER)  # type: ignore[index]
+    else:
+        for i in np.flatnonzero(whole).tolist():
+            heads[i] = np.frombuffer(values[i][:_HEADER], dtype=np.uint8)  # type: ignore[index]
+    ids = heads[:, 1:].astype(np.int64)
+    schema_ids = (ids[:, 0] << 24) | (ids[:, 1] << 16) | (ids[:, 2] << 8) | ids[:, 3]
+    framed = whole & (heads[:, 0] == 0) & (heads[:, 1] < 0x80)
+    return Headers(framed, schema_ids, sizes)
+
+
+class RawRecord(NamedTuple):
+    """One Kafka record as consumed: position, and the key and value bytes untouched."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The records of one partition's batch, in offset order, column by column."""
+
+    partition: int
+    offsets: Sequence[int]
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
+    timestamps: Sequence[int]
+
+    @classmethod
+    def of(cls, partition: int, records: Sequence[Any]) -> Frames:
+        """From aiokafka ``ConsumerRecord``s of one partition (``offset``, ``key``, ``value``, ``timestamp``)."""
+        return cls(
+            partition,
+            [r.offset for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [r.timestamp or 0 for r in records],
+        )
+
+    @classmethod
+    def from_records(cls, records: Sequence[RawRecord]) -> Frames:
+        """From :class:`RawRecord`s of one partition (tests, tools)."""
+        partitions = {r.partition for r in records}
+        if len(partitions) > 1:
+            raise ValueError(f"a batch holds one partition, got {sorted(partitions)}")
+        return cls(
+            partitions.pop() if partitions else 0,
+            [r.offset for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [r.timestamp_ms for r in records],
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @cached_property
+    def headers(self) -> Headers:
+        """Every frame's Confluent header (read once per batch)."""
+        return read_headers(self.values)
+
+    def schema_ids(self) -> set[int]:
+        """The schema ids the well-framed values name: what to resolve before classifying.
+
+        Ids above :data:`~k2.avro.codec.MAX_SCHEMA_ID` (high bit set) are left out: no registry
+        can know them, so asking would only cost a round trip; classification rejects them.
+        """
+        h = self.headers
+        return {int(i) for i in np.unique(h.schema_ids[h.framed])}
+
+    def record(self, i: int) -> RawRecord:
+        """The ``i``-th record."""
+        return RawRecord(self.partition, self.offsets[i], self.keys[i], self.values[i], self.timestamps[i])
+
+    def records(self, indices: Iterable[int] | None = None) -> list[RawRecord]:
+        """The records at ``indices`` (all, in order, when None)."""
+        wanted = range(len(self)) if indices is None else indices
+        return [self.record(i) for i in wanted]
+
+    def at_offset(self, offset: int) -> RawRecord | None:
+        """The record at ``offset``, if the batch holds it (offsets are ascending)."""
+        i = bisect.bisect_left(self.offsets, offset)
+        if i < len(self.offsets) and self.offsets[i] == offset:
+            return self.record(i)
+        return None
