@@ -80,6 +80,12 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         origin="k2",
         # Chunks live in memory and in their changelog; a restarted worker restores them.
         store="memory://",
+        # No standby copies of other workers' table partitions: a standby follows every chunk and
+        # every sequence-state write of its peers through faust's per-message path, which doubled
+        # the CPU per event of two workers (bench/compare.py k2x2: 46.9 CPU s/M against 23.4 for one).
+        # A new owner restores from the changelog instead. Global tables (reference data) are still
+        # followed by every worker.
+        table_standby_replicas=0,
         topic_partitions=s.trades_partitions,
         topic_replication_factor=s.replication_factor,
         # A new consumer group starts at the beginning: the lake must hold every event.
