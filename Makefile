@@ -82,7 +82,7 @@ bench: venv
 
 bench-short: venv
 	$(STACK) up
-	$(PY) bench/compare.py --events 20000 --instruments 4 --systems floor,faust-bare,k2 --no-kill --no-freshness --no-soak \
+	$(PY) bench/compare.py --events 20000 --instruments 4 --systems floor,faust-bare,k2 --no-kill --no-freshness --no-soak --no-maintain \
 	  --out var/bench/short.json $(BENCH_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench.lakecheck import exactness, file_stats, freshness, produced_times  # noqa: E402
+from bench.maintenance import maintenance_phase  # noqa: E402
 from bench.procs import Timeout, wait_until  # noqa: E402
 from bench.runners import LAKE_SYSTEMS, SYSTEMS, Source, System, SystemFailed, base_env, k2_command, make  # noqa: E402
 from bench.soak import soak  # noqa: E402
@@ -275,6 +276,7 @@ def main() -> int:
     parser.add_argument("--freshness-s", type=float, default=60, help="about how long to produce live")
     parser.add_argument("--freshness-warmup", type=float, default=10, help="events of the first N s not counted")
     parser.add_argument("--no-soak", action="store_true", help="skip K2's long run at a steady rate (memory over time)")
+    parser.add_argument("--no-maintain", action="store_true", help="skip maintenance of K2's lake after its run")
     parser.add_argument("--soak-rate", type=float, default=10_000, help="events/s produced live during the soak")
     parser.add_argument("--soak-s", type=float, default=600, help="about how long the soak produces, s")
     parser.add_argument("--timeout", type=float, default=1800, help="bound of every wait for a system, s")
@@ -345,6 +347,11 @@ def main() -> int:
         for name in names:
             system = make(name, source, ends, work / name, args.flush_interval)
             results["systems"][name] = attempt(name, lambda s: throughput(s, args.timeout), system)
+            if name == "k2" and not args.no_maintain and "error" not in results["systems"][name]:
+                # The lake K2 just landed the load into, its worker stopped: files and a day's scan, before and after.
+                results["systems"][name]["maintenance"] = attempt(
+                    "k2 maintenance", lambda s: maintenance_phase(s.catalog()), system
+                )
             if name in ("quix", "connect"):
                 results["versions"][name] = system.versions()
         for name in (n for n in names if n in LAKE_SYSTEMS and n != "k2x2"):

@@ -209,6 +209,18 @@ def findings(results: Mapping[str, Any]) -> list[str]:
         out[-1] += "."
     if rate["k2"] and rate["k2x2"]:
         out.append(f"- Two K2 workers in one group: {rate['k2x2'] / rate['k2']:.2f}x one.")
+    maintained = (systems.get("k2") or {}).get("maintenance") or {}
+    for table, m in maintained.items():
+        if isinstance(m, dict) and "files_before" in m:
+            files = (
+                f"{m['files_before']:,} data files of {m['avg_file_mb_before']:.2f} MB on average before, "
+                f"{m['files_after']:,} of {m['avg_file_mb_after']:.2f} MB after ({m['days_compacted']} days compacted)"
+            )
+            scan = f"{m['day_scan_s_before']:.2f} s before and {m['day_scan_s_after']:.2f} s after"
+            out.append(
+                f"- `k2 maintain` on K2's lake after the load, {table}: {files}; reading its busiest day "
+                f"({m['day_rows']:,} rows) took {scan}."
+            )
     soaked = (systems.get("k2") or {}).get("soak") or {}
     if "second_half_growth_mib_per_min" in soaked:
         out.append(

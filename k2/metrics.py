@@ -45,6 +45,12 @@ class K2Metrics:
             ["topic"],
             registry=registry,
         )
+        self.lake_regressions = Counter(
+            "k2_lake_regressions_total",
+            "Times a table was found recording less than it did (rolled back, restored): its partitions land again.",
+            ["table"],
+            registry=registry,
+        )
         self.events_rejected = Counter(
             "k2_events_rejected_total",
             "Records sent to the rejects topic, by reason.",

@@ -96,6 +96,24 @@ class Settings(BaseSettings):
         "also how many gap/duplicate decisions per key a re-delivery after a crash can find again.",
     )
 
+    # Table maintenance (`k2 maintain`, and the workers' timer when K2_MAINTAIN_INTERVAL_S > 0)
+    maintain_interval_s: float = Field(
+        0.0, ge=0, description="Run maintenance this often in the group's leader worker (0: only `k2 maintain`)."
+    )
+    maintain_snapshot_retention_s: float = Field(
+        5 * 86_400.0, ge=0, description="Snapshots older than this are expired (the newest ones are kept anyway)."
+    )
+    maintain_keep_snapshots: int = Field(50, ge=1, description="The newest snapshots kept whatever their age.")
+    maintain_orphan_min_age_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="Unreferenced files younger than this are left alone (a commit in flight may own them).",
+    )
+    maintain_target_file_mb: int = Field(128, ge=1, description="Size compaction writes data files at.")
+    maintain_min_files: int = Field(
+        4, ge=2, description="A past day is compacted when it has at least this many files below the target size."
+    )
+
     @property
     def source_topics(self) -> tuple[str, str, str]:
         return (self.trades_topic, self.quotes_topic, self.reference_topic)

@@ -19,9 +19,15 @@ def register_timers(app: faust.App, pipeline: Pipeline, lag: LagWatch) -> None:
         pipeline.gate.request("timer")
 
     async def refresh_lag() -> None:
-        """Keep the lag gauges and the buffered-rows gauge current between scrapes."""
+        """Keep the lag gauges and the buffered-rows gauge current between scrapes, from a fresh look at the lake."""
         pipeline.publish_buffered_rows()
+        pipeline.request_lake_check()
         await lag.refresh()
 
     app.timer(interval=pipeline.settings.flush_interval_s, name="k2.flush.timer")(flush_timer)
     app.timer(interval=lag.interval_s, name="k2.lag.timer")(refresh_lag)
+    if pipeline.settings.maintain_interval_s > 0:
+        # One worker of the group maintains the tables (faust runs on_leader timers in the leader only).
+        app.timer(interval=pipeline.settings.maintain_interval_s, on_leader=True, name="k2.maintain.timer")(
+            pipeline.maintain
+        )

@@ -98,6 +98,7 @@ class AuditReport:
         other = [
             (beyond, "offset(s) beyond their table's mark"),
             (gaps, "gap row(s) doubled"),
+            (sum(v.lost_to_retention.count for v in self.partitions), "offset(s) deleted by retention before landing"),
             (sum(v.mark_beyond_end for v in self.partitions), "mark(s) beyond Kafka's log end"),
             (sum(not v.in_kafka for v in self.partitions), "partition(s) unknown to Kafka"),
             (len(self.companies), "companies problem(s)"),
@@ -121,6 +122,12 @@ class AuditReport:
                 )
             if v.missing:
                 lines.append(f"missing            {where}: {v.missing.format(TEXT_RANGE_LIMIT)}")
+            if v.lost_to_retention:
+                lost = v.lost_to_retention.format(TEXT_RANGE_LIMIT)
+                lines.append(
+                    f"lost to retention  {where}: {lost} (after the lake's mark {v.mark}, before Kafka's log "
+                    f"start {v.log_start}: deleted before they landed)"
+                )
             if v.doubled:
                 tables = ", ".join(f"{t} {_n(n)} row(s)" for t, n in sorted(v.doubled_rows.items()))
                 lines.append(f"doubled            {where}: {v.doubled.format(TEXT_RANGE_LIMIT)} (in {tables})")
@@ -195,6 +202,7 @@ class AuditReport:
                         t: {**_ranges_json(r), "mark": v.table_marks.get(t)} for t, r in v.beyond_mark.items()
                     },
                     "gaps_doubled": _ranges_json(v.gaps_doubled),
+                    "lost_to_retention": _ranges_json(v.lost_to_retention),
                     "mark_beyond_end": v.mark_beyond_end,
                     "in_kafka": v.in_kafka,
                 }

@@ -71,6 +71,17 @@ class PartitionVerdict:
     """False for a partition the lake knows but Kafka does not (log bounds then read as 0)."""
 
     @property
+    def lost_to_retention(self) -> Ranges:
+        """Offsets after the lake's mark that Kafka deleted before they landed: lost, and nothing can land them.
+
+        Only judged where the lake records the partition (a lake that never covered it
+        started at Kafka's log start, wherever retention had put it).
+        """
+        if self.mark is None or not self.in_kafka or self.mark + 1 >= self.log_start:
+            return EMPTY
+        return Ranges.of((self.mark + 1, self.log_start - 1))
+
+    @property
     def checked_to(self) -> int:
         """The last offset judged: the mark, or the last offset Kafka has if the mark is beyond it."""
         return _last_judged(self.mark, self.log_end)
@@ -95,6 +106,7 @@ class PartitionVerdict:
     def ok(self) -> bool:
         return not (
             self.missing
+            or self.lost_to_retention
             or self.doubled
             or self.gaps_doubled
             or self.mark_beyond_end

@@ -19,9 +19,11 @@ exactly the codec's verdicts, the block is built so that every record is *proved
   first mismatch are proved; the rest of the block is decoded again without them.
 * **ranges**: ``int`` fields are read as ``long`` (the same wire bytes) and checked to fit
   32 bits; decimals are checked against their precision.
-* **errors**: a block the reader refuses (invalid UTF-8, a negative length...) is left to
-  the per-record codec from there on. polars reports some of those as a Rust panic, which
-  also prints a line or two on standard error: at most one per batch.
+* **errors**: a block the reader refuses (invalid UTF-8, a negative length...) is split in
+  halves, read again, until the failing records are isolated in small runs left to the codec;
+  a batch spends at most a few dozen failed reads this way (a poison flood goes to the codec).
+  polars reports some of those failures as a Rust panic, which also prints a line on
+  standard error.
 
 Only flat schemas are read this way: fields of one primitive type (temporal logical types
 read as their integer, decimals on ``bytes``), or such a type in a union with null. The
@@ -50,6 +52,10 @@ __all__ = ["MIN_BATCH", "BatchDecoder", "Decoded"]
 MIN_BATCH = 32
 """Fewer records than this are decoded one by one: a polars call costs about as much as 30 fastavro reads."""
 
+_SPLIT_BELOW = 16
+"""A failing run of fewer records than this goes to the per-record codec instead of being split again."""
+_FAILURES = 24
+"""Failed reads one batch may cost before the rest of it goes to the per-record codec (a poison flood)."""
 _SENTINEL_FIELD = "__k2_sentinel"
 _SENTINEL_SIZE = 8
 _SYNC = b"K2-batch-decoder"  # the container's sync marker: 16 bytes, written after the header and the block
@@ -182,7 +188,7 @@ class BatchDecoder:
         tables: list[pa.Table] = []
         rows: list[np.ndarray] = []
         rest: list[int] = []
-        self._decode_run(values, 0, len(values), tables, rows, rest)
+        self._decode_run(values, 0, len(values), tables, rows, rest, [_FAILURES])
         rest.sort()
         if not tables:
             return Decoded(self._empty(), np.empty(0, np.int64), rest)
@@ -201,6 +207,7 @@ class BatchDecoder:
         tables: list[pa.Table],
         rows: list[np.ndarray],
         rest: list[int],
+        budget: list[int],
     ) -> None:
         while lo < hi:
             sentinel = os.urandom(_SENTINEL_SIZE)
@@ -209,9 +216,16 @@ class BatchDecoder:
             try:
                 table = self._read(data, hi - lo)
             except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError):
-                # Some record is not what its schema says (invalid UTF-8, a bad length...). Which one
-                # is for the per-record codec to say: it decides the rest of the block, one by one.
-                rest.extend(range(lo, hi))
+                # Some record is not what its schema says (invalid UTF-8, a bad length...): halves are
+                # read again until runs are small, or the batch's budget of failed reads is spent; what
+                # is left is for the per-record codec, which says which record and why.
+                budget[0] -= 1
+                if hi - lo < _SPLIT_BELOW or budget[0] <= 0:
+                    rest.extend(range(lo, hi))
+                    return
+                middle = (lo + hi) // 2
+                self._decode_run(values, lo, middle, tables, rows, rest, budget)
+                self._decode_run(values, middle, hi, tables, rows, rest, budget)
                 return
             marks = table.column(_SENTINEL_FIELD)
             proved = pc.equal(marks, pa.scalar(sentinel, marks.type)).to_numpy(zero_copy_only=False)

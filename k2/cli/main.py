@@ -11,6 +11,9 @@ from k2 import __version__
 from k2.admin.clients import LIBRDKAFKA_LOG
 from k2.cli import audit as audit_cmd
 from k2.cli import init as init_cmd
+from k2.cli import maintain as maintain_cmd
+from k2.cli import query as query_cmd
+from k2.cli import rejects as rejects_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import tables as tables_cmd
 from k2.errors import K2Error
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_parser(sub)
     tables_cmd.add_parser(sub)
     audit_cmd.add_parser(sub)
+    maintain_cmd.add_parser(sub)
+    query_cmd.add_parser(sub)
+    rejects_cmd.add_parser(sub)
     return parser
 
 

@@ -147,6 +147,7 @@ def classify(
                     rec.key,
                     value,
                     worker_id,
+                    rec.headers,
                 )
             )
             continue

@@ -91,7 +91,7 @@ def fast_rows(
         return out
     # A frame the batch cannot prove at a glance (a tombstone, no header, a high-bit id, a huge
     # one) goes to the per-record path, which rejects it with the reason.
-    headers = frames.headers
+    headers = frames.framing
     candidate = headers.framed & (headers.sizes > HEADER_SIZE) & (headers.sizes <= MAX_BATCH_FRAME)
     out.slow.extend(np.flatnonzero(~candidate).tolist())
     parts: list[pa.Table] = []

@@ -15,13 +15,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Frames", "Headers", "RawRecord", "read_headers"]
+__all__ = ["FrameHeaders", "Frames", "Headers", "RawRecord", "read_framing"]
 
 _HEADER = 5  # the Confluent header: magic byte 0, then the schema id (4 bytes, big-endian)
 
 
 @dataclass(frozen=True)
-class Headers:
+class FrameHeaders:
     """The Confluent header of every frame of a batch, read in one pass."""
 
     framed: np.ndarray
@@ -32,7 +32,7 @@ class Headers:
     """Per frame: the value's length (0 for a tombstone)."""
 
 
-def read_headers(values: Sequence[bytes | None]) -> Headers:
+def read_framing(values: Sequence[bytes | None]) -> FrameHeaders:
     """The headers of ``values``, in numpy arrays (one slice per value, the rest vectorised)."""
     n = len(values)
     sizes = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n)
@@ -46,17 +46,22 @@ def read_headers(values: Sequence[bytes | None]) -> Headers:
     ids = heads[:, 1:].astype(np.int64)
     schema_ids = (ids[:, 0] << 24) | (ids[:, 1] << 16) | (ids[:, 2] << 8) | ids[:, 3]
     framed = whole & (heads[:, 0] == 0) & (heads[:, 1] < 0x80)
-    return Headers(framed, schema_ids, sizes)
+    return FrameHeaders(framed, schema_ids, sizes)
+
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Kafka record headers, in order (keys may repeat)."""
 
 
 class RawRecord(NamedTuple):
-    """One Kafka record as consumed: position, and the key and value bytes untouched."""
+    """One Kafka record as consumed: position, and the key, value and headers untouched."""
 
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: Headers = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Frames:
     keys: Sequence[bytes | None]
     values: Sequence[bytes | None]
     timestamps: Sequence[int]
+    headers: Sequence[Headers] = ()
+    """Per record (empty when the batch carries none)."""
 
     @classmethod
     def of(cls, partition: int, records: Sequence[Any]) -> Frames:
@@ -78,6 +85,7 @@ class Frames:
             [r.key for r in records],
             [r.value for r in records],
             [r.timestamp or 0 for r in records],
+            [tuple(r.headers) if r.headers else () for r in records],
         )
 
     @classmethod
@@ -92,15 +100,16 @@ class Frames:
             [r.key for r in records],
             [r.value for r in records],
             [r.timestamp_ms for r in records],
+            [r.headers for r in records],
         )
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     @cached_property
-    def headers(self) -> Headers:
+    def framing(self) -> FrameHeaders:
         """Every frame's Confluent header (read once per batch)."""
-        return read_headers(self.values)
+        return read_framing(self.values)
 
     def schema_ids(self) -> set[int]:
         """The schema ids the well-framed values name: what to resolve before classifying.
@@ -108,12 +117,13 @@ class Frames:
         Ids above :data:`~k2.avro.codec.MAX_SCHEMA_ID` (high bit set) are left out: no registry
         can know them, so asking would only cost a round trip; classification rejects them.
         """
-        h = self.headers
+        h = self.framing
         return {int(i) for i in np.unique(h.schema_ids[h.framed])}
 
     def record(self, i: int) -> RawRecord:
         """The ``i``-th record."""
-        return RawRecord(self.partition, self.offsets[i], self.keys[i], self.values[i], self.timestamps[i])
+        headers = self.headers[i] if self.headers else ()
+        return RawRecord(self.partition, self.offsets[i], self.keys[i], self.values[i], self.timestamps[i], headers)
 
     def records(self, indices: Iterable[int] | None = None) -> list[RawRecord]:
         """The records at ``indices`` (all, in order, when None)."""

@@ -376,6 +376,7 @@ def _unfit(
                 key,
                 value,
                 worker_id,
+                rec.headers if rec is not None else (),
             )
         )
     return out

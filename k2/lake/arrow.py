@@ -206,6 +206,8 @@ def _tuples_to_arrow(
         if attr not in fields:
             return [None] * len(rows)
         index = fields.index(attr)
+        if attr == "headers":  # (key, value) pairs; none at all reads as null
+            return [[{"key": k, "value": v} for k, v in r[index]] if r[index] else None for r in rows]
         return [r[index] for r in rows]
 
     return _build(table_name, column, schema)

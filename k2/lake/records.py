@@ -44,6 +44,8 @@ class RejectRecord(NamedTuple):
     key: bytes | None = None
     value: bytes | None = None
     worker_id: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's own Kafka headers, kept so that ``k2 rejects replay`` can send it again as it came."""
 
 
 class GapRecord(NamedTuple):

@@ -32,9 +32,11 @@ from pyiceberg.types import (
     DateType,
     DecimalType,
     IntegerType,
+    ListType,
     LongType,
     NestedField,
     StringType,
+    StructType,
     TimestamptzType,
 )
 
@@ -47,6 +49,8 @@ __all__ = [
     "NAMESPACES",
     "QUOTES",
     "QUOTES_SCHEMA",
+    "REDRIVES",
+    "REDRIVES_SCHEMA",
     "REFERENCE_DATA",
     "REJECTS",
     "REJECTS_SCHEMA",
@@ -72,6 +76,7 @@ REJECTS = f"{MARKET_DATA}.rejects"
 COMPANIES = f"{REFERENCE_DATA}.companies"
 COMPANY_VERSIONS = f"{REFERENCE_DATA}.company_versions"
 SEQUENCE_GAPS = f"{MARKET_DATA}.sequence_gaps"
+REDRIVES = f"{MARKET_DATA}.redrives"
 
 REQUIRED_PROPERTIES: Mapping[str, str] = {
     # pyiceberg (>= 0.10) retries a conflicting commit by itself, rebasing the same rows
@@ -159,6 +164,20 @@ REJECTS_SCHEMA = Schema(
     NestedField(8, "value", BinaryType(), required=False, doc="Raw Kafka value bytes."),
     NestedField(9, "rejected_at", TimestamptzType(), required=True),
     NestedField(10, "worker_id", StringType(), required=False, doc="Worker that rejected the record."),
+    NestedField(
+        11,
+        "headers",
+        ListType(
+            12,
+            StructType(
+                NestedField(13, "key", StringType(), required=True),
+                NestedField(14, "value", BinaryType(), required=False),
+            ),
+            element_required=True,
+        ),
+        required=False,
+        doc="The record's own Kafka headers, in order (what `k2 rejects replay` sends again).",
+    ),
 )
 
 SEQUENCE_GAPS_SCHEMA = Schema(
@@ -173,6 +192,23 @@ SEQUENCE_GAPS_SCHEMA = Schema(
     NestedField(9, "severity", StringType(), required=True, doc="small (fewer than 10 missing) or large."),
     NestedField(10, "event_time", TimestamptzType(), required=True, doc="Exchange time of the revealing event."),
     NestedField(11, "detected_at", TimestamptzType(), required=True, doc="When K2 found the gap."),
+)
+
+
+#: What ``k2 rejects replay`` did (:mod:`k2.lake.redrive`): per run an ``intent`` (the end offsets of
+#: the partitions it writes to) and a ``done``, and between them a ``link`` per reject sent again,
+#: from its original position to the new one. Written by the command, never by a worker.
+REDRIVES_SCHEMA = Schema(
+    NestedField(1, "run_id", StringType(), required=True),
+    NestedField(2, "kind", StringType(), required=True, doc="intent, link or done."),
+    NestedField(3, "source_topic", StringType(), required=False, doc="Where the reject came from (links)."),
+    NestedField(4, "source_partition", IntegerType(), required=False),
+    NestedField(5, "source_offset", LongType(), required=False),
+    NestedField(6, "to_partition", IntegerType(), required=False, doc="Where it was sent again (links)."),
+    NestedField(7, "to_offset", LongType(), required=False),
+    NestedField(8, "reason", StringType(), required=False, doc="The reject's reason when it was sent again."),
+    NestedField(9, "at", TimestamptzType(), required=True),
+    NestedField(10, "detail", StringType(), required=False, doc="An intent's end offsets, as JSON."),
 )
 
 
@@ -249,6 +285,7 @@ TABLES: Mapping[str, TableDef] = {
         TableDef(COMPANY_VERSIONS, COMPANY_VERSIONS_SCHEMA, KAFKA_POSITION),
         TableDef(REJECTS, REJECTS_SCHEMA, REJECT_POSITION, _reject_spec, _reject_order),
         TableDef(SEQUENCE_GAPS, SEQUENCE_GAPS_SCHEMA, GAP_POSITION, _gap_spec, _gap_order),
+        TableDef(REDRIVES, REDRIVES_SCHEMA, REJECT_POSITION),
     )
 }
 """Every K2 table by its identifier, in creation order."""

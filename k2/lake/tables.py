@@ -23,11 +23,30 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.types import IcebergType, ListType, NestedField, StructType
 
 from k2.errors import TableSchemaMismatch
 from k2.lake.schemas import REQUIRED_PROPERTIES, TABLES, TableDef
 
-__all__ = ["ensure_table", "ensure_tables", "missing_properties", "schema_problems"]
+__all__ = ["ensure_table", "ensure_tables", "missing_optional_columns", "missing_properties", "schema_problems"]
+
+
+def _same_type(a: IcebergType, b: IcebergType) -> bool:
+    """Equal types, nested field ids aside (a column added to an existing table gets ids of its own)."""
+    if isinstance(a, ListType) and isinstance(b, ListType):
+        return a.element_required == b.element_required and _same_type(a.element_type, b.element_type)
+    if isinstance(a, StructType) and isinstance(b, StructType):
+        return len(a.fields) == len(b.fields) and all(
+            x.name == y.name and x.required == y.required and _same_type(x.field_type, y.field_type)
+            for x, y in zip(a.fields, b.fields, strict=True)
+        )
+    return a == b
+
+
+def missing_optional_columns(expected: Schema, actual: Schema) -> list[NestedField]:
+    """Optional columns of ``expected`` that ``actual`` lacks: added to an existing table (a newer K2 version)."""
+    names = {f.name for f in actual.fields}
+    return [f for f in expected.fields if not f.required and f.name not in names]
 
 
 def schema_problems(expected: Schema, actual: Schema) -> list[str]:
@@ -39,7 +58,7 @@ def schema_problems(expected: Schema, actual: Schema) -> list[str]:
         except ValueError:
             problems.append(f"missing column {want.name}")
             continue
-        if got.field_type != want.field_type:
+        if not _same_type(got.field_type, want.field_type):
             problems.append(f"column {want.name} is {got.field_type}, expected {want.field_type}")
         elif want.required != got.required:
             problems.append(f"column {want.name} is {'required' if got.required else 'optional'}")
@@ -85,11 +104,27 @@ def ensure_table(catalog: Catalog, table_def: TableDef) -> tuple[Table, bool]:
             created = True
         except TableAlreadyExistsError:  # another worker won the race
             table = catalog.load_table(table_def.name)
+    table = _add_missing_optional(table, table_def)
     problems = schema_problems(table_def.schema, table.schema())
     if problems:
         raise TableSchemaMismatch(f"table {table_def.name} does not match K2's schema: {'; '.join(problems)}")
     _enforce_properties(table)
     return table, created
+
+
+def _add_missing_optional(table: Table, table_def: TableDef) -> Table:
+    """Add the optional columns a newer K2 defines and the table lacks (once; racing workers are fine)."""
+    for _ in range(5):
+        missing = missing_optional_columns(table_def.schema, table.schema())
+        if not missing:
+            return table
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(Schema(*missing))
+        except CommitFailedException:
+            pass
+        table.refresh()
+    raise CommitFailedException(f"could not add {[f.name for f in missing]} to {table.name()}: too many conflicts")
 
 
 def ensure_tables(catalog: Catalog, table_defs: Iterable[TableDef] | None = None) -> dict[str, Table]:

@@ -60,7 +60,7 @@ from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES,
 from k2.lake.tables import ensure_table, missing_properties
 from k2.settings import Settings
 
-__all__ = ["CommitResult", "IcebergWriter", "TableRecreated", "default_worker_id"]
+__all__ = ["CommitResult", "IcebergWriter", "LakeRegressed", "TableRecreated", "default_worker_id"]
 
 _RETRYABLE = (CommitFailedException, CommitStateUnknownException)
 
@@ -71,6 +71,35 @@ class TableRecreated(K2Error):
     Its history, and the marks exactly-once relies on, are gone; the pipeline positions
     every partition again from what the lake now records.
     """
+
+
+class LakeRegressed(K2Error):
+    """A table records less than it did: rolled back to an older snapshot, restored from a backup, or emptied.
+
+    What it recorded past its current marks is no longer in the lake; the pipeline lands it
+    again from Kafka, from :attr:`starts` (per source partition, the offset after the mark
+    the table records now).
+    """
+
+    def __init__(self, behind: Mapping[str, Mapping[TopicPartition, tuple[int, int]]]) -> None:
+        self.behind = {table: dict(parts) for table, parts in behind.items() if parts}
+        """Per table, per source partition: (the mark this worker saw before, the mark now; -1 for none)."""
+        shown = "; ".join(
+            f"{table} " + ", ".join(f"{t}/{p} {was} -> {now}" for (t, p), (was, now) in sorted(parts.items())[:4])
+            for table, parts in sorted(self.behind.items())
+        )
+        super().__init__(f"the lake went back under this worker (a table rolled back or restored): {shown}")
+        self.marks: dict[TopicPartition, int] = {}
+        """The marks read when it was noticed (of that table, or merged over every table for :meth:`lake_marks`)."""
+
+    @property
+    def starts(self) -> dict[TopicPartition, int]:
+        """Per source partition, where to land again from: after the lowest mark any of those tables records now."""
+        out: dict[TopicPartition, int] = {}
+        for parts in self.behind.values():
+            for tp, (_, now) in parts.items():
+                out[tp] = min(out.get(tp, now + 1), now + 1)
+        return out
 
 
 def _recreated(exc: BaseException) -> bool:
@@ -141,6 +170,8 @@ class IcebergWriter:
         self._sleep = sleep
         self._tables: dict[str, Table] = {}
         self._locks = {name: threading.Lock() for name in TABLES}
+        self._seen: dict[str, dict[TopicPartition, int]] = {}
+        """The highest marks read or committed per table: a table never records less, unless it went back."""
 
     @classmethod
     def for_settings(cls, catalog: Catalog, settings: Settings) -> IcebergWriter:
@@ -184,22 +215,54 @@ class IcebergWriter:
         return schema_to_pyarrow(self.table(table_name).schema(), include_field_ids=False)
 
     def committed_offsets(self, table_name: str) -> dict[TopicPartition, int]:
-        """The marks of the newest K2 commit, read fresh from the catalog."""
-        return read_offsets(self.table(table_name, refresh=True))
+        """The marks of the newest K2 commit, read fresh from the catalog.
+
+        Raises:
+            LakeRegressed: they are lower than this writer saw before (once: they are the new baseline).
+        """
+        with self._locks[table_name]:
+            marks = read_offsets(self.table(table_name, refresh=True))
+            self._see(table_name, marks)
+            return marks
 
     def lake_marks(self) -> dict[TopicPartition, int]:
         """How far the lake got per source partition: the highest mark any K2 table records for it.
 
         Blocking catalog reads (one refresh per table): call it through ``asyncio.to_thread``.
+
+        Raises:
+            LakeRegressed: some table records less than this writer saw before, with the marks
+                read (``marks``) and where to land again from (``starts``).
         """
         marks: dict[TopicPartition, int] = {}
+        behind: dict[str, dict[TopicPartition, tuple[int, int]]] = {}
         for name in TABLES:
-            marks = merge_offsets(marks, self.committed_offsets(name))
+            try:
+                table_marks = self.committed_offsets(name)
+            except LakeRegressed as exc:
+                behind.update(exc.behind)
+                table_marks = exc.marks
+            marks = merge_offsets(marks, table_marks)
+        if behind:
+            regressed = LakeRegressed(behind)
+            regressed.marks = marks
+            raise regressed
         return marks
+
+    def _see(self, table_name: str, marks: Mapping[TopicPartition, int]) -> None:
+        """Remember ``marks`` as read; raise :class:`LakeRegressed` if the table records less than before."""
+        seen = self._seen.get(table_name, {})
+        behind = {tp: (was, marks.get(tp, -1)) for tp, was in seen.items() if marks.get(tp, -1) < was}
+        self._seen[table_name] = dict(marks) if behind else merge_offsets(seen, marks)
+        if behind:
+            regressed = LakeRegressed({table_name: behind})
+            regressed.marks = dict(marks)
+            raise regressed
 
     def forget_tables(self) -> None:
         """Load every table afresh on next use (after a table was dropped and created again)."""
         self._tables.clear()
+        self._seen.clear()
 
     # -- commits ----------------------------------------------------------------------
 
@@ -241,6 +304,7 @@ class IcebergWriter:
                 previous = latest_k2_snapshot(table)
                 summary = {} if previous is None or previous.summary is None else previous.summary.additional_properties
                 committed = offsets_from_summary(summary)
+                self._see(table_name, committed)
                 rows, dropped = filter_committed_rows(batch, committed, table_def.position, topic)
                 if rows.num_rows == 0:
                     if previous is not None and summary.get(COMMIT_ID_KEY) == commit_id:
@@ -270,6 +334,7 @@ class IcebergWriter:
                     self._sleep(self._backoff(attempt))
                     continue
                 snapshot = table.current_snapshot()
+                self._seen[table_name] = merge_offsets(self._seen.get(table_name, {}), marks)
                 return CommitResult(
                     table_name,
                     None if snapshot is None else snapshot.snapshot_id,

@@ -62,14 +62,24 @@ def start_positions(
     marks: Mapping[P, int | None],
     chunks: Mapping[P, Sequence[ChunkKey]],
     log_starts: Mapping[P, int | None],
+    floors: Mapping[P, int] | None = None,
 ) -> StartPlan[P]:
-    """The start of each partition in ``committed`` (see the module docstring)."""
+    """The start of each partition in ``committed`` (see the module docstring).
+
+    ``floors``: partitions whose lake went back under the worker (a table rolled back or
+    restored: :class:`~k2.lake.writer.LakeRegressed`) start no later than their floor, the
+    offset after the mark that table records now.
+    """
     plan: StartPlan[P] = StartPlan()
     for tp, done in committed.items():
         mark = marks.get(tp)
         log_start = log_starts.get(tp)
         held = list(chunks.get(tp, ()))
         base: int | None = mark + 1 if mark is not None else log_start
+        floor = (floors or {}).get(tp)
+        if floor is not None:
+            base = floor if base is None else min(base, floor)
+            done = None if done is None else min(done, floor)
         if base is not None and log_start is not None and base < log_start:
             plan.lost[tp] = (base, log_start)
             base = log_start

@@ -35,10 +35,12 @@ from k2.catalog import load_k2_catalog
 from k2.ingest.frames import Frames
 from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, Stage, evolve_for
 from k2.kafka.batches import FetchedBatch
+from k2.lake.maintain import MaintainPolicy, maintain_table
 from k2.lake.records import RejectRecord
+from k2.lake.schemas import TABLES
 from k2.lake.status import TableStatus, table_status
 from k2.lake.tables import ensure_tables
-from k2.lake.writer import IcebergWriter, TableRecreated
+from k2.lake.writer import IcebergWriter, LakeRegressed, TableRecreated
 from k2.metrics import K2Metrics
 from k2.models import Reject
 from k2.pipeline.gate import FlushGate
@@ -100,6 +102,9 @@ class Pipeline(Service):
         self._positioning: asyncio.Task[None] | None = None
         self._restored_generation: int | None = None
         """The consumer generation whose table recovery faust has completed (``app.on_rebalance_complete``)."""
+        self._floors: dict[TP, int] = {}
+        self._lake_check: asyncio.Future[None] | None = None
+        """Where partitions whose lake went back (:class:`LakeRegressed`) start, at the latest, when next positioned."""
         self._inflight: dict[asyncio.Task[None], IngressProcessor] = {}
         self._flushing: asyncio.Task[FlushReport] | None = None
         self.last_taken: dict[TP, float] = {}
@@ -278,9 +283,13 @@ class Pipeline(Service):
         delay = 1.0
         while True:
             try:
-                marks = await asyncio.wait_for(
-                    asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2
-                )
+                try:
+                    marks = await asyncio.wait_for(
+                        asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2
+                    )
+                except LakeRegressed as exc:
+                    self._lake_went_back(exc, tps)
+                    marks = exc.marks
                 log_starts = await asyncio.wait_for(
                     self.app.consumer.earliest_offsets(*tps), self.settings.catalog_timeout_s
                 )
@@ -290,11 +299,13 @@ class Pipeline(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 15.0)
         self.lake_marks = dict(marks)
+        floors = {tp: self._floors.pop(tp) for tp in tps if tp in self._floors}
         plan = start_positions(
             {tp: self._committed.get(tp) for tp in tps},
             {tp: marks.get((tp.topic, tp.partition)) for tp in tps},
             {tp: self.stores[tp.topic].chunk_keys({tp.partition}) for tp in tps if tp.topic in self.stores},
             {tp: log_starts.get(tp) for tp in tps},
+            floors,
         )
         for tp, (lost_from, lost_to) in plan.lost.items():
             self.metrics.offsets_lost_to_retention.labels(tp.topic).inc(lost_to - lost_from)
@@ -443,7 +454,8 @@ class Pipeline(Service):
             self.metrics.ingest_stopped.labels(topic).set(sum(1 for tp in stopped if tp.topic == topic))
 
     async def _send_reject(self, record: RejectRecord, reject: Reject) -> asyncio.Future[Any]:
-        fut = await self._rejects_topic.send(key=record.key, value=record.value, headers=reject.headers(), force=True)
+        headers = [*record.headers, *reject.headers()]  # the record's own, then why it was refused
+        fut = await self._rejects_topic.send(key=record.key, value=record.value, headers=headers, force=True)
         return asyncio.ensure_future(fut)
 
     # -- the sink ----------------------------------------------------------------------------
@@ -471,6 +483,10 @@ class Pipeline(Service):
             self.lake.forget()
             await self.reposition()
             return FlushReport()
+        except LakeRegressed as exc:
+            self._lake_went_back(exc, set(self.ledger.owned()))
+            await self.reposition()
+            return FlushReport()
         for result in report.results:
             for tp, off in result.offsets.items():
                 if off > self.lake_marks.get(tp, -1):
@@ -489,6 +505,77 @@ class Pipeline(Service):
         owned = set(self.ledger.owned())
         positions = {tp: self.ledger.frontier(tp) for tp in owned}
         await self.on_seek(positions)
+
+    def _lake_went_back(self, exc: LakeRegressed, owned: set[TP]) -> None:
+        """A table records less than it did: land ``owned`` partitions again from there (see :class:`LakeRegressed`)."""
+        starts = {TP(t, p): start for (t, p), start in exc.starts.items() if TP(t, p) in owned}
+        for table in exc.behind:
+            self.metrics.lake_regressions.labels(table).inc()
+        for tp, start in starts.items():
+            self._floors[tp] = min(start, self._floors.get(tp, start))
+        log.error(
+            "%s; landing %d owned partition(s) again from Kafka from there%s",
+            exc,
+            len(starts),
+            "" if starts else " (none of them is this worker's)",
+        )
+        for (topic, partition), mark in exc.marks.items():
+            if mark < self.lake_marks.get((topic, partition), -1):
+                self.lake_marks[(topic, partition)] = mark
+
+    def request_lake_check(self) -> None:
+        """Start :meth:`check_lake` in the background, unless one is still running (a commit may hold a table)."""
+        if self._lake_check is None or self._lake_check.done():
+            self._lake_check = asyncio.ensure_future(self.check_lake())
+
+    async def check_lake(self) -> None:
+        """Read the lake's marks (the lag views show them) and notice a table that went back while idle.
+
+        A flush notices it too, before it commits; this finds it when there is nothing to flush.
+        """
+        if not self.lake_ready.is_set() or self._revoking or self._unpositioned or self._positioning is not None:
+            return
+        try:
+            marks = await asyncio.wait_for(
+                asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2
+            )
+        except LakeRegressed as exc:
+            self._lake_went_back(exc, set(self.ledger.owned()))
+            if any(TP(t, p) in self._floors for t, p in exc.starts):
+                await self.reposition()
+            return
+        except Exception as exc:  # the catalog is down: the flush and readiness say so
+            log.debug("lake check: %s: %s", type(exc).__name__, exc)
+            return
+        for tp, mark in marks.items():
+            if mark > self.lake_marks.get(tp, -1):
+                self.lake_marks[tp] = mark
+
+    async def maintain(self) -> None:
+        """Compact, expire and remove orphans in every table (``K2_MAINTAIN_*``; see :mod:`k2.lake.maintain`).
+
+        Concurrent commits of this worker's flush and of other workers make a compaction
+        conflict and plan again; they are never dropped.
+        """
+        if not self.lake_ready.is_set():
+            return
+        catalog = self.writer().catalog
+        policy = MaintainPolicy.from_settings(self.settings)
+        for table_def in TABLES.values():
+            try:
+                result = await asyncio.to_thread(maintain_table, catalog, table_def, policy)
+            except Exception as exc:  # the next round tries again; the flush does not depend on it
+                log.warning("maintenance of %s failed: %s: %s", table_def.name, type(exc).__name__, exc)
+                continue
+            if result.compacted or result.expired or result.orphans or result.notes:
+                log.info(
+                    "maintenance of %s: compacted %d day(s), expired %d snapshot(s), deleted %d orphan file(s)%s",
+                    table_def.name,
+                    len(result.compacted),
+                    result.expired,
+                    result.orphans,
+                    "".join(f"; {note}" for note in result.notes),
+                )
 
     def publish_buffered_rows(self) -> dict[str, int]:
         by_topic: dict[str, set[int]] = {}

@@ -43,11 +43,22 @@ def sequence_reject(
         reason = CONFLICT_REASON
         detail = f"{name} already landed from offset {verdict.ref} with a different payload; the first is kept"
     key = value = None
+    headers: tuple[tuple[str, bytes], ...] = ()
     if raw is not None:
-        key, value = raw.key, raw.value
+        key, value, headers = raw.key, raw.value, raw.headers
     schema_id = stored_schema_id(value)
     return RejectRecord(
-        topic, row["kafka_partition"], row["kafka_offset"], reason, detail, now_ms, schema_id, key, value, worker_id
+        topic,
+        row["kafka_partition"],
+        row["kafka_offset"],
+        reason,
+        detail,
+        now_ms,
+        schema_id,
+        key,
+        value,
+        worker_id,
+        headers,
     )
 
 

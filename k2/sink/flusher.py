@@ -29,7 +29,7 @@ from k2.buffer.store import ChunkStore
 from k2.lake.records import TopicPartition
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.lake.schemas import SEQUENCE_GAPS
-from k2.lake.writer import CommitResult, IcebergWriter, TableRecreated
+from k2.lake.writer import CommitResult, IcebergWriter, LakeRegressed, TableRecreated
 from k2.metrics import K2Metrics
 from k2.sink.batches import PendingChunk, TableBatch, build_batch, source_offsets
 
@@ -124,8 +124,8 @@ class Flusher:
             for batch in self.plan(frontiers):
                 try:
                     result = await asyncio.to_thread(self._commit, batch)
-                except TableRecreated:
-                    raise  # every mark is gone, not just this table's commit: the pipeline positions again
+                except (TableRecreated, LakeRegressed):
+                    raise  # marks are gone, not just this table's commit: the pipeline positions again
                 except Exception as exc:  # a failed table must not stop the others; chunks stay for the next flush
                     self._failed(batch, exc)
                     report.failed[batch.table_name] = f"{type(exc).__name__}: {exc}"

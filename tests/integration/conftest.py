@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.integration.k2env import K2Env
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = ROOT / "deploy" / "local" / "stack.py"
@@ -96,3 +99,12 @@ def stack() -> Stack:
         prometheus_url=f"http://{HOST}:{_port('K2_PROMETHEUS_PORT', 9090)}" if "prometheus" in profiles else None,
         s3_bucket=os.environ.get("K2_S3_BUCKET", "warehouse"),
     )
+
+
+@pytest.fixture
+def sqlite_env(stack: Stack, tmp_path: Path) -> Iterator[K2Env]:
+    """An initialised K2 deployment on the embedded SQLite catalog, its workers stopped at the end."""
+    env = K2Env(stack, tmp_path, "sqlite")
+    env.k2("init")
+    yield env
+    env.close()

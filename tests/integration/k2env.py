@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
@@ -30,6 +32,7 @@ from k2.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -186,6 +189,21 @@ class K2Env:
             time.sleep(1.0)
         tails = "\n".join(w.tail(40) for w in self.workers)
         raise AssertionError(f"lake did not catch up in {timeout_s}s: ends={ends} landed={landed}\n{tails}")
+
+    def get(self, path: str) -> str:
+        """A view of the newest worker's web server (``/k2/lag``, ``/metrics``...)."""
+        with _NO_PROXY.open(f"http://127.0.0.1:{self.workers[-1].port}{path}", timeout=10) as resp:
+            body: str = resp.read().decode()
+            return body
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching ``labels``, from the newest worker's ``/metrics``."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics")):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
 
     def close(self) -> None:
         for w in self.workers:

@@ -13,7 +13,6 @@ import json
 import shutil
 import signal
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from prometheus_client.parser import text_string_to_metric_families
 
 from k2.avro.codec import decode, encode, split_frame
 from k2.avro.registry import lookup_schema_id, registry_client
@@ -34,23 +32,6 @@ pytestmark = pytest.mark.integration
 
 SAMPLE = ROOT / "data" / "sample"
 TRADES, QUOTES = 2243, 2609
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def get(env: K2Env, path: str) -> str:
-    with _NO_PROXY.open(f"http://127.0.0.1:{env.workers[-1].port}{path}", timeout=10) as resp:
-        body: str = resp.read().decode()
-        return body
-
-
-def metric(env: K2Env, name: str, **labels: str) -> float:
-    """Sum of a metric's samples matching ``labels``, from the live worker's ``/metrics``."""
-    total = 0.0
-    for family in text_string_to_metric_families(get(env, "/metrics")):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def reference_only(tmp: Path) -> Path:
@@ -140,19 +121,19 @@ def test_injected_gaps_and_duplicates_land_exactly_and_the_metrics_agree(env: K2
     assert_law(env)
 
     # The worker's own metrics say the same.
-    assert metric(env, "k2_sequence_gaps_total", severity="small") == len(injected["gaps"])
-    assert metric(env, "k2_sequence_gaps_total", severity="large") == 0
-    assert metric(env, "k2_sequence_missing_total") == len(injected["gaps"])
-    assert metric(env, "k2_sequence_events_total", outcome="duplicate") == len(injected["duplicates"])
-    assert metric(env, "k2_events_rejected_total", reason="duplicate") == len(injected["duplicates"])
-    assert metric(env, "k2_sequence_events_total", outcome="conflict") == 0
-    assert metric(env, "k2_sequence_events_total", outcome="untracked") == 2
-    assert metric(env, "k2_sequence_events_total", outcome="redelivered") == 0
-    assert metric(env, "k2_unknown_instrument_events_total", symbol="ZZZ") == 1
-    assert metric(env, "k2_unknown_instrument_events_total") == 1
-    assert metric(env, "k2_instrument_mismatch_events_total", symbol="BHP") == 1
+    assert env.metric("k2_sequence_gaps_total", severity="small") == len(injected["gaps"])
+    assert env.metric("k2_sequence_gaps_total", severity="large") == 0
+    assert env.metric("k2_sequence_missing_total") == len(injected["gaps"])
+    assert env.metric("k2_sequence_events_total", outcome="duplicate") == len(injected["duplicates"])
+    assert env.metric("k2_events_rejected_total", reason="duplicate") == len(injected["duplicates"])
+    assert env.metric("k2_sequence_events_total", outcome="conflict") == 0
+    assert env.metric("k2_sequence_events_total", outcome="untracked") == 2
+    assert env.metric("k2_sequence_events_total", outcome="redelivered") == 0
+    assert env.metric("k2_unknown_instrument_events_total", symbol="ZZZ") == 1
+    assert env.metric("k2_unknown_instrument_events_total") == 1
+    assert env.metric("k2_instrument_mismatch_events_total", symbol="BHP") == 1
 
-    view = json.loads(get(env, "/k2/instruments"))
+    view = json.loads(env.get("/k2/instruments"))
     assert sorted(c["symbol"] for c in view["known"]) == ["BHP", "DVN", "MWR", "RIO"]
     assert view["unknown_symbols"] == [{"symbol": "ZZZ", "events": {s.trades_topic: 1}, "known_now": False}]
     assert view["company_mismatches"] == [
@@ -192,8 +173,8 @@ def restart_mid_stream(env: K2Env, tmp_path: Path, stop: str) -> None:
     env.wait_landed(timeout_s=180)
     print(
         "REDELIVERED",
-        metric(env, "k2_sequence_events_total", outcome="redelivered"),
-        metric(env, "k2_sequence_events_total", outcome="unresolved"),
+        env.metric("k2_sequence_events_total", outcome="redelivered"),
+        env.metric("k2_sequence_events_total", outcome="unresolved"),
     )
     assert 0 < landed_before < 4 * (TRADES + QUOTES), "the stop should come mid-stream"
     injected = json.loads(report.read_text())
@@ -204,5 +185,5 @@ def restart_mid_stream(env: K2Env, tmp_path: Path, stop: str) -> None:
     assert rows(env, "market_data.quotes") == 4 * QUOTES - dropped[env.settings.quotes_topic]
     assert_law(env)
     # The reference data came back with the worker (its global table, restored from the changelog).
-    known = json.loads(get(env, "/k2/instruments"))["known"]
+    known = json.loads(env.get("/k2/instruments"))["known"]
     assert sorted(c["symbol"] for c in known) == ["BHP", "DVN", "MWR", "RIO"]

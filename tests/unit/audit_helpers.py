@@ -48,6 +48,8 @@ def _filler(field: pa.Field, n: int) -> pa.Array:
         value: Any = datetime(2025, 6, 15, tzinfo=UTC)
     elif pa.types.is_decimal(t):
         value = Decimal("1.000000")
+    elif pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.nulls(n, t) if field.nullable else pa.array([[]] * n, t)
     else:
         value = _FILLERS[str(t)]
     return pa.repeat(pa.scalar(value, t), n)

@@ -30,7 +30,7 @@ from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
 from k2.ingest.classify import Resolution, Validator, classify
 from k2.ingest.fast import DecoderCache
-from k2.ingest.frames import Frames, RawRecord, read_headers
+from k2.ingest.frames import Frames, RawRecord, read_framing
 from k2.ingest.processor import Prepared, classify_batch
 from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow, rejects_to_arrow, rows_to_arrow
 from k2.lake.records import BufferedEvent
@@ -77,7 +77,7 @@ TARGETS: dict[str, Target] = {
 def resolutions(contract: str, records: Sequence[RawRecord]) -> dict[int, Resolution]:
     """What the registry would answer for the ids of a batch: the contract, a wrong subject, or unknown."""
     answers: dict[int, Resolution] = {}
-    headers = read_headers([r.value for r in records])
+    headers = read_framing([r.value for r in records])
     for schema_id in {int(i) for i in headers.schema_ids[headers.framed]}:
         assert schema_id <= MAX_SCHEMA_ID, f"schema_ids() asks the registry about {schema_id:#x}"
         if schema_id == KNOWN_ID:
@@ -361,11 +361,15 @@ def mutate(frame: bytes, rng: random.Random, count: int) -> bytes:
 _KEYS = (None, b"", b"BHP", b"\x00\xff", bytes(300))
 
 
-def frames(contract: str, seed: int, count: int, max_mutations: int, poison: float) -> list[RawRecord]:
+def frames(
+    contract: str, seed: int, count: int, max_mutations: int, poison: float, mutated: float = 0.875
+) -> list[RawRecord]:
     """``count`` records of ``contract`` expanded from ``seed``: mutants of a few base frames.
 
-    About one in eight is left unmutated (valid or poisoned only); partitions 0-2, offsets
-    rising per partition, as a batch from Kafka comes.
+    A share ``mutated`` of them is mutated (the rest valid or poisoned only): a batch mostly
+    of mutants tests the per-record path, one with a few mutants among valid frames the batch
+    path, which must isolate them. Partitions 0-2, offsets rising per partition, as a batch
+    from Kafka comes.
     """
     rng = random.Random(seed)
     bases = [base_frame(contract, rng, poison) for _ in range(16)]
@@ -373,7 +377,7 @@ def frames(contract: str, seed: int, count: int, max_mutations: int, poison: flo
     offsets = [0, 0, 0]
     for i in range(count):
         base = bases[i & 15]
-        value: bytes | None = mutate(base, rng, rng.randint(0, max_mutations)) if i & 7 else base
+        value: bytes | None = mutate(base, rng, rng.randint(0, max_mutations)) if rng.random() < mutated else base
         if i % 997 == 0:
             value = rng.choice((None, b"", b"\x00", bytes(5)))  # tombstones, 0-byte and header-only frames
         partition = i % 3

@@ -154,3 +154,13 @@ def test_a_topic_no_table_lands_yet_is_all_lag() -> None:
     v = judge_partition(TOPIC, 0, log_start=10, log_end=30, lake_mark=None, landed=[])
     assert v.ok
     assert (v.checked, v.lag, v.missing) == (0, 20, EMPTY)
+
+
+def test_offsets_retention_deleted_before_they_landed_are_lost() -> None:
+    # Landed to 49; Kafka's log now starts at 80: 50-79 never landed and cannot be.
+    v = judge(offs(range(0, 50)), log_start=80, log_end=100, mark=49)
+    assert v.lost_to_retention == Ranges.of((50, 79)) and not v.ok
+    # The lake caught up before retention: nothing lost.
+    assert judge(offs(range(0, 100)), log_start=80, log_end=100, mark=99).lost_to_retention == EMPTY
+    # A lake that never covered the partition started where Kafka's log started: not judged.
+    assert judge(offs([]), log_start=80, log_end=100, mark=None).lost_to_retention == EMPTY

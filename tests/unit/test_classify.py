@@ -115,7 +115,7 @@ def test_schema_id_known_only_for_framed_records() -> None:
 def test_schema_ids_lists_framed_ids_only() -> None:
     batch = [good(0), raw(1, b"\x01\x00\x00\x00\x05x"), raw(2, None), raw(3, b"\x00\x00")]
     assert Frames.from_records(batch).schema_ids() == {TRADE_ID}
-    headers = Frames.from_records(batch).headers
+    headers = Frames.from_records(batch).framing
     assert headers.framed.tolist() == [True, False, False, False]
     assert headers.sizes.tolist() == [len(batch[0].value or b""), 6, 0, 2]
 

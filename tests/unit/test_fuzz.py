@@ -45,11 +45,12 @@ TALLY = Tally()
     seed=st.integers(0, 2**64 - 1),
     max_mutations=st.integers(1, 8),
     poison=st.floats(0.0, 1.0),
+    mutated=st.sampled_from((0.875, 0.1, 0.01)),
 )
 def test_mutated_frames_land_or_are_rejected_never_crash(
-    contract: str, seed: int, max_mutations: int, poison: float
+    contract: str, seed: int, max_mutations: int, poison: float, mutated: float
 ) -> None:
-    check_batch(TARGETS[contract], frames(contract, seed, PER_EXAMPLE, max_mutations, poison), TALLY)
+    check_batch(TARGETS[contract], frames(contract, seed, PER_EXAMPLE, max_mutations, poison, mutated), TALLY)
 
 
 def test_fuzz_report() -> None:

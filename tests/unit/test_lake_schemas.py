@@ -126,6 +126,7 @@ def test_names_in_one_place() -> None:
         "market_data.quotes",
         "market_data.rejects",
         "market_data.sequence_gaps",
+        "market_data.redrives",
         "reference_data.companies",
         "reference_data.company_versions",
     }

@@ -24,7 +24,7 @@ from k2.lake.offsets import COMMIT_ID_KEY, WORKER_ID_KEY, read_offsets
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TABLES, TRADES
 from k2.lake.tables import ensure_table, ensure_tables
-from k2.lake.writer import IcebergWriter, TableRecreated
+from k2.lake.writer import IcebergWriter, LakeRegressed, TableRecreated
 
 from .lake_helpers import (
     DAY_MS,
@@ -208,6 +208,44 @@ def test_a_table_recreated_under_the_writer_is_reported_as_such(writer: IcebergW
     result = writer.commit(TRADES, events_to_arrow(TRADES, more), offsets_of(more), "c3")
     assert result.rows_written == 10
     assert read_offsets(writer.table(TRADES, refresh=True)) == {(TRADES_TOPIC, 0): 19}
+
+
+def test_a_table_rolled_back_under_the_writer_stops_the_commit_and_says_where_to_land_again(
+    writer: IcebergWriter, catalog: SqlCatalog
+) -> None:
+    """Issue 10: a commit on top of a rolled-back table would record marks over a hole; it must not happen."""
+    first, second = trade_events(0, range(10)), trade_events(0, range(10, 20))
+    writer.commit(TRADES, events_to_arrow(TRADES, first), offsets_of(first), "c1")
+    writer.commit(TRADES, events_to_arrow(TRADES, second), offsets_of(second), "c2")
+    table = catalog.load_table(TABLES[TRADES].name)
+    oldest = min(table.snapshots(), key=lambda s: s.timestamp_ms)
+    table.manage_snapshots().rollback_to_snapshot(oldest.snapshot_id).commit()
+    third = trade_events(0, range(20, 30))
+    with pytest.raises(LakeRegressed) as caught:
+        writer.commit(TRADES, events_to_arrow(TRADES, third), offsets_of(third), "c3")
+    assert caught.value.behind == {TRADES: {(TRADES_TOPIC, 0): (19, 9)}}
+    assert caught.value.starts == {(TRADES_TOPIC, 0): 10}
+    assert [r["kafka_offset"] for r in rows(writer.table(TRADES, refresh=True))] == list(range(10))  # nothing landed
+    # Said once: the marks read are the new baseline, and landing again from 10 lands exactly the lost rows.
+    again = second + third
+    result = writer.commit(TRADES, events_to_arrow(TRADES, again), offsets_of(again), "c4")
+    assert result.rows_written == 20
+    assert [r["kafka_offset"] for r in rows(writer.table(TRADES, refresh=True))] == list(range(30))
+
+
+def test_lake_marks_read_every_table_and_name_each_that_went_back(writer: IcebergWriter, catalog: SqlCatalog) -> None:
+    trades = trade_events(0, range(10))
+    writer.commit(TRADES, events_to_arrow(TRADES, trades), offsets_of(trades), "c1")
+    writer.commit(TRADES, events_to_arrow(TRADES, trade_events(0, range(10, 12))), {(TRADES_TOPIC, 0): 11}, "c2")
+    assert writer.lake_marks() == {(TRADES_TOPIC, 0): 11}
+    table = catalog.load_table(TABLES[TRADES].name)
+    table.manage_snapshots().rollback_to_snapshot(
+        min(table.snapshots(), key=lambda s: s.timestamp_ms).snapshot_id
+    ).commit()
+    with pytest.raises(LakeRegressed) as caught:
+        writer.lake_marks()
+    assert caught.value.marks == {(TRADES_TOPIC, 0): 9} and caught.value.starts == {(TRADES_TOPIC, 0): 10}
+    assert writer.lake_marks() == {(TRADES_TOPIC, 0): 9}  # once
 
 
 def test_offsets_are_cumulative_across_partitions(writer: IcebergWriter) -> None:
@@ -453,3 +491,27 @@ def test_quotes_land_too(writer: IcebergWriter) -> None:
     result = writer.commit(QUOTES, events_to_arrow(QUOTES, events), offsets_of(events), "q1")
     assert result.offsets == {(QUOTES_TOPIC, 2): 3}
     assert writer.table(QUOTES).scan().to_arrow().num_rows == 4
+
+
+def test_an_existing_table_gains_the_optional_columns_a_newer_k2_defines(catalog: SqlCatalog) -> None:
+    """A rejects table made before rejects kept their headers: ensure_tables adds the column, once."""
+    from pyiceberg.schema import Schema
+
+    from k2.lake.schemas import REJECTS_SCHEMA
+
+    table_def = TABLES[REJECTS]
+    catalog.create_namespace("market_data")
+    old = Schema(*(f for f in REJECTS_SCHEMA.fields if f.name != "headers"))
+    catalog.create_table(
+        table_def.name, schema=old, partition_spec=table_def.partition_spec, properties=dict(table_def.properties)
+    )
+    table, created = ensure_table(catalog, table_def)
+    assert not created and table.schema().find_field("headers").required is False
+    schemas = len(table.metadata.schemas)
+    ensure_table(catalog, table_def)
+    assert len(catalog.load_table(table_def.name).metadata.schemas) == schemas
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    rows = rejects_to_arrow([reject(TRADES_TOPIC, 0, 1, headers=(("trace", b"t"),))], writer.arrow_schema(REJECTS))
+    writer.commit(REJECTS, rows, {}, "c1")
+    landed = writer.table(REJECTS, refresh=True).scan().to_arrow().to_pylist()
+    assert landed[0]["headers"] == [{"key": "trace", "value": b"t"}]

@@ -69,3 +69,18 @@ def test_coverage_ignores_gap_rows_and_stops_at_a_hole() -> None:
     assert covered_until(100, [rows(100, 110), rows(112, 120)]) == 111
     assert covered_until(100, [rows(50, 105), rows(106, 106)]) == 107
     assert covered_until(100, []) == 100
+
+
+def test_a_table_that_went_back_lands_again_from_its_floor() -> None:
+    # Landed to 299 (merged over tables), the group committed 300, the buffer holds 300-349; then
+    # trades was rolled back to 99. The floor (100) wins over every other reading, and what is
+    # buffered from the floor on is rebuilt from Kafka.
+    p = start_positions({"p": 350}, {"p": 299}, {"p": [rows(300, 349)]}, {"p": 0}, {"p": 100})
+    assert p.starts["p"] == 100 and p.discard["p"] == [rows(300, 349)]
+    # Without a floor the same readings start after the buffer.
+    assert start_positions({"p": 350}, {"p": 299}, {"p": [rows(300, 349)]}, {"p": 0}).starts["p"] == 350
+
+
+def test_a_floor_below_the_log_start_is_reported_lost() -> None:
+    p = start_positions({"p": 500}, {"p": 499}, {"p": []}, {"p": 200}, {"p": 100})
+    assert p.starts["p"] == 200 and p.lost["p"] == (100, 200)

@@ -1,0 +1,260 @@
+"""Table maintenance that keeps the sink's marks: compaction, snapshot expiry, orphan files.
+
+A streaming sink commits every few seconds, so a table collects small files and snapshots
+(Iceberg's Kafka Connect sink leaves them to pile up). Three operations, each its own
+commit, none of which may break exactly-once:
+
+* **compact**: the data files of a day partition before today, when there are at least
+  ``min_files`` smaller than the target, are rewritten into files of the target size in one
+  ``overwrite`` of exactly that day. The new snapshot carries the table's current marks in
+  its summary (with a commit id of its own), because the worker's exactly-once drop, lake
+  lag and ``k2 audit`` read the newest K2 snapshot. The overwrite requires the table to be
+  at the snapshot it read (pyiceberg asserts it), so a worker that commits meanwhile makes
+  it fail, and it is planned again from fresh metadata: rows committed concurrently are
+  never dropped.
+* **expire**: snapshots older than the retention, beyond the newest ``keep_snapshots``,
+  are removed from the metadata; the current one and the newest one holding marks never.
+* **orphans**: files under the table's location that no remaining snapshot or metadata
+  file refers to, and older than ``orphan_min_age_s`` (a commit in flight may have written
+  files it has not committed yet), are deleted.
+
+Blocking catalog and file I/O throughout: run it in a thread (``k2 maintain`` is a command;
+a worker that maintains on a timer calls it through ``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pyarrow.fs import FileSelector, FileType
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform
+
+from k2.lake.arrow import sort_for_table
+from k2.lake.offsets import COMMIT_ID_KEY, OFFSET_KEY_PREFIX, WORKER_ID_KEY, latest_k2_snapshot
+from k2.lake.schemas import TableDef
+from k2.settings import Settings
+
+__all__ = ["MAINTENANCE_KEY", "MaintainPolicy", "TableMaintenance", "maintain_table"]
+
+MAINTENANCE_KEY = "k2.maintenance"
+"""Snapshot-summary key naming what a maintenance commit did (``compact <day>``)."""
+_WORKER = "k2-maintain"
+_TARGET_SIZE = "write.target-file-size-bytes"
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class MaintainPolicy:
+    snapshot_retention_s: float = 5 * 86_400.0
+    keep_snapshots: int = 50
+    orphan_min_age_s: float = 86_400.0
+    target_file_bytes: int = 128 * 2**20
+    min_files: int = 4
+    max_attempts: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MaintainPolicy:
+        """The policy the ``K2_MAINTAIN_*`` settings describe."""
+        return cls(
+            snapshot_retention_s=settings.maintain_snapshot_retention_s,
+            keep_snapshots=settings.maintain_keep_snapshots,
+            orphan_min_age_s=settings.maintain_orphan_min_age_s,
+            target_file_bytes=settings.maintain_target_file_mb * 2**20,
+            min_files=settings.maintain_min_files,
+        )
+
+
+@dataclass
+class TableMaintenance:
+    """What maintenance did to one table."""
+
+    table: str
+    compacted: list[tuple[str, int, int]] = field(default_factory=list)
+    """Per rewritten day: (day, files before, files after)."""
+    expired: int = 0
+    orphans: int = 0
+    orphan_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    """What was left alone and why (a conflict that persisted, a file system that cannot be listed)."""
+
+
+def maintain_table(
+    catalog: Catalog,
+    table_def: TableDef,
+    policy: MaintainPolicy,
+    *,
+    now: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    dry_run: bool = False,
+) -> TableMaintenance:
+    """Compact, expire and remove orphans of one table, in that order (see the module docstring)."""
+    out = TableMaintenance(table_def.name)
+    table = catalog.load_table(table_def.name)
+    for day in _days_to_compact(table, policy, now()):
+        _compact_day(catalog, table_def, day, policy, out, sleep, dry_run)
+    table = catalog.load_table(table_def.name)
+    out.expired = _expire(table, policy, now(), dry_run)
+    table = catalog.load_table(table_def.name)
+    _remove_orphans(table, policy, now(), out, dry_run)
+    return out
+
+
+# -- compaction -------------------------------------------------------------------------------
+
+
+def _day_source(table: Table) -> tuple[str, int] | None:
+    """(source column, partition field position) of the table's day partition, if it has one."""
+    spec = table.spec()
+    for position, pf in enumerate(spec.fields):
+        if isinstance(pf.transform, DayTransform):
+            name = table.schema().find_column_name(pf.source_id)
+            if name is not None:
+                return name, position
+    return None
+
+
+def _days_to_compact(table: Table, policy: MaintainPolicy, now_s: float) -> list[int]:
+    """Days (since the epoch) before today with at least ``min_files`` files below the target size."""
+    source = _day_source(table)
+    if source is None or table.current_snapshot() is None:
+        return []
+    _, position = source
+    today = int(now_s // 86_400)
+    small: dict[int, int] = {}
+    for task in table.scan().plan_files():
+        data_file = task.file
+        day = data_file.partition[position]
+        if day is None or day >= today:
+            continue
+        if data_file.file_size_in_bytes < policy.target_file_bytes:
+            small[day] = small.get(day, 0) + 1
+    return sorted(day for day, count in small.items() if count >= policy.min_files)
+
+
+def _compact_day(
+    catalog: Catalog,
+    table_def: TableDef,
+    day: int,
+    policy: MaintainPolicy,
+    out: TableMaintenance,
+    sleep: Callable[[float], None],
+    dry_run: bool,
+) -> None:
+    label = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+    for attempt in range(1, policy.max_attempts + 1):
+        table = catalog.load_table(table_def.name)
+        source = _day_source(table)
+        assert source is not None
+        column, _ = source
+        low, high = (
+            GreaterThanOrEqual(term=column, value=day * _DAY_US),
+            LessThan(term=column, value=(day + 1) * _DAY_US),
+        )
+        day_filter = And(low, high)
+        before = sum(1 for _ in table.scan(row_filter=day_filter).plan_files())
+        if dry_run:
+            out.compacted.append((label, before, -1))
+            return
+        rows = sort_for_table(table.scan(row_filter=day_filter).to_arrow(), table_def)
+        properties = carried_marks(table) | {MAINTENANCE_KEY: f"compact {label}"}
+        target = str(policy.target_file_bytes)
+        try:
+            with table.transaction() as txn:
+                if table.properties.get(_TARGET_SIZE) != target:  # what pyiceberg's writer cuts files at
+                    txn.set_properties({_TARGET_SIZE: target})
+                txn.overwrite(rows, overwrite_filter=day_filter, snapshot_properties=properties)
+        except (CommitFailedException, CommitStateUnknownException) as exc:
+            if attempt == policy.max_attempts:
+                out.notes.append(f"compact {label}: still conflicting after {attempt} attempts ({exc})")
+                return
+            sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
+            continue
+        after = sum(1 for _ in catalog.load_table(table_def.name).scan(row_filter=day_filter).plan_files())
+        out.compacted.append((label, before, after))
+        return
+
+
+def carried_marks(table: Table) -> dict[str, str]:
+    """The marks of the table's newest K2 snapshot, as a maintenance commit's summary carries them forward."""
+    snapshot = latest_k2_snapshot(table)
+    summary = {} if snapshot is None or snapshot.summary is None else snapshot.summary.additional_properties
+    marks = {k: v for k, v in summary.items() if k.startswith(OFFSET_KEY_PREFIX)}
+    return marks | {COMMIT_ID_KEY: f"maintain-{uuid.uuid4().hex}", WORKER_ID_KEY: _WORKER}
+
+
+# -- snapshot expiry --------------------------------------------------------------------------
+
+
+def _expire(table: Table, policy: MaintainPolicy, now_s: float, dry_run: bool) -> int:
+    snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    keep = {s.snapshot_id for s in snapshots[: policy.keep_snapshots]}
+    current = table.current_snapshot()
+    if current is not None:
+        keep.add(current.snapshot_id)
+    marked = latest_k2_snapshot(table)
+    if marked is not None:
+        keep.add(marked.snapshot_id)
+    cutoff_ms = (now_s - policy.snapshot_retention_s) * 1000
+    expired = [s.snapshot_id for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    if expired and not dry_run:
+        table.maintenance.expire_snapshots().by_ids(expired).commit()
+    return len(expired)
+
+
+# -- orphan files -----------------------------------------------------------------------------
+
+
+def referenced_paths(table: Table) -> set[str]:
+    """Every file a remaining snapshot or metadata version of ``table`` refers to (as file-system paths)."""
+    io = table.io
+    metadata = table.metadata
+    uris: set[str] = {table.metadata_location, *(entry.metadata_file for entry in metadata.metadata_log)}
+    uris.update(s.statistics_path for s in metadata.statistics)
+    uris.update(s.statistics_path for s in metadata.partition_statistics)
+    for snapshot in metadata.snapshots:
+        uris.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(io):
+            uris.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
+                uris.add(entry.data_file.file_path)
+    return {_path(io, uri) for uri in uris}
+
+
+def _path(io: object, uri: str) -> str:
+    _, _, path = io.parse_location(uri, getattr(io, "properties", {}))  # type: ignore[attr-defined]
+    return str(path)
+
+
+def _remove_orphans(table: Table, policy: MaintainPolicy, now_s: float, out: TableMaintenance, dry_run: bool) -> None:
+    io = table.io
+    fs_by_scheme = getattr(io, "fs_by_scheme", None)
+    if fs_by_scheme is None:  # pragma: no cover - only pyiceberg's PyArrowFileIO can list
+        out.notes.append(f"orphan files: {type(io).__name__} cannot list files; left alone")
+        return
+    scheme, netloc, root = io.parse_location(table.location(), io.properties)  # type: ignore[attr-defined]
+    fs = fs_by_scheme(scheme, netloc)
+    referenced = referenced_paths(table)
+    cutoff = now_s - policy.orphan_min_age_s
+    for info in _listing(fs, root):
+        if info.path in referenced or info.mtime is None or info.mtime.timestamp() > cutoff:
+            continue
+        out.orphans += 1
+        out.orphan_bytes += info.size or 0
+        if not dry_run:
+            fs.delete_file(info.path)
+
+
+def _listing(fs: pa.fs.FileSystem, root: str) -> Iterable[pa.fs.FileInfo]:
+    for sub in ("data", "metadata"):
+        infos = fs.get_file_info(FileSelector(f"{root.rstrip('/')}/{sub}", allow_not_found=True, recursive=True))
+        yield from (info for info in infos if info.type == FileType.File)
