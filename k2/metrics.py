@@ -216,6 +216,15 @@ class K2Metrics:
                 metric.labels(table)
             self.buffered_rows.labels(table)
 
+    def rejects_by_reason(self) -> dict[tuple[str, str], float]:
+        """``(topic, reason)`` -> rejects this worker counted since it started."""
+        out: dict[tuple[str, str], float] = {}
+        for family in self.events_rejected.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[(sample.labels["topic"], sample.labels["reason"])] = sample.value
+        return out
+
     def record_commit(self, table: str, at_s: float) -> None:
         """Move a table's last-commit time forward, never back (a snapshot read later may be older)."""
         if at_s > self._last_commit_s.get(table, float("-inf")):

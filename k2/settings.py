@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="Kafka group session timeout: how long a dead worker keeps its partitions before the group "
         "moves on.",
     )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="On SIGTERM, how long the worker waits for batches in flight and its final flush before it stops "
+        "(keep the container's grace period above it).",
+    )
     revoke_timeout_s: float = Field(
         10.0, gt=0, description="How long a revocation waits for batches in flight to become durable."
     )

@@ -9,7 +9,7 @@ from typing import Any
 from k2.lake.records import TopicPartition
 from k2.lake.status import TableStatus
 
-__all__ = ["offsets_json", "tables_payload"]
+__all__ = ["offsets_json", "overview_payload", "tables_payload"]
 
 
 def offsets_json(offsets: Mapping[TopicPartition, int]) -> dict[str, dict[str, int]]:
@@ -44,3 +44,27 @@ def tables_payload(statuses: Sequence[TableStatus], buffered: Mapping[str, int],
             }
         )
     return {"tables": tables}
+
+
+def overview_payload(
+    worker_id: str,
+    ready: Mapping[str, Any],
+    lag: Mapping[str, Any],
+    tables: Sequence[Mapping[str, Any]],
+    rejects: Mapping[tuple[str, str], float],
+) -> dict[str, Any]:
+    """The body of ``/k2/overview``, what the operator page (``/k2/``) shows. Pure.
+
+    ``ready`` is ``/k2/ready``'s body, ``lag`` ``/k2/lag``'s, ``tables`` the ``tables`` of
+    ``/k2/tables``; ``rejects`` counts by (topic, reason), as this worker counted them.
+    """
+    checks = [{"name": name, **check} for name, check in ready.get("checks", {}).items()]
+    return {
+        "worker_id": worker_id,
+        "ready": {"status": "ready" if ready.get("ready") else "not ready", "checks": checks},
+        "lag": lag,
+        "tables": [t for t in tables if t.get("exists", True)],
+        "rejects": [
+            {"topic": topic, "reason": reason, "rejects": int(n)} for (topic, reason), n in sorted(rejects.items()) if n
+        ],
+    }

@@ -138,6 +138,29 @@ class Pipeline(Service):
         if self._registry is not None:
             await self._registry.aclose()
 
+    async def drain(self) -> FlushReport | None:
+        """At shutdown, before faust's consumer stops: take nothing more, let batches in flight become
+        durable, and flush what is buffered, within ``K2_SHUTDOWN_TIMEOUT_S``.
+
+        What does not make it in time stays in the changelogs (the next owner lands it): a slow
+        shutdown loses nothing, it only leaves more to the next worker.
+        """
+        self._revoking = True
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        pending = [t for t in self._inflight if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+        await self.ledger.wait_durable(self.ledger.owned(), max(0.1, deadline - time.monotonic()))
+        if not self.lake_ready.is_set() or self._unpositioned:
+            return None
+        try:
+            report = await asyncio.wait_for(self._flush(), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("shutdown: the final flush did not finish in time; the next owner lands the rest")
+            return None
+        log.info("shutdown: flushed %d row(s) before stopping", report.rows_written)
+        return report
+
     async def _load_lake(self) -> None:
         """Load the catalog and make sure every table exists, retrying until it works (logged once per cause)."""
         delay = 1.0

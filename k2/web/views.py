@@ -10,9 +10,11 @@
 ``/k2/ready``       readiness: 200 when every check passes, else 503 naming the failed
                     ones; answers within a second even when a dependency hangs
 ``/k2/instruments`` known instruments, unknown symbols and contradicting company ids seen
+``/k2/overview``    what the operator page shows: lag, tables, rejects by reason, readiness
+``/k2/``            the operator page: HTML with no external assets, refreshing itself
 ==================  ====================================================================
 
-Every answer under ``/k2/`` is JSON (the text lag table aside), errors included: an
+Every answer under ``/k2/`` is JSON (the text lag table and the page aside), errors included: an
 unknown path is a 404, a bad query parameter a 400, a failure inside a view a 500 with
 the exception's one-line summary (the traceback goes to the worker's log only). No view
 changes state: reading ``/k2/lag`` does not move a gauge.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
 import faust
@@ -33,7 +36,7 @@ from k2.metrics import K2Metrics
 from k2.observe.health import Readiness
 from k2.observe.lag import format_lag_table, lag_payload
 from k2.observe.probes import Cached
-from k2.observe.tables import tables_payload
+from k2.observe.tables import overview_payload, tables_payload
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline
 from k2.reference.instruments import Instruments, InstrumentWatch, instruments_payload
@@ -115,12 +118,39 @@ def register_views(
         async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
             return self.json(instruments_payload(instruments, watch))
 
+    @blueprint.route("/overview", name="overview")
+    class OverviewView(K2View):
+        """Everything the operator page shows, in one read (each part as its own view gives it)."""
+
+        async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
+            _, ready_body = await ready.answer()
+            try:
+                lag_body = lag_payload(await lag.read())
+            except Exception as exc:
+                lag_body = {"partitions": [], "error": f"Kafka did not answer: {type(exc).__name__}: {exc}"}
+            try:
+                found = tables_payload(await tables_cache.get(), pipeline.flusher.buffered_rows(), time.time())
+            except Exception as exc:
+                found = {"tables": [], "error": f"catalog unavailable: {type(exc).__name__}: {exc}"}
+            rejects = metrics.rejects_by_reason()
+            return self.json(overview_payload(pipeline.worker_id, ready_body, lag_body, found["tables"], rejects))
+
+    page = resources.files("k2.web").joinpath("operator.html").read_text()
+
+    @blueprint.route("/", name="operator")
+    class OperatorPage(K2View):
+        """The operator page: per partition lag, per table rows and commit age, rejects, readiness."""
+
+        async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
+            return self.html(page)
+
     @blueprint.route("/{path:.*}", name="not_found")
     class NotFoundView(K2View):
         """Any other path under ``/k2/``: a JSON 404 listing what exists."""
 
         async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
-            paths = [f"{PREFIX}{name}" for name in ("lag", "tables", "health", "ready", "instruments")]
+            names = ("", "overview", "lag", "tables", "health", "ready", "instruments")
+            paths = [f"{PREFIX}{name}" for name in names]
             return self.error(404, f"no such view: {PREFIX}{kwargs.get('path', '')}", views=paths)
 
         async def get(self, request: web.Request, **kwargs: Any) -> web.Response:

@@ -261,3 +261,33 @@ def test_parse_query_rejects_bad_parameters(items: list[tuple[str, str]], messag
 
     with pytest.raises(ValueError, match=message):
         parse_query(Multi(), {"format": ("json", "text")})
+
+
+def test_overview_is_what_the_operator_page_reads() -> None:
+    from k2.observe.tables import overview_payload
+
+    ready = {
+        "ready": False,
+        "failed": ["sink"],
+        "checks": {"kafka": {"ok": True, "detail": "fine"}, "sink": {"ok": False, "detail": "x"}},
+    }
+    lag = {"partitions": [{"topic": "t", "partition": 0}], "total": {}}
+    tables = [{"table": "a", "exists": True}, {"table": "b", "exists": False}]
+    body = overview_payload("w:1", ready, lag, tables, {("t", "undecodable"): 2.0, ("t", "duplicate"): 0.0})
+    assert body["ready"] == {
+        "status": "not ready",
+        "checks": [{"name": "kafka", "ok": True, "detail": "fine"}, {"name": "sink", "ok": False, "detail": "x"}],
+    }
+    assert [t["table"] for t in body["tables"]] == ["a"]
+    assert body["rejects"] == [{"topic": "t", "reason": "undecodable", "rejects": 2}]
+    assert body["lag"] is lag and body["worker_id"] == "w:1"
+
+
+def test_rejects_by_reason_come_from_the_counter() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from k2.metrics import K2Metrics
+
+    metrics = K2Metrics(CollectorRegistry())
+    metrics.events_rejected.labels("t", "undecodable").inc(3)
+    assert metrics.rejects_by_reason() == {("t", "undecodable"): 3.0}
