@@ -97,11 +97,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # promtool checks the Prometheus configs, rules and exposition, and the integration tests run
-# a real Prometheus server: Debian's package, installed only when either tool is missing.
+# a real Prometheus server: Debian's package, installed only when either tool is missing. The
+# operator page is tested in Debian's chromium (headless, driven by playwright's Python client).
 system-deps:
-	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; else \
-	  echo "installing Debian's prometheus package (promtool, prometheus) for the tests"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus; \
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	  && command -v chromium >/dev/null 2>&1; then :; else \
+	  echo "installing Debian's prometheus and chromium packages for the tests"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus chromium; \
 	fi
 
 lint: venv

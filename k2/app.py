@@ -30,6 +30,7 @@ from k2.metrics import K2Metrics
 from k2.observe.health import Readiness
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline, Wiring
+from k2.secrets import install_log_redaction, redactor_for
 from k2.settings import Settings, get_settings
 from k2.validation import quote_rows, trade_rows, validate_quote, validate_reference, validate_trade
 from k2.web.views import register_views
@@ -146,7 +147,10 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
     names = {s.trades_topic: "trades", s.quotes_topic: "quotes", s.reference_topic: "reference"}
     register_ingest(app, pipeline, {names[name]: topic for name, topic in topics.items()})
     register_timers(app, pipeline, lag)
-    register_views(app, pipeline, metrics, market.instruments, market.watch, lag, Readiness(app, pipeline, lag))
+    redact = redactor_for(s)
+    install_log_redaction(redact)
+    readiness = Readiness(app, pipeline, lag)
+    register_views(app, pipeline, metrics, market.instruments, market.watch, lag, readiness, redact)
     return app
 
 

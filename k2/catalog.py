@@ -22,12 +22,24 @@ from k2.errors import CatalogLoadError
 from k2.lake.rest import TIMEOUT_PROPERTY, BoundedRestCatalog
 from k2.settings import Settings
 
-__all__ = ["bounded", "catalog_is_configured", "default_catalog_properties", "describe_catalog", "load_k2_catalog"]
+__all__ = [
+    "bounded",
+    "catalog_configuration",
+    "catalog_is_configured",
+    "default_catalog_properties",
+    "describe_catalog",
+    "load_k2_catalog",
+]
 
 
 def catalog_is_configured(name: str) -> bool:
     """Whether pyiceberg's own configuration (file or environment) defines catalog ``name``."""
     return Config().get_catalog_config(name) is not None
+
+
+def catalog_configuration(settings: Settings) -> dict[str, object]:
+    """pyiceberg's configuration of the catalog K2 uses (empty for the embedded one): secrets included, log redacted."""
+    return dict(Config().get_catalog_config(settings.catalog_name) or {})
 
 
 def default_catalog_properties(var_dir: Path) -> dict[str, str]:

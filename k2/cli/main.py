@@ -17,6 +17,8 @@ from k2.cli import rejects as rejects_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import tables as tables_cmd
 from k2.errors import K2Error
+from k2.secrets import Redactor, install_log_redaction, redactor_for
+from k2.settings import get_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,15 +53,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # librdkafka's own retry chatter: K2 reports a broker it cannot reach itself, once.
     LIBRDKAFKA_LOG.setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+    redact = _redactor()
+    install_log_redaction(redact)
     try:
         code: int = args.func(args)
     except K2Error as exc:
-        print(f"k2 {args.command}: {exc}", file=sys.stderr)
+        print(redact(f"k2 {args.command}: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"k2 {args.command}: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _redactor() -> Redactor:
+    """The secrets of the settings and the catalog configuration (URL passwords only, if the settings are bad)."""
+    try:
+        return redactor_for(get_settings())
+    except K2Error:
+        return Redactor()
 
 
 if __name__ == "__main__":

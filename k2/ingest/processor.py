@@ -44,6 +44,7 @@ from k2.lake.arrow import rejects_to_arrow, rows_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import BufferedEvent, RejectRecord
 from k2.lake.schemas import TABLES
+from k2.lake.writer import TableRecreated
 from k2.metrics import K2Metrics
 from k2.models import Reject
 
@@ -241,6 +242,8 @@ class IngressProcessor:
         while True:
             try:
                 return await call(*args)
+            except TableRecreated:
+                raise  # not an outage: every mark is gone, the pipeline positions its partitions again
             except Exception as exc:
                 log.warning(
                     "%s: %s failed, retrying in %.1fs: %s: %s", self.source.topic, what, delay, type(exc).__name__, exc

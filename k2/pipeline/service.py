@@ -31,7 +31,7 @@ from mode import Service
 from k2.avro.registry import WriterSchema, WriterSchemaCache
 from k2.buffer.chunks import REJECTS, ROWS
 from k2.buffer.store import ChunkStore
-from k2.catalog import load_k2_catalog
+from k2.catalog import catalog_configuration, load_k2_catalog
 from k2.ingest.frames import Frames
 from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, Stage, evolve_for
 from k2.kafka.batches import FetchedBatch
@@ -117,6 +117,11 @@ class Pipeline(Service):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        # What this worker runs with, for whoever reads its log (secrets masked: k2.secrets redacts every record).
+        log.info("settings: %s", self.settings)
+        log.info(
+            "Iceberg catalog %r: %s", self.settings.catalog_name, catalog_configuration(self.settings) or "embedded"
+        )
         # mode's handler type names the signal argument by a protocol mypy cannot match a method to
         self.app.on_rebalance_complete.connect(cast(Any, self._on_rebalance_complete))
         self._registry = WriterSchemaCache.from_settings(self.settings)
@@ -417,7 +422,11 @@ class Pipeline(Service):
         await self.ledger.wait_capacity()
         proc = self._processors[tp.topic]
         frames = Frames.of(tp.partition, batch.records)
-        prepared = await proc.prepare(frames)
+        try:
+            prepared = await proc.prepare(frames)
+        except TableRecreated as exc:  # noticed while adding a writer schema's columns: as in a flush
+            await self._tables_recreated(exc)
+            return False
         if self._revoking or tp in self._unpositioned:
             return False
         admission = self.ledger.admit(tp, batch.start, batch.end, batch.records, batch.generation)
@@ -501,10 +510,7 @@ class Pipeline(Service):
         try:
             report = await self.flusher.flush(frontiers)
         except TableRecreated as exc:
-            log.error("%s; positioning every partition again from what the lake records now", exc)
-            self.writer().forget_tables()
-            self.lake.forget()
-            await self.reposition()
+            await self._tables_recreated(exc)
             return FlushReport()
         except LakeRegressed as exc:
             self._lake_went_back(exc, set(self.ledger.owned()))
@@ -522,6 +528,13 @@ class Pipeline(Service):
         self.gate.removed(report.rows_forgotten)
         self.last_flush = report
         return report
+
+    async def _tables_recreated(self, exc: TableRecreated) -> None:
+        """A table was dropped and created again: load every table afresh and position every partition again."""
+        log.error("%s; positioning every partition again from what the lake records now", exc)
+        self.writer().forget_tables()
+        self.lake.forget()
+        await self.reposition()
 
     async def reposition(self) -> None:
         """Position every owned partition again (after the lake lost its history under the worker)."""

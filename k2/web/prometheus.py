@@ -15,6 +15,7 @@ The monitor itself is faust's ``PrometheusMonitor``, unchanged, so ``/performanc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from faust import web
@@ -52,8 +53,10 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = FAUST_PREFIX) -> Fa
     return metrics._replace(**replaced)
 
 
-def install(app: AppT, registry: CollectorRegistry, pattern: str = "/metrics") -> None:
-    """Make faust's ``PrometheusMonitor`` the app's monitor and serve ``registry`` at ``pattern``."""
+def install(
+    app: AppT, registry: CollectorRegistry, redact: Callable[[str], str] = lambda text: text, pattern: str = "/metrics"
+) -> None:
+    """Make faust's ``PrometheusMonitor`` the monitor; serve ``registry`` at ``pattern``, through ``redact``."""
     app.monitor = PrometheusMonitor(metrics=faust_metrics(registry))
 
     @app.page(pattern, name="k2.metrics")
@@ -61,7 +64,7 @@ def install(app: AppT, registry: CollectorRegistry, pattern: str = "/metrics") -
         """The Prometheus exposition of everything on K2's registry."""
 
         async def get(self, request: web.Request) -> web.Response:
-            body = generate_latest(registry)
+            body = redact(generate_latest(registry).decode()).encode()
             # The text format generate_latest writes, understood by every Prometheus; aiohttp
             # refuses parameters in ``content_type``, so the header carries it.
             return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

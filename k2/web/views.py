@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -40,7 +40,7 @@ from k2.observe.tables import overview_payload, tables_payload
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline
 from k2.reference.instruments import Instruments, InstrumentWatch, instruments_payload
-from k2.web.base import K2View
+from k2.web.base import K2View as BaseView
 from k2.web.prometheus import install
 
 __all__ = ["register_views"]
@@ -57,9 +57,14 @@ def register_views(
     watch: InstrumentWatch,
     lag: LagWatch,
     ready: Readiness,
+    redact: Callable[[str], str] = lambda text: text,
 ) -> None:
-    """Serve ``/metrics`` and the ``/k2/`` views from ``app``'s web server."""
+    """Serve ``/metrics`` and the ``/k2/`` views from ``app``'s web server, every answer through ``redact``."""
     blueprint = web.Blueprint("k2")
+
+    class K2View(BaseView):
+        def redact(self, text: str) -> str:
+            return redact(text)
 
     async def statuses() -> list[TableStatus]:
         if not pipeline.lake_ready.is_set():
@@ -157,5 +162,5 @@ def register_views(
             # Unknown path first: its query string is not worth validating.
             return await self.answer({}, **kwargs)
 
-    install(app, metrics.registry)
+    install(app, metrics.registry, redact)
     blueprint.register(app, url_prefix=PREFIX)

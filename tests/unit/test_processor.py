@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from prometheus_client import CollectorRegistry
 
 from k2.avro.codec import encode
@@ -148,3 +149,18 @@ def test_rejects_are_chunked_by_the_bytes_they_carry() -> None:
     pieces = _by_size([r(0, 600), r(1, 600), r(2, 10), r(3, 5000), r(4, 1)], target=1300)
     assert [[x.offset for x in p] for p in pieces] == [[0], [1, 2], [3], [4]]
     assert _by_size([]) == []
+
+
+async def test_a_table_recreated_while_following_a_new_schema_is_raised_not_retried_forever() -> None:
+    """Found by the fault suite: scenario f stalled retrying a dropped and re-created table every 10 s."""
+    from k2.ingest.frames import Frames
+    from k2.lake.writer import TableRecreated
+
+    def evolve(name: str, writer: Any) -> bool:
+        raise TableRecreated("market_data.trades was dropped and created again under this worker")
+
+    proc, *_ = make(FlakyRegistry(failures=0))
+    proc.lake = LakeSchemas(lambda name: arrow_schema(name), evolve)
+    frames = Frames.from_records([rec(0, encode(1, CONTRACTS["trade"].parsed, trade()))])
+    with pytest.raises(TableRecreated):
+        await asyncio.wait_for(proc.prepare(frames), 5)
