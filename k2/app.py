@@ -22,6 +22,7 @@ from k2.buffer.store import ChunkStore
 from k2.errors import SettingsError
 from k2.ingest.processor import Source
 from k2.kafka.batches import BATCH_SCHEMA
+from k2.kafka.security import broker_credentials
 from k2.kafka.transport import SCHEME
 from k2.lake.arrow import companies_to_arrow, events_to_arrow
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TRADES
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
     app = K2App(
         s.app_id,
         broker=[f"{SCHEME}://{hostport.strip()}" for hostport in s.kafka_bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(s),
         autodiscover=False,
         origin="k2",
         # Chunks live in memory and in their changelog; a restarted worker restores them.

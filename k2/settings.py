@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from k2.errors import SettingsError
@@ -20,7 +21,8 @@ DAY_MS = 24 * 60 * 60 * 1000
 class Settings(BaseSettings):
     """Everything K2 reads from its environment; secrets are masked when printed."""
 
-    model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore", frozen=True)
+    # An empty variable is an unset one (`K2_KAFKA_SSL_CA_FILE=` in a compose file or a ConfigMap).
+    model_config = SettingsConfigDict(env_prefix="K2_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     # Services
     kafka_bootstrap_servers: str = Field(
@@ -30,6 +32,21 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8081/apis/ccompat/v7", description="Confluent-compatible schema registry base URL."
     )
     schema_registry_basic_auth: SecretStr | None = Field(None, description="user:password for the registry, if any.")
+    schema_registry_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) to verify an https registry with, when the system's do not."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client K2 builds connects (a managed Kafka: SASL_SSL)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) of the brokers (default: the system's)."
+    )
+    kafka_ssl_cert_file: Path | None = Field(None, description="Client certificate (PEM), for mutual TLS.")
+    kafka_ssl_key_file: Path | None = Field(None, description="Its private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = None
 
     # Topics
     trades_topic: str = "market.trades.raw"
@@ -120,6 +137,22 @@ class Settings(BaseSettings):
         4, ge=2, description="A past day is compacted when it has at least this many files below the target size."
     )
 
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"K2_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs K2_KAFKA_SASL_USERNAME and "
+                "K2_KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("K2_KAFKA_SSL_CERT_FILE and K2_KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file", "schema_registry_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"K2_{name.upper()}={path}: no such file")
+        return self
+
     @property
     def source_topics(self) -> tuple[str, str, str]:
         return (self.trades_topic, self.quotes_topic, self.reference_topic)
@@ -141,8 +174,14 @@ def get_settings() -> Settings:
 
 def describe_invalid(exc: ValidationError) -> str:
     """One line per bad ``K2_*`` variable: its name, the value given and what would do."""
+    from k2.secrets import MASK, credential_key
+
     lines = []
     for err in exc.errors():
+        if not err["loc"]:  # a rule over several variables: its message names them
+            lines.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
         name = "K2_" + "_".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"{name}={err.get('input')!r}: {err['msg']}")
+        shown = MASK if credential_key(name) else repr(err.get("input"))
+        lines.append(f"{name}={shown}: {err['msg']}")
     return "invalid settings: " + "; ".join(lines) + " (see README, Configuration)"

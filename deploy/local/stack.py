@@ -19,8 +19,11 @@ server) and ``thaw`` SIGCONT.
 
 Services, all listening on 127.0.0.1 only (port: default and the variable that changes it):
 
-- kafka (always): Apache Kafka 4, one KRaft broker+controller; 9092 K2_KAFKA_PORT and
-  controller 9093 K2_KAFKA_CONTROLLER_PORT.
+- kafka (always): Apache Kafka 4, one KRaft broker+controller; 9092 K2_KAFKA_PORT (PLAINTEXT),
+  controller 9093 K2_KAFKA_CONTROLLER_PORT, and a SASL_SSL listener on 9094
+  K2_KAFKA_SECURE_PORT: TLS with a self-signed certificate made by keytool at the first ``up``
+  (the CA file for clients: ``var/conf/kafka/tls/ca.pem``), SASL PLAIN and SCRAM-SHA-256/512
+  for the user ``k2`` with the password ``k2-local-secret`` (a local stack's, printed by ``up``).
 - registry (always): Apicurio Registry 3 with the Confluent API at /apis/ccompat/v7;
   8081 K2_REGISTRY_PORT.
 - s3 (profile rest): moto's S3 API, run by K2_PYTHON (default .venv/bin/python), bucket
@@ -601,22 +604,64 @@ class Kafka(Service):
     def __init__(self, stack: Stack) -> None:
         super().__init__(stack)
         self.controller_port = env_int("K2_KAFKA_CONTROLLER_PORT", 9093)
+        self.secure_port = env_int("K2_KAFKA_SECURE_PORT", 9094)
         self.libdir = stack.lib / "kafka"
         self.datadir = stack.data / "kafka"
         self.config = stack.conf / "kafka" / "server.properties"
+        self.tls = stack.conf / "kafka" / "tls"
 
     @property
     def url(self) -> str:
         return f"{HOST}:{self.port}"
 
     def ports(self) -> list[tuple[int, str]]:
-        return [(self.port, self.port_env), (self.controller_port, "K2_KAFKA_CONTROLLER_PORT")]
+        return [
+            (self.port, self.port_env),
+            (self.controller_port, "K2_KAFKA_CONTROLLER_PORT"),
+            (self.secure_port, "K2_KAFKA_SECURE_PORT"),
+        ]
 
     def healthy(self) -> bool:
         return bool(kafka_brokers(self.port))
 
     def summary(self) -> str:
-        return f"bootstrap {self.url}"
+        return (
+            f"bootstrap {self.url}; SASL_SSL {HOST}:{self.secure_port} "
+            f"(user {KAFKA_SASL_USER}, password {KAFKA_SASL_PASSWORD}, CA {rel(self.tls / 'ca.pem')})"
+        )
+
+    def _certificates(self, java: str) -> None:
+        """A self-signed certificate for 127.0.0.1 in a PKCS12 keystore, and its PEM for clients (once)."""
+        keystore, pem = self.tls / "kafka.p12", self.tls / "ca.pem"
+        if keystore.is_file() and pem.is_file():
+            return
+        keytool = java_bin("keytool") or str(Path(java).with_name("keytool"))
+        self.tls.mkdir(parents=True, exist_ok=True)
+        keystore.unlink(missing_ok=True)
+        store = ["-keystore", str(keystore), "-storetype", "PKCS12", "-storepass", KAFKA_TLS_PASSWORD]
+        key = ["-keyalg", "RSA", "-keysize", "2048", "-validity", "3650", "-keypass", KAFKA_TLS_PASSWORD]
+        name = ["-dname", f"CN={HOST}", "-ext", f"SAN=IP:{HOST},DNS:localhost"]
+        for cmd in (
+            [keytool, "-genkeypair", "-alias", "kafka", *key, *name, *store],
+            [keytool, "-exportcert", "-rfc", "-alias", "kafka", "-file", str(pem), *store],
+        ):
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise StackError(f"kafka: keytool failed making the TLS certificate: {done.stderr.strip()}")
+
+    def after_healthy(self) -> None:
+        """The SCRAM credentials of the local user (idempotent: set again at every `up`).
+
+        One mechanism per request: Kafka refuses to alter a user's credentials twice in one.
+        """
+        base = [self.stack.java(), *self._jvm_common(), "kafka.admin.ConfigCommand", "--bootstrap-server", self.url]
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            scram = f"{mechanism}=[password={KAFKA_SASL_PASSWORD}]"
+            cmd = [*base, "--alter", "--add-config", scram, "--entity-type", "users", "--entity-name", KAFKA_SASL_USER]
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                what = f"kafka: setting the {mechanism} credentials of {KAFKA_SASL_USER!r} failed"
+                raise StackError(f"{what}:\n{done.stderr[-800:]}")
 
     def _libs_current(self) -> bool:
         stamp_file = self.libdir / ".k2-pom-sha256"
@@ -649,16 +694,31 @@ class Kafka(Service):
                 shutil.rmtree(tmp, ignore_errors=True)
 
         self.config.parent.mkdir(parents=True, exist_ok=True)
+        self._certificates(java)
+        plain = f'user_{KAFKA_SASL_USER}="{KAFKA_SASL_PASSWORD}"'
         self.config.write_text(
             "# Written by deploy/local/stack.py at every start; edit the script, not this file.\n"
             "process.roles=broker,controller\n"
             "node.id=1\n"
             f"controller.quorum.voters=1@{HOST}:{self.controller_port}\n"
-            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}\n"
-            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port}\n"
+            f"listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port},"
+            f"SASL_SSL://{HOST}:{self.secure_port}\n"
+            f"advertised.listeners=PLAINTEXT://{HOST}:{self.port},SASL_SSL://{HOST}:{self.secure_port}\n"
             "controller.listener.names=CONTROLLER\n"
             "inter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL\n"
+            # The secure listener, as a managed Kafka offers it: TLS, and SASL PLAIN or SCRAM.
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512\n"
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};\n"
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+            f"ssl.keystore.location={self.tls / 'kafka.p12'}\n"
+            "ssl.keystore.type=PKCS12\n"
+            f"ssl.keystore.password={KAFKA_TLS_PASSWORD}\n"
+            f"ssl.key.password={KAFKA_TLS_PASSWORD}\n"
             f"log.dirs={self.datadir}\n"
             "num.partitions=1\n"
             "default.replication.factor=1\n"
@@ -706,6 +766,11 @@ class Kafka(Service):
 
     def purge_paths(self) -> list[Path]:
         return [*super().purge_paths(), self.datadir, self.config.parent]
+
+
+KAFKA_SASL_USER = "k2"
+KAFKA_SASL_PASSWORD = "k2-local-secret"  # a local stack's on 127.0.0.1 only, printed by `up`
+KAFKA_TLS_PASSWORD = "k2-local-tls"
 
 
 class Registry(Service):
@@ -1068,8 +1133,8 @@ def bring_up(stack: Stack, services: list[Service]) -> int:
                 failures.append(exc)
 
     if failures:
-        for exc in failures:
-            print(f"\nERROR: {exc}", file=sys.stderr)
+        for failure in failures:
+            print(f"\nERROR: {failure}", file=sys.stderr)
         print("\nk2 stack: not up. Services that did start keep running; `stack.py down` stops them.", file=sys.stderr)
         return 1
     print(f"k2 stack is up ({time.monotonic() - started_at:.1f}s):")

@@ -8,8 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from k2.admin.clients import client_conf
-from k2.errors import ServiceUnavailable
+from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
 from k2.settings import Settings
 
 
@@ -77,14 +76,9 @@ class TopicsReport:
 
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> AdminClient:
     """An AdminClient that has proven it can reach the broker within ``timeout_s``."""
-    admin = AdminClient(client_conf(settings))
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: is the stack up? "
-            "Run `make stack-up`, or set K2_KAFKA_BOOTSTRAP_SERVERS."
-        ) from exc
+    errors = ConnectErrors()
+    admin = AdminClient(client_conf(settings, errors=errors))
+    cluster_metadata(admin, settings, errors, timeout_s)
     return admin
 
 

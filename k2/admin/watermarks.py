@@ -6,8 +6,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from k2.admin.clients import client_conf
-from k2.errors import ServiceUnavailable
+from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
 from k2.lake.records import TopicPartition as TP
 from k2.settings import Settings
 
@@ -16,10 +15,13 @@ __all__ = ["end_offsets"]
 
 def end_offsets(settings: Settings, topics: Iterable[str], timeout_s: float = 10.0) -> dict[TP, int]:
     """The high watermark (next offset to be written) of every partition of ``topics``."""
-    consumer = Consumer(client_conf(settings, **{"group.id": "k2-admin-watermarks", "enable.auto.commit": False}))
+    errors = ConnectErrors()
+    consumer = Consumer(
+        client_conf(settings, errors=errors, **{"group.id": "k2-admin-watermarks", "enable.auto.commit": False})
+    )
     try:
         out: dict[TP, int] = {}
-        metadata = consumer.list_topics(timeout=timeout_s)
+        metadata = cluster_metadata(consumer, settings, errors, timeout_s)
         for topic in topics:
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None:
@@ -29,9 +31,6 @@ def end_offsets(settings: Settings, topics: Iterable[str], timeout_s: float = 10
                 out[(topic, partition)] = high
         return out
     except KafkaException as exc:
-        raise ServiceUnavailable(
-            f"cannot read offsets from Kafka at {settings.kafka_bootstrap_servers}: {exc}. "
-            "Is the stack up (`make stack-up`)?"
-        ) from exc
+        raise errors.unavailable(settings, consumer) from exc
     finally:
         consumer.close()

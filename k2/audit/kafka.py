@@ -22,6 +22,7 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
+from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
 from k2.audit.ranges import Ranges, coalesce
 from k2.errors import NotInitialised, ServiceUnavailable
 from k2.lake.records import TopicPartition
@@ -71,20 +72,25 @@ class KafkaLog:
         self.servers = settings.kafka_bootstrap_servers
         self.timeout_s = timeout_s
         self.merge_gap = merge_gap
+        self._settings = settings
+        self._errors = ConnectErrors()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": self.servers,
-                "group.id": "k2-audit",  # required by librdkafka; never joined, nothing committed
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "isolation.level": isolation_level,
-                # A range that retention deleted meanwhile restarts at the new log start.
-                "auto.offset.reset": "earliest",
-                # librdkafka logs every failed connection attempt (20 a second while the broker is down);
-                # the error the audit raises says it once.
-                "logger": _QUIET,
-            }
+            client_conf(
+                settings,
+                errors=self._errors,
+                **{
+                    "group.id": "k2-audit",  # required by librdkafka; never joined, nothing committed
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": True,
+                    "isolation.level": isolation_level,
+                    # A range that retention deleted meanwhile restarts at the new log start.
+                    "auto.offset.reset": "earliest",
+                    # librdkafka logs every failed connection attempt (20 a second while the broker is down);
+                    # the error the audit raises says it once.
+                    "logger": _QUIET,
+                },
+            )
         )
 
     def __enter__(self) -> KafkaLog:
@@ -97,6 +103,10 @@ class KafkaLog:
         self._consumer.close()
 
     def _unavailable(self, what: str, exc: BaseException | str) -> ServiceUnavailable:
+        if not self._consumer.assignment():  # nothing to consume: polling serves only the error callbacks
+            self._consumer.poll(0)
+        if self._errors.refusal() is not None:
+            return ServiceUnavailable(f"cannot {what}: {self._errors.explain(self.servers)}")
         return ServiceUnavailable(
             f"cannot {what} from Kafka at {self.servers}: {exc}. Is the broker up (`make stack-up`), "
             "and K2_KAFKA_BOOTSTRAP_SERVERS right?"
@@ -110,7 +120,10 @@ class KafkaLog:
             ServiceUnavailable: the cluster does not answer within the timeout.
         """
         try:
-            metadata = self._consumer.list_topics(timeout=self.timeout_s)
+            metadata = cluster_metadata(self._consumer, self._settings, self._errors, self.timeout_s)
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(f"cannot read the log bounds: {exc}") from exc
+        try:
             out: dict[TopicPartition, tuple[int, int]] = {}
             for topic in topics:
                 meta = metadata.topics.get(topic)

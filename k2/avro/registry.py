@@ -82,6 +82,8 @@ def registry_conf(settings: Settings, *, timeout_s: float = 10.0, max_retries: i
     }
     if settings.schema_registry_basic_auth is not None:
         conf["basic.auth.user.info"] = settings.schema_registry_basic_auth.get_secret_value()
+    if settings.schema_registry_ca_file is not None:
+        conf["ssl.ca.location"] = str(settings.schema_registry_ca_file)
     return conf
 
 

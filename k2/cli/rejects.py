@@ -144,8 +144,8 @@ class _Kafka:
         from k2.replay.producer import check_kafka, make_producer
 
         self.settings = settings
+        check_kafka(settings)
         self.producer = make_producer(settings)
-        check_kafka(self.producer, settings)
 
     def produce(
         self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
@@ -188,9 +188,8 @@ class _Kafka:
         from k2.admin.clients import client_conf
 
         ends = self.end_offsets(list(starts))
-        consumer = Consumer(
-            client_conf(self.settings, **{"group.id": "k2-redrive-recovery", "enable.auto.commit": False})
-        )
+        reader: dict[str, Any] = {"group.id": "k2-redrive-recovery", "enable.auto.commit": False}
+        consumer = Consumer(client_conf(self.settings, **reader))
         try:
             wanted = {tp: (start, ends.get(tp, start)) for tp, start in starts.items() if ends.get(tp, start) > start}
             consumer.assign([TopicPartition(t, p, start) for (t, p), (start, _) in wanted.items()])

@@ -225,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = load_source(args.dir, args.symbols, args.instruments)
         faults = _faults(args, source)
+        check_kafka(settings, timeout_s=KAFKA_CHECK_TIMEOUT_S)
         producer = make_producer(settings)
-        check_kafka(producer, settings, timeout_s=KAFKA_CHECK_TIMEOUT_S)
         client = registry_client(settings)
         check_registered(client, settings)
         replayer = Replayer(producer, make_serializers(client), settings)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -27,7 +27,8 @@ from tqdm import tqdm
 from k2.admin.clients import LIBRDKAFKA_LOG
 from k2.avro.registry import lookup_schema_id
 from k2.avro.schemas import CONTRACTS
-from k2.errors import NotInitialised, RegistryUnavailable, ReplayInputError, ServiceUnavailable
+from k2.errors import NotInitialised, RegistryUnavailable, ReplayInputError
+from k2.kafka.security import security_conf
 from k2.replay.asx_csv import (
     MalformedLine,
     Quote,
@@ -160,6 +161,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     """
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **security_conf(settings),
         "client.id": "k2-replay",
         "enable.idempotence": True,
         "acks": "all",
@@ -178,14 +180,11 @@ def make_producer(settings: Settings) -> Producer:
     return Producer(producer_config(settings))
 
 
-def check_kafka(producer: Producer, settings: Settings, timeout_s: float = 10.0) -> None:
-    """Fail fast, in at most ``timeout_s``, if Kafka is unreachable or K2's topics are missing."""
-    try:
-        metadata = producer.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise ServiceUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: is the stack up? run `make stack-up`"
-        ) from exc
+def check_kafka(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Fail fast, in about ``timeout_s``, if Kafka is unreachable (saying why) or K2's topics are missing."""
+    from k2.admin.topics import admin_client
+
+    metadata = admin_client(settings, timeout_s).list_topics(timeout=timeout_s)
     missing = [t for t in settings.source_topics if t not in metadata.topics]
     if missing:
         raise NotInitialised(f"topic(s) {', '.join(missing)} do not exist: run `k2 init` first")

@@ -45,6 +45,8 @@ class Stack:
     s3_endpoint: str | None = None
     prometheus_url: str | None = None
     s3_bucket: str = "warehouse"
+    kafka_secure_bootstrap: str = ""
+    kafka_ca_file: Path | None = None
 
     def pyiceberg_properties(self) -> dict[str, str]:
         """Properties for ``pyiceberg.catalog.load_catalog(name, **props)`` against the REST profile."""
@@ -98,6 +100,9 @@ def stack() -> Stack:
         s3_endpoint=f"http://{HOST}:{_port('K2_S3_PORT', 9000)}" if rest else None,
         prometheus_url=f"http://{HOST}:{_port('K2_PROMETHEUS_PORT', 9090)}" if "prometheus" in profiles else None,
         s3_bucket=os.environ.get("K2_S3_BUCKET", "warehouse"),
+        # The SASL_SSL listener (see deploy/local/stack.py): self-signed TLS, user k2.
+        kafka_secure_bootstrap=f"{HOST}:{_port('K2_KAFKA_SECURE_PORT', 9094)}",
+        kafka_ca_file=ROOT / (os.environ.get("K2_VAR_DIR") or "var") / "conf" / "kafka" / "tls" / "ca.pem",
     )
 
 

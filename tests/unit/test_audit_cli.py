@@ -124,7 +124,7 @@ def test_unreachable_kafka_is_exit_2_in_one_line(var_dir: Path) -> None:
     proc = run_k2(var_dir, "audit", "--timeout", "1", K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("k2 audit: cannot read the log bounds from Kafka at 127.0.0.1:1")
+    assert proc.stderr.startswith("k2 audit: cannot read the log bounds: cannot reach Kafka at 127.0.0.1:1")
     assert "make stack-up" in proc.stderr
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from k2.secrets import credential_key
+from k2.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -100,3 +101,17 @@ def test_credentials_are_in_the_secret_never_in_the_config_map() -> None:
     assert all(credential_key(key) or "KEY_ID" in key for key in one("Secret")["stringData"])
     kustomized = set(one("Kustomization")["resources"])
     assert kustomized == {p.name for p in MANIFESTS if p.name != "kustomization.yaml"}
+
+
+def test_the_config_map_and_secret_make_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every K2_* key names a real setting (a typo would be ignored silently), and together they validate."""
+    env = one("ConfigMap")["data"] | one("Secret")["stringData"]
+    unknown = [key for key in env if key.startswith("K2_") and key[3:].lower() not in Settings.model_fields]
+    assert not unknown
+    for key in [k for k in os.environ if k.startswith("K2_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("K2_") and key != "K2_VAR_DIR":
+            monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_password is not None
