@@ -22,7 +22,7 @@ from k2.buffer.store import ChunkStore
 from k2.errors import SettingsError
 from k2.ingest.processor import Source
 from k2.kafka.batches import BATCH_SCHEMA
-from k2.kafka.security import broker_credentials
+from k2.kafka.credentials import broker_credentials
 from k2.kafka.transport import SCHEME
 from k2.lake.arrow import companies_to_arrow, events_to_arrow
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TRADES

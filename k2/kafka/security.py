@@ -4,6 +4,9 @@ K2 talks to Kafka through two libraries: the worker through faust (aiokafka), th
 commands and the audit through confluent-kafka (librdkafka). Both are configured from the
 same ``K2_KAFKA_SECURITY_PROTOCOL`` / ``K2_KAFKA_SASL_*`` / ``K2_KAFKA_SSL_*`` settings here,
 so a managed Kafka (SASL_SSL with SCRAM, or mutual TLS) needs those variables and nothing else.
+faust's own credentials are built in ``k2.kafka.credentials``: this module must not import faust,
+which reads ``--loop`` from ``sys.argv`` when imported and would take ``k2 replay --loop N`` for an
+event-loop name.
 """
 
 from __future__ import annotations
@@ -11,23 +14,20 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-import faust
-from faust.types.auth import CredentialsT
-
 from k2.settings import Settings
 
-__all__ = ["broker_credentials", "security_conf", "ssl_context"]
+__all__ = ["sasl_password", "security_conf", "ssl_context", "uses_sasl", "uses_tls"]
 
 
-def _uses_sasl(settings: Settings) -> bool:
+def uses_sasl(settings: Settings) -> bool:
     return settings.kafka_security_protocol.startswith("SASL")
 
 
-def _uses_tls(settings: Settings) -> bool:
+def uses_tls(settings: Settings) -> bool:
     return settings.kafka_security_protocol.endswith("SSL")
 
 
-def _password(settings: Settings) -> str:
+def sasl_password(settings: Settings) -> str:
     if settings.kafka_sasl_password is None:  # the settings refuse SASL without one
         raise ValueError("K2_KAFKA_SASL_PASSWORD is not set")
     return settings.kafka_sasl_password.get_secret_value()
@@ -36,11 +36,11 @@ def _password(settings: Settings) -> str:
 def security_conf(settings: Settings) -> dict[str, Any]:
     """librdkafka's properties for the security settings."""
     conf: dict[str, Any] = {"security.protocol": settings.kafka_security_protocol.lower()}
-    if _uses_sasl(settings):
+    if uses_sasl(settings):
         conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
         conf["sasl.username"] = settings.kafka_sasl_username
-        conf["sasl.password"] = _password(settings)
-    if _uses_tls(settings):
+        conf["sasl.password"] = sasl_password(settings)
+    if uses_tls(settings):
         if settings.kafka_ssl_ca_file is not None:
             conf["ssl.ca.location"] = str(settings.kafka_ssl_ca_file)
         if settings.kafka_ssl_cert_file is not None and settings.kafka_ssl_key_file is not None:
@@ -63,18 +63,3 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
             key_password.get_secret_value() if key_password is not None else None,
         )
     return context
-
-
-def broker_credentials(settings: Settings) -> CredentialsT | None:
-    """faust's ``broker_credentials`` for the security settings (``None``: plaintext)."""
-    context = ssl_context(settings) if _uses_tls(settings) else None
-    if _uses_sasl(settings):
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=_password(settings),
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None

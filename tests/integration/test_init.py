@@ -21,7 +21,7 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(stack: Any, tm
     env = K2Env(stack, tmp_path, "sqlite", K2_REJECTS_PARTITIONS="4")
     s = env.settings
     first = env.k2("init").stdout
-    assert first.count(": created") == 10  # 4 topics + 6 tables
+    assert first.count(": created") == 11  # 4 topics + 7 tables (the redrives table with them)
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
     topics = admin.list_topics(timeout=10).topics
     assert {
@@ -54,7 +54,7 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(stack: Any, tm
     catalog = env.catalog()
     metadata_before = {
         t: catalog.load_table(t).metadata_location
-        for t in ("market_data.trades", "market_data.rejects", "market_data.sequence_gaps")
+        for t in ("market_data.trades", "market_data.rejects", "market_data.sequence_gaps", "market_data.redrives")
     }
     second = env.k2("init").stdout
     assert ": created" not in second and "(registered)" not in second

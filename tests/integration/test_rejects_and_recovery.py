@@ -227,22 +227,25 @@ def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path:
     them; the offsets in Iceberg keep anything from landing twice.
     """
     env = new_env(stack, tmp_path, "sqlite", K2_FLUSH_MAX_ROWS="500")
+    passes = 8
     try:
         env.k2("init")
         first = env.start_worker()
-        replay = env.replay_in_background(str(SAMPLE), "--loop", "6", "--rate", "3000")
+        # ~40 s of flow at 1000 events/s: a second worker can take 20 s to start on a loaded machine.
+        replay = env.replay_in_background(str(SAMPLE), "--loop", str(passes), "--rate", "1000")
         time.sleep(2)
         second_env = dict(env.env, K2_WEB_PORT=str(free_port()))
         second = Worker(second_env, tmp_path / "worker-second.log")
         env.workers.append(second)
         second.wait_started()
         time.sleep(3)
+        assert replay.poll() is None, "the replay ended before the first worker died: nothing tests the handover"
         first.crash()
         assert replay.wait(300) == 0
         env.wait_landed(timeout_s=180)
         catalog = env.catalog()
-        assert catalog.load_table("market_data.trades").scan().to_arrow().num_rows == 6 * 2243
-        assert catalog.load_table("market_data.quotes").scan().to_arrow().num_rows == 6 * 2609
+        assert catalog.load_table("market_data.trades").scan().to_arrow().num_rows == passes * 2243
+        assert catalog.load_table("market_data.quotes").scan().to_arrow().num_rows == passes * 2609
         assert_law(env)
         workers = {
             snap.summary.additional_properties.get("k2.worker-id")

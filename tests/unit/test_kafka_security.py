@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from k2.admin.clients import ConnectErrors, client_conf
 from k2.app import create_app
 from k2.errors import SettingsError
-from k2.kafka.security import broker_credentials, security_conf
+from k2.kafka.credentials import broker_credentials
+from k2.kafka.security import security_conf
 from k2.settings import Settings, get_settings
 
 

@@ -281,3 +281,21 @@ def test_replayer_injects_gaps_and_duplicates_and_reports_them() -> None:
 def test_cli_refuses_more_faults_than_the_feed_holds(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(str(SAMPLE), "--symbols", "MWR", "--inject-gaps", "50", "--no-progress") == 2
     assert "cannot place 50 gaps" in capsys.readouterr().err
+
+
+def test_loop_option_reaches_replay_not_faust(tmp_path: Path) -> None:
+    """``import faust`` reads ``--loop`` from ``sys.argv`` to pick an event loop: the ``k2`` commands must not
+    import faust, or ``k2 replay --loop 2`` dies with "No module named '2'" before it parses a flag."""
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-folder"
+    proc = subprocess.run(
+        [sys.executable, "-m", "k2.cli.main", "replay", str(missing), "--loop", "2", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=SAMPLE.parents[1],
+    )
+    assert "ModuleNotFoundError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and str(missing) in proc.stderr, (proc.returncode, proc.stderr)
