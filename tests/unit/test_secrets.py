@@ -33,11 +33,19 @@ def test_credential_keys(key: str, secret: bool) -> None:
 
 def test_settings_catalog_and_environment_feed_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYICEBERG_CATALOG__K2__TOKEN", "tok-from-env-1")
-    settings = Settings(schema_registry_basic_auth="u:registry-pw-3")  # type: ignore[arg-type]
+    settings = Settings(
+        schema_registry_basic_auth="u:registry-pw-3",  # type: ignore[arg-type]
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="k2",
+        kafka_sasl_password="kafka-pw-6",  # type: ignore[arg-type]
+        kafka_ssl_key_password="key-pw-7",  # type: ignore[arg-type]
+    )
     r = redactor_for(
         settings, {"AWS_SECRET_ACCESS_KEY": "aws-secret-5", "PYICEBERG_CATALOG__K2__TOKEN": "tok-from-env-1"}
     )
     assert r("registry-pw-3 aws-secret-5 tok-from-env-1") == f"{MASK} {MASK} {MASK}"
+    assert r("kafka-pw-6 key-pw-7") == f"{MASK} {MASK}"
+    assert "kafka-pw-6" not in repr(settings) and "key-pw-7" not in str(settings)
 
 
 def test_log_records_are_redacted_messages_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
