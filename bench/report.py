@@ -197,6 +197,12 @@ NOTES = """\
   A `*` marks a steady rate that is the rate from start: the first commit held (nearly) the whole load."""
 
 
+def busy_cores(system: Mapping[str, Any]) -> float | None:
+    """Cores a system kept busy at its steady rate: CPU seconds per event times events per second."""
+    cpu, steady = system.get("cpu_s_per_million"), system.get("steady_events_per_s")
+    return None if not cpu or not steady else cpu * steady / 1e6
+
+
 def findings(results: Mapping[str, Any]) -> list[str]:
     """The figures the targets are stated in: K2 against the floor and Quix, two workers against one, the soak."""
     systems = results["systems"]
@@ -209,6 +215,14 @@ def findings(results: Mapping[str, Any]) -> list[str]:
         out[-1] += "."
     if rate["k2"] and rate["k2x2"]:
         out.append(f"- Two K2 workers in one group: {rate['k2x2'] / rate['k2']:.2f}x one.")
+        cores = {n: busy_cores(systems[n]) for n in ("k2", "k2x2")}
+        if cores["k2"] is not None and cores["k2x2"] is not None:
+            nproc = results.get("machine", {}).get("nproc", "?")
+            out[-1] += (
+                f" At their steady rates one worker kept {cores['k2']:.1f} cores busy and two kept "
+                f"{cores['k2x2']:.1f}, of the machine's {nproc}, which the broker shares: two workers gain only "
+                "where one leaves cores idle."
+            )
     maintained = (systems.get("k2") or {}).get("maintenance") or {}
     for table, m in maintained.items():
         if isinstance(m, dict) and "files_before" in m:

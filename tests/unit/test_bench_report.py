@@ -73,3 +73,18 @@ def test_findings_state_the_targets_figures() -> None:
     assert lines[1] == "- Two K2 workers in one group: 1.70x one."
     assert "growing +0.4 MiB/min" in lines[2] and "0 missing, 0 doubled" in lines[2]
     assert report.findings({"systems": {}}) == []
+
+
+def test_two_workers_are_set_against_the_cores_they_kept_busy() -> None:
+    results = _results()
+    results["machine"] = {"nproc": 2}
+    results["systems"]["k2"] |= {"cpu_s_per_million": 20.0}
+    results["systems"]["k2x2"] = {"steady_events_per_s": 12_000, "cpu_s_per_million": 100.0}
+    line = report.findings(results)[1]
+    assert line.startswith("- Two K2 workers in one group: ")
+    k2 = results["systems"]["k2"]
+    assert (
+        f"one worker kept {20.0 * k2['steady_events_per_s'] / 1e6:.1f} cores busy and two kept 1.2, of the machine's 2"
+        in line
+    )
+    assert report.busy_cores({"steady_events_per_s": 1000}) is None
