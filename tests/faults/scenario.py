@@ -64,12 +64,12 @@ from tests.faults.services import Services
 from tests.faults.source import TP, Position
 from tests.faults.values import ValueVerdict, check_values
 
-__all__ = ["FaultMark", "Scenario", "ScenarioFactory", "Stall"]
+__all__ = ["FaultMark", "Scenario", "ScenarioFactory", "Stall", "bounded"]
 
 T = TypeVar("T")
 
 
-def _bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
+def bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
     """``fn()`` in a thread, or ``default`` after ``timeout_s`` (a frozen server must not hang the suite)."""
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     future = pool.submit(fn)
@@ -202,7 +202,7 @@ class Scenario:
 
     def landed_rows(self) -> int:
         """Offsets the lake says it holds (from the marks): a cheap progress number."""
-        marks = _bounded(self.env.marks, 30.0, {})
+        marks = bounded(self.env.marks, 30.0, {})
         return sum(m + 1 for m in marks.values())
 
     def wait_landing(self, min_offsets: int = 1, timeout_s: float = 240.0) -> float:
@@ -261,14 +261,14 @@ class Scenario:
         while True:
             self.tick()
             now = time.monotonic()
-            ends = _bounded(self.env.end_offsets, 30.0, None) or ends  # unreachable: as last seen
-            marks = _bounded(self.env.marks, 30.0, None) or marks
+            ends = bounded(self.env.end_offsets, 30.0, None) or ends  # unreachable: as last seen
+            marks = bounded(self.env.marks, 30.0, None) or marks
             marks_cover = (
                 ends is not None and marks is not None and all(marks.get(tp, -1) + 1 >= e for tp, e in ends.items())
             )
             if ends is not None and (marks_cover or now - last_rows_check > 15.0):
                 last_rows_check = now
-                counter = _bounded(self.env.positions, 120.0, None)
+                counter = bounded(self.env.positions, 120.0, None)
                 if counter is not None:
                     present = Counter((t, p) for (t, p, o) in counter if o < ends.get((t, p), 0))
                     covered = tuple(sorted(present.items()))

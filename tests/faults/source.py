@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import fastavro
@@ -30,6 +31,7 @@ __all__ = [
     "end_offsets",
     "make_producer",
     "read_topics",
+    "trade",
 ]
 
 TP = tuple[str, int]
@@ -203,3 +205,15 @@ def encode(schema_id: int, schema: Any, record: Mapping[str, Any]) -> bytes:
     body = io.BytesIO()
     fastavro.schemaless_writer(body, schema, dict(record))
     return _HEADER.pack(0, schema_id) + body.getvalue()
+
+
+NOW_MS = 1_394_406_000_000  # 2014-03-09T23:00:00Z
+
+
+def trade(symbol: str, sequence_number: int, **extra: Any) -> dict[str, Any]:
+    """A valid trade record for the registered trade contract (plus any fields a newer version has)."""
+    return {
+        "symbol": symbol, "company_id": 7078, "exchange": "ASX", "exchange_timestamp": NOW_MS + sequence_number,
+        "price": Decimal("36.667000"), "volume": 100 + sequence_number, "qualifiers": 0, "venue": "",
+        "buyer_id": None, "ingestion_timestamp": NOW_MS, "sequence_number": sequence_number, **extra,
+    }  # fmt: skip

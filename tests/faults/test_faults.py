@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
 
 import fastavro
 import pyarrow as pa
@@ -27,22 +26,12 @@ from tests.faults.config import SAMPLE, SAMPLE_EVENTS, Config
 from tests.faults.law import check_law
 from tests.faults.poison import KINDS, PoisonGenerator, mix, produce
 from tests.faults.scenario import Scenario, ScenarioFactory
-from tests.faults.source import Registry, SourceRecord, encode, make_producer, read_topics
+from tests.faults.source import Registry, SourceRecord, encode, make_producer, read_topics, trade
 from tests.faults.values import check_values
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.rest, pytest.mark.timeout(7200)]
 
 SAMPLE_TOTAL = sum(SAMPLE_EVENTS.values())
-NOW_MS = 1_394_406_000_000  # 2014-03-09T23:00:00Z
-
-
-def trade(symbol: str, sequence_number: int, **extra: Any) -> dict[str, Any]:
-    """A valid trade record for the registered trade contract (plus any fields a newer version has)."""
-    return {
-        "symbol": symbol, "company_id": 7078, "exchange": "ASX", "exchange_timestamp": NOW_MS + sequence_number,
-        "price": Decimal("36.667000"), "volume": 100 + sequence_number, "qualifiers": 0, "venue": "",
-        "buyer_id": None, "ingestion_timestamp": NOW_MS, "sequence_number": sequence_number, **extra,
-    }  # fmt: skip
 
 
 def loops_rate(config: Config, short: tuple[int, int], long: tuple[int, int]) -> list[str]:
