@@ -116,6 +116,9 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         web_bind=s.web_host,
         web_port=s.web_port,
         web_metrics_enabled=True,
+        # Partitions added to a source topic reach the group when the leader's metadata is refreshed.
+        consumer_metadata_max_age_ms=int(s.metadata_refresh_s * 1000),
+        producer_metadata_max_age_ms=int(s.metadata_refresh_s * 1000),
     )
     metrics = K2Metrics(registry)
     worker_id = s.worker_id or default_worker_id()
@@ -141,7 +144,14 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         for src in wanted
     }
     market = build_market(app, s, metrics, worker_id)
-    pipeline = Pipeline(app, s, metrics, Wiring(wanted, stores, market.stages, rejects), worker_id)
+    table_topics = {
+        src.topic: [
+            table.changelog_topic.get_topic_name()
+            for table in (stores[src.topic].table, *market.state_tables.get(src.topic, ()))
+        ]
+        for src in wanted
+    }
+    pipeline = Pipeline(app, s, metrics, Wiring(wanted, stores, market.stages, rejects, table_topics), worker_id)
     app.pipeline, app.market = pipeline, market
     lag = LagWatch(
         app, pipeline, metrics, interval_s=min(5.0, max(2.0, s.flush_interval_s)), timeout_s=s.catalog_timeout_s

@@ -34,6 +34,8 @@ __all__ = [
     "UndecodableError",
     "UnknownSchemaId",
     "WrongSubject",
+    "describe",
+    "is_unavailable",
     "one_line",
 ]
 
@@ -144,3 +146,34 @@ def one_line(text: str, limit: int = MAX_DETAIL) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
     return text
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, or its type alone when it has no message (``TimeoutError``)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a service is unavailable for now (worth waiting out), not that a request is wrong.
+
+    The one place that decides it: K2's :class:`ServiceUnavailable`, timeouts, refused or reset
+    connections (``OSError``: requests' and aiohttp's connection errors are ``OSError`` too), a
+    SQLite catalog whose database another process holds locked, Kafka's retriable errors, and a
+    catalog's "unavailable" and server-error answers. Anything else is a bug or a bad request:
+    retrying it would only hide it.
+    """
+    from aiokafka import errors as kafka_errors
+    from pyiceberg import exceptions as iceberg_errors
+    from sqlalchemy import exc as sql_errors
+
+    if isinstance(exc, ServiceUnavailable | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, OSError):
+        return not isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError)
+    if isinstance(exc, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
+        return True
+    if isinstance(exc, kafka_errors.KafkaError):
+        return bool(exc.retriable)
+    if isinstance(exc, iceberg_errors.ServiceUnavailableError | iceberg_errors.ServerError):
+        return True
+    return isinstance(exc, sql_errors.OperationalError) and "locked" in str(exc)

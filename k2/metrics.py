@@ -149,6 +149,19 @@ class K2Metrics:
             ["topic"],
             registry=registry,
         )
+        self.not_consuming = Gauge(
+            "k2_partitions_not_consuming",
+            "Source partitions this worker holds that are not consuming past their bound (K2_POSITION_TIMEOUT_S after "
+            "their tables were restored): readiness names them.",
+            ["topic"],
+            registry=registry,
+        )
+        self.assignment_to_consuming = Histogram(
+            "k2_partition_assignment_to_consuming_seconds",
+            "Time from a partition's assignment to its consuming (table restore and positioning included).",
+            buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
+            registry=registry,
+        )
         self.batches_in_flight = Gauge(
             "k2_batches_in_flight",
             "Batches taken whose writes the broker has not acknowledged yet.",
@@ -211,6 +224,7 @@ class K2Metrics:
             ):
                 counter.labels(topic)
             self.ingest_stopped.labels(topic)
+            self.not_consuming.labels(topic)
         for table in tables:
             for metric in (self.flushes, self.rows_written, self.rows_skipped, self.commit_failures):
                 metric.labels(table)
@@ -230,6 +244,14 @@ class K2Metrics:
         if at_s > self._last_commit_s.get(table, float("-inf")):
             self._last_commit_s[table] = at_s
             self.last_commit.labels(table).set(at_s)
+
+    def publish_not_consuming(self, by_topic: dict[str, int]) -> None:
+        """Partitions past their bound per topic (every known topic is set: 0 when none)."""
+        for metric in self.not_consuming.collect():
+            for sample in metric.samples:
+                self.not_consuming.labels(sample.labels["topic"]).set(by_topic.get(sample.labels["topic"], 0))
+        for topic, count in by_topic.items():
+            self.not_consuming.labels(topic).set(count)
 
     def publish_lag(self, rows: Iterable[PartitionLag]) -> None:
         """Set both lag gauges for the partitions this worker owns; drop the partitions it no longer owns."""

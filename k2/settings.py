@@ -101,6 +101,24 @@ class Settings(BaseSettings):
     revoke_timeout_s: float = Field(
         10.0, gt=0, description="How long a revocation waits for batches in flight to become durable."
     )
+    position_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A partition assigned to this worker must be consuming this long after faust restored its "
+        "tables; past it, readiness names the partition and k2_partitions_not_consuming counts it.",
+    )
+    stuck_exit_s: float = Field(
+        180.0,
+        gt=0,
+        description="A partition still not consuming after this long, for no reason outside K2 (a catalog or broker "
+        "outage is one), makes the worker exit non-zero, so the group gives its partitions to another worker.",
+    )
+    metadata_refresh_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the consumer refreshes topic metadata: partitions added to a source topic are "
+        "noticed (and the group rebalanced) within about this long.",
+    )
     stall_after_s: float = Field(
         30.0, gt=0, description="A partition with lag and no batch taken for this long makes the worker not ready."
     )

@@ -49,6 +49,8 @@ class Market:
     """The stages per source topic, and what the views show of the reference data."""
 
     stages: Mapping[str, Sequence[Stage]]
+    state_tables: Mapping[str, Sequence[Any]]
+    """Per source topic, the tables co-partitioned with it that its stages write (sequence state)."""
     reference_table: Any
     instruments: Instruments
     watch: InstrumentWatch
@@ -92,4 +94,6 @@ def build_market(app: faust.App, settings: Settings, metrics: K2Metrics, worker_
             InstrumentCheck(topic, instruments, watch),
         ]
     stages[settings.reference_topic] = [ReferenceUpdate(reference_table, instruments, metrics)]
-    return Market(stages, reference_table, instruments, watch)
+    return Market(
+        stages, {topic: [table] for topic, table in sequence_tables.items()}, reference_table, instruments, watch
+    )

@@ -24,7 +24,12 @@ def register_timers(app: faust.App, pipeline: Pipeline, lag: LagWatch) -> None:
         pipeline.request_lake_check()
         await lag.refresh()
 
+    async def topics_timer() -> None:
+        """Changelog topics follow their source topics' partition counts (partitions added to a source)."""
+        await pipeline.grow_changelogs()
+
     app.timer(interval=pipeline.settings.flush_interval_s, name="k2.flush.timer")(flush_timer)
+    app.timer(interval=min(10.0, pipeline.settings.metadata_refresh_s), name="k2.topics.timer")(topics_timer)
     app.timer(interval=lag.interval_s, name="k2.lag.timer")(refresh_lag)
     if pipeline.settings.maintain_interval_s > 0:
         # One worker of the group maintains the tables (faust runs on_leader timers in the leader only).

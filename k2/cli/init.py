@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from k2.settings import get_settings
+from k2.settings import Settings, get_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"topic    {name}: created")
         for name in report.existing:
             print(f"topic    {name}: exists")
+        for name, count in changelogs_grown(settings).items():
+            print(f"topic    {name}: grown to {count} partitions, as its source topic")
         for line in report.mismatches:
             print(f"topic    WARNING {line} (left unchanged)")
         warnings += len(report.mismatches)
@@ -69,3 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if warnings:
         print(f"init     done with {warnings} warning(s): K2 works with the topics as they are.")
     return 0
+
+
+def changelogs_grown(settings: Settings) -> dict[str, int]:
+    """Grow the worker's changelog topics to their source topics' partition counts (see :mod:`k2.admin.growth`)."""
+    from prometheus_client import CollectorRegistry
+
+    from k2.admin.growth import ChangelogGrowth
+    from k2.app import create_app
+
+    pipeline = create_app(settings, CollectorRegistry()).pipeline
+    assert pipeline is not None
+    return ChangelogGrowth(settings, pipeline.table_topics).check()

@@ -56,18 +56,22 @@ def batch_message(batch: FetchedBatch) -> Message:
     """The faust message that carries ``batch``: offset of its last record, value the batch itself.
 
     The offset is what faust's fetch loop compares with its read offset to drop messages
-    from before a seek, so it must not fall behind the batch's records.
+    from before a seek, so it must not fall behind the batch's records. An empty batch (the
+    consumer moved past transaction markers) travels at the offset before its end.
     """
     from faust.types.tuples import ConsumerMessage
 
-    last = batch.records[-1]
-    ts = last.timestamp
+    if batch.records:
+        last = batch.records[-1]
+        offset, ts, ts_type = last.offset, last.timestamp, last.timestamp_type
+    else:  # the position moved past offsets holding no record K2 reads (transaction markers)
+        offset, ts, ts_type = batch.end - 1, None, 0
     return ConsumerMessage(
         batch.tp.topic,
         batch.tp.partition,
-        last.offset,
+        offset,
         ts / 1000.0 if ts is not None else 0.0,
-        last.timestamp_type,
+        ts_type,
         None,
         None,
         batch,  # type: ignore[arg-type]  # faust types the value as bytes; here it is the batch

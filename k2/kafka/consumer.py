@@ -21,7 +21,8 @@ Private faust/aiokafka names used here (pinned by ``tests/unit/test_kafka_consum
 so an upgrade that changes them fails loudly): ``Consumer._new_offset``,
 ``Consumer._filter_tps_with_pending_acks``, ``Consumer._read_offset``, ``Consumer._committed_offset``,
 ``AIOKafkaConsumerThread._fetch_records`` (and the ``_fetcher``, ``_subscriptions`` and
-``_create_fetch_waiter`` it reaches, as faust's own version does).
+``_create_fetch_waiter`` it reaches, as faust's own version does), and aiokafka's
+``AIOKafkaConsumer._isolation_level`` (set before the consumer starts: read committed data only).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from faust.types.tuples import Message
 
 from k2.kafka.batches import FetchedBatch, batch_message
 
-__all__ = ["BatchSink", "K2Consumer", "K2ConsumerThread", "PositionedRecords", "positions_of"]
+__all__ = ["ISOLATION_LEVEL", "BatchSink", "K2Consumer", "K2ConsumerThread", "PositionedRecords", "positions_of"]
 
 
 class BatchSink(Protocol):
@@ -62,8 +63,12 @@ class BatchSink(Protocol):
         """Called before faust revokes ``tps``: stop taking their batches, let in-flight ones become durable."""
         ...
 
-    async def on_seek(self, positions: Mapping[TP, int | None]) -> None:
-        """The consumer was positioned at the committed offsets (after an assignment); may seek again."""
+    def on_assign(self, tps: set[TP], generation: int) -> None:
+        """faust assigned ``tps`` (of the batch topics) in ``generation``; its tables are restored next."""
+        ...
+
+    async def on_seek(self, positions: Mapping[TP, int | None], generation: int) -> None:
+        """faust sought the assigned partitions to the committed offsets (after the restore); may seek again."""
         ...
 
 
@@ -93,8 +98,20 @@ def positions_of(subscriptions: Any, tps: Iterable[TP]) -> dict[TP, int]:
     return out
 
 
+#: K2 reads what producers committed only: records of aborted transactions never land, and a
+#: transaction still open holds back what follows it (its end is the last stable offset).
+ISOLATION_LEVEL = "read_committed"
+
+
 class K2ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """The consumer thread; its fetch also reports positions for batch topics."""
+    """The consumer thread: reads committed data only; its fetch also reports positions for batch topics."""
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # faust reads committed data only when it runs its own transactions (processing_guarantee
+        # exactly_once), which K2 does not use; aiokafka takes the level when it starts, from this.
+        consumer._isolation_level = ISOLATION_LEVEL
+        return consumer
 
     async def _fetch_records(
         self,
@@ -135,13 +152,18 @@ class K2ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return out
         before = positions_of(subscriptions, watched)
         records = await fetcher.fetched_records(active_partitions, timeout=0, max_records=max_records)
-        if not records:
-            return out
-        after = positions_of(subscriptions, [tp for tp in records if tp in before])
+        after = positions_of(subscriptions, before)
         for tp, recs in records.items():
             out[tp] = recs
             if tp in after:
                 out.positions[tp] = (before[tp], after[tp])
+        for tp, position in after.items():
+            if tp not in records and position != before[tp]:
+                # The fetcher moved past offsets that hold no record K2 reads (transaction markers,
+                # aborted records under read_committed): an empty batch says so, or the next batch
+                # would seem to start after a hole.
+                out[tp] = []
+                out.positions[tp] = (before[tp], position)
         return out
 
 
@@ -181,10 +203,12 @@ class K2Consumer(faust_aiokafka.Consumer):
             if tp.topic not in batch_topics:
                 others[tp] = recs
                 continue
-            if not self._deliverable(tp, active_partitions, generation_id) or not recs:
+            if not self._deliverable(tp, active_partitions, generation_id):
+                continue
+            if not recs and tp not in positions:
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            start, end = positions.get(tp, (recs[0].offset, recs[-1].offset + 1))
+            start, end = positions.get(tp) or (recs[0].offset, recs[-1].offset + 1)
             yield tp, batch_message(FetchedBatch(TP(tp.topic, tp.partition), start, end, recs, generation_id))
         if others:
             to_message = self._to_message
@@ -228,12 +252,29 @@ class K2Consumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         sink = self.sink
         if sink is not None:
-            await sink.on_revoke(set(revoked))
+            await sink.on_revoke({TP(tp.topic, tp.partition) for tp in revoked if tp.topic in sink.batch_topics})
         await super().on_partitions_revoked(revoked)
 
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        sink = self.sink
+        if sink is not None:
+            topics = sink.batch_topics
+            sink.on_assign({TP(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}, generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def perform_seek(self) -> None:
+        """faust's seek of its assignment to the committed offsets, then the sink told what it sought.
+
+        Only partitions of the consumer's current assignment are named: faust's read offsets
+        can still hold partitions revoked since (its fetch loop writes a partition's read
+        offset after a delivery that a revocation interrupted), and those are not this
+        worker's to position.
+        """
+        generation = self.app.consumer_generation_id
         await super().perform_seek()
         sink = self.sink
         if sink is not None:
             topics = sink.batch_topics
-            await sink.on_seek({tp: offset for tp, offset in self._read_offset.items() if tp.topic in topics})
+            assigned = {TP(tp.topic, tp.partition) for tp in self.assignment() if tp.topic in topics}
+            committed = {TP(tp.topic, tp.partition): offset for tp, offset in self._read_offset.items()}
+            await sink.on_seek({tp: committed.get(tp) for tp in assigned}, generation)

@@ -8,6 +8,10 @@ Two distances matter to someone on call, and they can differ by minutes:
   Iceberg snapshot summary (see :mod:`k2.lake.offsets`). Events not queryable yet:
   the consumer may be caught up while the sink is stuck, and only this number says so.
 
+K2 reads committed data only, so ``end`` is the *last stable offset*: a transaction still
+open holds back what follows it, which is neither lag nor a stall (``open_transaction``
+counts it).
+
 All offsets follow Kafka's convention for ``end`` (the next offset to be written) and
 ``committed`` (the next offset to be read); ``landed`` is the last offset *in* the lake.
 """
@@ -37,6 +41,8 @@ class PartitionLag:
     """Last offset recorded in the lake; None when no snapshot records this partition."""
     consumer_lag: int
     lake_lag: int
+    open_transaction: int = 0
+    """Records above the last stable offset (the end K2 reads to): a transaction still open holds them back."""
 
 
 def partition_lags(

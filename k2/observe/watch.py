@@ -1,7 +1,8 @@
 """Lag to the consumer group and to the lake, refreshed on a timer and read by views without side effects.
 
 End offsets come from faust's consumer (``highwaters``: a ListOffsets request run on the
-consumer's own thread, so nothing blocks the event loop); the group's committed offsets
+consumer's own thread, so nothing blocks the event loop; reading committed data only, these
+are the last stable offsets); the group's committed offsets
 from what faust's consumer last committed or sought to; the lake's from the marks the
 pipeline keeps (read at positioning, moved by every commit). Only partitions this worker
 owns are reported, so summing over workers never counts a partition twice. A refresh is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from k2.metrics import K2Metrics
@@ -44,13 +46,18 @@ class LagWatch:
         owned = self.pipeline.owned()
         if not owned:
             return []
-        ends = await asyncio.wait_for(self.app.consumer.highwaters(*owned), self.timeout_s)
-        committed = self.app.consumer.committed_offsets()
-        return partition_lags(
+        consumer = self.app.consumer
+        # With read_committed, the end offsets asked of Kafka are the last stable offsets; the high
+        # watermark of the last fetch says how much an open transaction holds back above them.
+        ends = await asyncio.wait_for(consumer.highwaters(*owned), self.timeout_s)
+        committed = consumer.committed_offsets()
+        rows = partition_lags(
             {(tp.topic, tp.partition): end for tp, end in ends.items()},
             {(tp.topic, tp.partition): off for tp, off in committed.items()},
             self.pipeline.lake_marks,
         )
+        held = {(tp.topic, tp.partition): (consumer.highwater(tp) or 0) - end for tp, end in ends.items()}
+        return [replace(r, open_transaction=max(0, held.get((r.topic, r.partition), 0))) for r in rows]
 
     async def refresh(self) -> list[PartitionLag]:
         """A reading published to the lag gauges (the timer's job), and kept for readiness."""

@@ -4,6 +4,8 @@
 ``/metrics``        Prometheus exposition: faust's sensor and K2's metrics, one registry
 ``/k2/lag``         per source partition: end, committed, landed offsets and both lags,
                     read now; ``?format=text`` for a table
+``/k2/partitions``  each source partition held: its phase (assigned, positioning, consuming,
+                    revoking), how long, what it waits for, whether it is past its bound
 ``/k2/tables``      per Iceberg table: snapshot, commit time and age, rows, offsets,
                     rows buffered here (catalog read in a thread, cached 2 s)
 ``/k2/health``      liveness: 200 whenever the event loop answers
@@ -90,6 +92,13 @@ def register_views(
                 return self.text(format_lag_table(rows))
             return self.json(lag_payload(rows))
 
+    @blueprint.route("/partitions", name="partitions")
+    class PartitionsView(K2View):
+        """Every source partition this worker holds: its phase, since when, and what it waits for."""
+
+        async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
+            return self.json(partitions_payload(pipeline, time.monotonic()))
+
     @blueprint.route("/tables", name="tables")
     class TablesView(K2View):
         """What each Iceberg table holds, and what this worker still buffers for it."""
@@ -154,7 +163,7 @@ def register_views(
         """Any other path under ``/k2/``: a JSON 404 listing what exists."""
 
         async def answer(self, query: Mapping[str, str], **kwargs: Any) -> web.Response:
-            names = ("", "overview", "lag", "tables", "health", "ready", "instruments")
+            names = ("", "overview", "lag", "partitions", "tables", "health", "ready", "instruments")
             paths = [f"{PREFIX}{name}" for name in names]
             return self.error(404, f"no such view: {PREFIX}{kwargs.get('path', '')}", views=paths)
 
@@ -164,3 +173,26 @@ def register_views(
 
     install(app, metrics.registry, redact)
     blueprint.register(app, url_prefix=PREFIX)
+
+
+def partitions_payload(pipeline: Pipeline, now: float) -> dict[str, Any]:
+    """The body of ``/k2/partitions``: the lifecycle of each held partition (see :mod:`k2.pipeline.lifecycle`)."""
+    overdue = pipeline.overdue()
+    stopped = pipeline.stopped()
+    rows = []
+    for tp, state in sorted(pipeline.held().items(), key=lambda item: (item[0].topic, item[0].partition)):
+        rows.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "phase": state.phase.value,
+                "generation": state.generation,
+                "in_phase_s": round(now - state.since, 1),
+                "since_assignment_s": round(now - state.assigned_at, 1),
+                "waiting_for": state.waiting_for,
+                "attempts": state.attempts,
+                "overdue": overdue.get(tp),
+                "stopped": stopped.get(tp),
+            }
+        )
+    return {"generation": pipeline.lifecycle.generation, "partitions": rows}

@@ -59,7 +59,28 @@ def get_json(worker: Worker, path: str) -> tuple[int, Any]:
 
 # -- the documented shapes --------------------------------------------------------------------------
 
-LAG_KEYS = {"topic", "partition", "end_offset", "committed_offset", "lake_offset", "consumer_lag", "lake_lag"}
+LAG_KEYS = {
+    "topic",
+    "partition",
+    "end_offset",
+    "committed_offset",
+    "lake_offset",
+    "consumer_lag",
+    "lake_lag",
+    "open_transaction",
+}
+PARTITION_KEYS = {
+    "topic",
+    "partition",
+    "phase",
+    "generation",
+    "in_phase_s",
+    "since_assignment_s",
+    "waiting_for",
+    "attempts",
+    "overdue",
+    "stopped",
+}
 TABLE_KEYS = {
     "table",
     "exists",
@@ -147,7 +168,7 @@ def watch_startup(worker: Worker, run: Run, timeout_s: float = 120.0) -> None:
         if worker.proc.poll() is not None:
             raise AssertionError(f"worker exited {worker.proc.returncode}:\n{worker.tail()}")
         try:
-            for path in ("/k2/ready", "/k2/lag", "/k2/health"):
+            for path in ("/k2/ready", "/k2/lag", "/k2/health", "/k2/partitions"):
                 status, body = get_json(worker, path)
                 run.startup.append((time.monotonic() - started, path, status, body))
         except OSError:  # the web server is not listening yet
@@ -224,6 +245,9 @@ def test_views_answer_with_their_shapes_while_the_worker_comes_up(run: Run) -> N
         elif path == "/k2/lag":
             assert status == 200
             check_lag(body)
+        elif path == "/k2/partitions":
+            assert status == 200 and set(body) == {"generation", "partitions"}
+            assert all(set(row) == PARTITION_KEYS for row in body["partitions"])
         else:
             assert (status, body["status"]) == (200, "alive")
     not_ready = [(t, body["failed"]) for t, p, s, body in run.startup if p == "/k2/ready" and s == 503]
@@ -240,6 +264,10 @@ def test_ready_once_recovered_with_every_check_passing(run: Run) -> None:
     check_ready(status, body)
     assert status == 200 and body["failed"] == []
     assert "restored" in body["checks"]["recovery"]["detail"]
+    status, held = get_json(run.worker, "/k2/partitions")
+    assert status == 200 and held["partitions"]
+    assert {row["phase"] for row in held["partitions"]} == {"consuming"}
+    assert all(row["overdue"] is None and row["since_assignment_s"] >= row["in_phase_s"] for row in held["partitions"])
 
 
 def test_restored_buffers_land_and_lag_is_zero(run: Run) -> None:

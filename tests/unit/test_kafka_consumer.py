@@ -124,6 +124,7 @@ class Sink:
     def __init__(self, offsets: Mapping[TP, int | None]) -> None:
         self.offsets = dict(offsets)
         self.revoked: list[set[TP]] = []
+        self.sought: list[dict[TP, int | None]] = []
 
     def commit_offset(self, tp: TP) -> int | None:
         return self.offsets.get(tp)
@@ -134,7 +135,10 @@ class Sink:
     async def on_revoke(self, tps: set[TP]) -> None:
         self.revoked.append(tps)
 
-    async def on_seek(self, positions: Mapping[TP, int | None]) -> None: ...
+    def on_assign(self, tps: set[TP], generation: int) -> None: ...
+
+    async def on_seek(self, positions: Mapping[TP, int | None], generation: int) -> None:
+        self.sought.append(dict(positions))
 
 
 @pytest.fixture
@@ -185,3 +189,61 @@ async def test_positioned_records_carry_positions() -> None:
     out[TP("t", 0)] = []
     out.positions[TP("t", 0)] = (1, 2)
     assert dict(out) == {TP("t", 0): []} and out.positions == {TP("t", 0): (1, 2)}
+
+
+def test_an_empty_batch_travels_at_the_offset_before_its_end() -> None:
+    msg = batch_message(FetchedBatch(TP("t", 3), 525, 527, [], generation=4))
+    assert (msg.offset, msg.generation_id) == (526, 4) and msg.value.records == []  # type: ignore[union-attr]
+
+
+class MovingFetcher:
+    """A fetcher whose drain moves the position past a transaction marker and returns no record."""
+
+    def __init__(self, subscriptions: FakeSubscriptions, tp: TP, to: int) -> None:
+        self.subscriptions, self.tp, self.to = subscriptions, tp, to
+
+    async def fetched_records(self, partitions: Any, timeout: float = 0, max_records: Any = None) -> dict[TP, Any]:  # noqa: ASYNC109
+        self.subscriptions.assignment.positions[self.tp] = self.to
+        return {}
+
+
+async def test_a_drain_past_markers_reports_the_position_it_moved_to(consumer: K2Consumer) -> None:
+    """Seen: commit markers made K2 log "a batch starts at 526 but 525 was expected" and leave a lag of 2 for
+    good: the fetcher moved past the marker without a record, and nobody told the pipeline."""
+    tp = TP("src", 0)
+    subs = FakeSubscriptions({tp: 525})
+    subs.reassignment_in_progress = False  # type: ignore[attr-defined]
+    thread = consumer._new_consumer_thread()
+    assert isinstance(thread, K2ConsumerThread)
+    out = PositionedRecords()
+    await thread._drain(MovingFetcher(subs, tp, 526), subs, [tp], {tp}, None, out)
+    assert dict(out) == {tp: []} and out.positions == {tp: (525, 526)}
+
+
+async def test_perform_seek_names_only_the_current_assignment(
+    consumer: K2Consumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust's read offsets can still hold a partition revoked since (its fetch loop writes a read offset
+    after a delivery that a revocation interrupted); positioning it failed and stalled the others."""
+    sink = Sink({})
+    monkeypatch.setattr(type(consumer.app), "batch_sink", property(lambda self: sink))
+    stale, mine = TP("src", 0), TP("src", 4)
+
+    async def seek_to_committed() -> dict[TP, int]:
+        return {mine: 8}
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(consumer, "assignment", lambda: {mine})
+    consumer._read_offset[stale] = 5
+    await consumer.perform_seek()
+    assert sink.sought == [{mine: 8}]
+
+
+async def test_the_worker_consumer_reads_committed_data_only(consumer: K2Consumer) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    # aiokafka takes the isolation level from this attribute when it starts (and builds its fetcher).
+    assert "isolation_level=self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
+    thread = consumer._new_consumer_thread()
+    made = thread._create_worker_consumer(consumer.app.transport)  # type: ignore[attr-defined]
+    assert made._isolation_level == "read_committed"

@@ -255,7 +255,7 @@ def test_known_topics_and_tables_export_zero_from_the_start() -> None:
 
 def test_commit_times_are_seeded_from_the_lake_and_only_move_forward() -> None:
     from k2.lake.status import TableStatus
-    from k2.pipeline.service import record_commit_times
+    from k2.pipeline.sink import record_commit_times
 
     metrics = K2Metrics(CollectorRegistry())
     statuses = [TableStatus(TRADES, True, 1, 1_700_000_000_000), TableStatus(QUOTES, True)]

@@ -55,6 +55,7 @@ def test_lag_payload_has_partitions_and_totals() -> None:
         "lake_offset": 2,
         "consumer_lag": 2,
         "lake_lag": 7,
+        "open_transaction": 0,
     }
 
 
@@ -115,7 +116,7 @@ async def test_probe_turns_errors_and_timeouts_into_failed_checks() -> None:
     assert not failed.ok and "ConnectionRefusedError" in failed.detail
 
 
-async def test_a_hung_dependency_fails_its_check_at_once_without_piling_up_requests() -> None:
+async def test_a_hung_dependency_that_never_answered_fails_without_piling_up_requests() -> None:
     now = [0.0]
     calls = 0
     release = asyncio.Event()
@@ -128,7 +129,7 @@ async def test_a_hung_dependency_fails_its_check_at_once_without_piling_up_reque
 
     p = Probe("catalog", hung, timeout_s=0.05, ttl_s=5, clock=lambda: now[0])
     first = await p.check()
-    assert not first.ok and "within 0.05s" in first.detail
+    assert not first.ok and "no success yet" in first.detail
     now[0] = 3.0
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -141,14 +142,63 @@ async def test_a_hung_dependency_fails_its_check_at_once_without_piling_up_reque
     assert (await p.check()).ok and calls == 1  # a pass is kept for ttl_s
 
 
-def test_ingest_check_names_stopped_and_unpositioned_partitions() -> None:
+async def test_a_slow_answer_is_not_a_failure_until_nothing_succeeded_for_stale_s() -> None:
+    """Readiness flapped under load: one late reply of a healthy broker made the worker look dead."""
+    now = [0.0]
+    slow = asyncio.Event()
+    answers = iter(["fast", "slow"])
+
+    async def ask() -> str:
+        answer = next(answers)
+        if answer == "slow":
+            await slow.wait()
+        return answer
+
+    p = Probe("kafka", ask, timeout_s=0.01, ttl_s=5, stale_s=30, clock=lambda: now[0])
+    assert (await p.check()).ok  # a success at t=0
+    now[0] = 6.0  # past the ttl: asked again, and this time it is slow
+    late = await p.check()
+    assert late.ok and "fast" in late.detail and "6s ago" in late.detail
+    now[0] = 29.0
+    assert (await p.check()).ok
+    now[0] = 31.0  # nothing succeeded for 31 s: that is evidence
+    stale = await p.check()
+    assert not stale.ok and "no success for 31s" in stale.detail
+    slow.set()
+    await asyncio.sleep(0)
+    assert (await p.check()).ok
+
+
+async def test_an_error_fails_at_once_even_after_successes() -> None:
+    now = [0.0]
+    results: list[str | Exception] = ["ok", ConnectionRefusedError("refused")]
+
+    async def ask() -> str:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    p = Probe("registry", ask, ttl_s=1, clock=lambda: now[0])
+    assert (await p.check()).ok
+    now[0] = 2.0
+    failed = await p.check()
+    assert not failed.ok and "ConnectionRefusedError" in failed.detail
+
+
+def test_ingest_check_names_stopped_waiting_and_overdue_partitions() -> None:
     from faust.types import TP
 
-    assert ingest_check({}, []).ok
-    stopped = ingest_check({TP("t", 3): "ValueError: boom"}, [])
+    from k2.pipeline.lifecycle import PartitionState, Phase
+
+    assert ingest_check({}, {}, {}).ok
+    stopped = ingest_check({TP("t", 3): "ValueError: boom"}, {}, {})
     assert not stopped.ok and "t/3 (ValueError: boom)" in stopped.detail
-    waiting = ingest_check({}, [TP("t", 1)])
-    assert not waiting.ok and "1 partition(s)" in waiting.detail
+    positioning = PartitionState(Phase.POSITIONING, 4, 0.0, 0.0)
+    waiting = ingest_check({}, {TP("t", 1): positioning}, {})
+    assert not waiting.ok and "1 partition(s) not consuming yet (1 positioning)" in waiting.detail
+    overdue = ingest_check({}, {TP("t", 1): positioning}, {TP("t", 1): "positioning for 31s (2 attempt(s))"})
+    assert not overdue.ok and "t/1: positioning for 31s" in overdue.detail
 
 
 def test_stall_check_fails_only_with_lag_and_no_progress() -> None:

@@ -1,0 +1,191 @@
+"""Intake: a fetched batch of a consuming partition becomes buffered chunks, tracked until durable.
+
+The ingest agents hand every batch to :meth:`Intake.take`. A batch is taken only when its
+partition is *consuming* in the batch's generation (:mod:`k2.pipeline.lifecycle`); then:
+room is reserved in the flush gate (the buffer's bound holds with every agent at once), the
+ledger admits it (a batch that does not start where the last one ended is refused and the
+partition sought back), the processor decodes, checks and writes it (chunks, sequence state,
+rejects), and the ledger tracks those writes until the broker acknowledged them all.
+
+Failure policy (fail closed): an error that classification did not turn into a reject stops
+the partition it happened on (:meth:`~k2.pipeline.ledger.Ledger.stop`): nothing of that batch
+or after it is acknowledged or flushed, the partition is paused, and the log,
+``k2_ingest_stopped_partitions`` and ``/k2/ready`` say why, until the partition is revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiokafka.errors import IllegalStateError
+from faust.types import TP
+
+from k2.ingest.frames import Frames
+from k2.ingest.processor import IngressProcessor
+from k2.kafka.batches import FetchedBatch
+from k2.lake.writer import TableRecreated
+from k2.metrics import K2Metrics
+from k2.pipeline.gate import FlushGate
+from k2.pipeline.ledger import Ledger, Verdict
+from k2.pipeline.lifecycle import Lifecycle
+
+__all__ = ["Intake"]
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Takes batches of consuming partitions (see the module docstring); one per worker."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        ledger: Ledger,
+        gate: FlushGate,
+        metrics: K2Metrics,
+        consumer: Callable[[], Any],
+        on_tables_recreated: Callable[[TableRecreated], Awaitable[None]],
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.ledger = ledger
+        self.gate = gate
+        self.metrics = metrics
+        self._consumer = consumer
+        self._on_tables_recreated = on_tables_recreated
+        self.processors: dict[str, IngressProcessor] = {}
+        self._inflight: dict[asyncio.Task[None], IngressProcessor] = {}
+        self.closed = False
+        """Set at shutdown: nothing more is taken."""
+        self.last_taken: dict[TP, float] = {}
+
+    def takes(self, tp: TP, generation: int | None) -> bool:
+        """Whether a batch of ``tp`` fetched in ``generation`` may be taken now."""
+        return (
+            not self.closed
+            and self.lifecycle.is_consuming(tp)
+            and (generation is None or generation == self.lifecycle.generation)
+        )
+
+    async def take(self, batch: FetchedBatch) -> None:
+        """Process one fetched batch (called by its topic's agent); never raises but for cancellation."""
+        task = asyncio.ensure_future(self._take(batch))
+        self._inflight[task] = self.processors[batch.topic]
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(batch.tp, task.exception())  # type: ignore[arg-type]
+
+    def abandon(self) -> list[asyncio.Task[None]]:
+        """Cancel the batches that wrote nothing yet (resolving schemas, waiting for room); the others to wait for."""
+        for task, proc in list(self._inflight.items()):
+            if not proc.writing:
+                task.cancel()
+        return [t for t in self._inflight if not t.done()]
+
+    async def _take(self, batch: FetchedBatch) -> None:
+        tp = batch.tp
+        if not self.takes(tp, batch.generation):
+            return
+        if not batch.records:  # the position moved past records K2 does not read (transaction markers)
+            admission = self.ledger.admit(tp, batch.start, batch.end, (), batch.generation)
+            if admission.verdict is Verdict.ACCEPT:
+                self.ledger.track(tp, batch.end, ())
+            elif admission.verdict is Verdict.DISCONTINUITY:
+                await self._discontinuity(tp, batch.start, admission.expected)
+            return
+        room = len(batch.records)
+        await self.gate.reserve(room)
+        buffered = False
+        try:
+            buffered = await self._take_reserved(batch, room)
+        finally:
+            if not buffered:
+                self.gate.release(room)  # abandoned, stale or failed: the room goes back
+
+    async def _take_reserved(self, batch: FetchedBatch, room: int) -> bool:
+        """The batch, with its room reserved; True once its events are buffered (the room is theirs)."""
+        tp = batch.tp
+        await self.ledger.wait_capacity()
+        proc = self.processors[tp.topic]
+        frames = Frames.of(tp.partition, batch.records)
+        try:
+            prepared = await proc.prepare(frames)
+        except TableRecreated as exc:  # noticed while adding a writer schema's columns: as in a flush
+            await self._on_tables_recreated(exc)
+            return False
+        if not self.takes(tp, batch.generation):
+            return False
+        admission = self.ledger.admit(tp, batch.start, batch.end, batch.records, batch.generation)
+        if admission.verdict is Verdict.DISCONTINUITY:
+            await self._discontinuity(tp, batch.start, admission.expected)
+            return False
+        if admission.verdict is not Verdict.ACCEPT or not admission.records:
+            return False
+        if len(admission.records) != len(frames):  # a re-fetched head, already taken, was cut off
+            frames = Frames.of(tp.partition, admission.records)
+        writes = await proc.write(frames, prepared)
+        self.ledger.track(tp, batch.end, writes.futures)
+        self.gate.added(writes.events, room)
+        self.last_taken[tp] = time.monotonic()
+        return True
+
+    async def _discontinuity(self, tp: TP, start: int, expected: int | None) -> None:
+        if not self.ledger.refused_once(tp):
+            return
+        self.metrics.ingest_discontinuities.labels(tp.topic).inc()
+        log.error(
+            "%s/%d: a batch starts at %d but %s was expected: records in between were never taken; seeking back",
+            tp.topic,
+            tp.partition,
+            start,
+            expected,
+        )
+        if expected is not None:
+            try:
+                await self._consumer().seek(tp, expected)
+            except IllegalStateError:
+                log.info("%s/%d not sought back: the consumer no longer holds it", tp.topic, tp.partition)
+
+    def fail(self, tp: TP, exc: BaseException) -> None:
+        """Fail closed: an error K2 did not classify as the event's fault stops the partition (traceback once)."""
+        log.error(
+            "%s/%d: an error K2 did not classify as the event's fault; nothing of this batch or after it "
+            "is acknowledged",
+            tp.topic,
+            tp.partition,
+            exc_info=exc,
+        )
+        self.ledger.stop(tp, f"{type(exc).__name__}: {exc}")
+
+    def on_partition_stopped(self, tp: TP, reason: str) -> None:
+        """The ledger stopped ``tp`` (a failed batch or a write the broker refused): pause it and say so."""
+        with contextlib.suppress(Exception):  # the consumer may be stopping
+            self._consumer().pause_partitions([tp])
+        self.metrics.ingest_failures.labels(tp.topic).inc()
+        self.publish_stopped()
+        log.error(
+            "%s/%d stopped (%s): its offsets stay at the last durable batch; it resumes from the committed offset "
+            "when revoked, or when the worker restarts",
+            tp.topic,
+            tp.partition,
+            reason,
+        )
+
+    def publish_stopped(self) -> None:
+        stopped = self.ledger.stopped()
+        for topic in self.processors:
+            self.metrics.ingest_stopped.labels(topic).set(sum(1 for tp in stopped if tp.topic == topic))
+
+    def forget_taken(self, tps: Mapping[TP, Any] | set[TP]) -> None:
+        for tp in tps:
+            self.last_taken.pop(tp, None)
