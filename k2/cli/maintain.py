@@ -12,8 +12,9 @@ _DESCRIPTION = """\
 Maintain K2's Iceberg tables while workers keep committing:
 
   compact   the data files of each day before today that has at least K2_MAINTAIN_MIN_FILES
-            files smaller than K2_MAINTAIN_TARGET_FILE_MB are rewritten into files of that size,
-            one commit per day; the commit carries the table's offset marks forward
+            files smaller than K2_MAINTAIN_TARGET_FILE_MB are rewritten, sorted, into files of
+            that size, one `replace` snapshot per day (no row added or removed: readers that
+            follow the table skip it); it carries the table's offset marks forward
   expire    snapshots older than K2_MAINTAIN_SNAPSHOT_RETENTION_S are removed, but for the newest
             K2_MAINTAIN_KEEP_SNAPSHOTS and the one holding the marks
   orphans   files under a table's location that nothing refers to any more, older than

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation, Summary, update_snapshot_summaries
 
 from k2.lake.arrow import companies_to_arrow, events_to_arrow
+from k2.lake.maintain import MaintainPolicy, maintain_table
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANY_VERSIONS, TABLES, TRADES
 from k2.lake.tables import ensure_tables
@@ -54,6 +56,19 @@ def test_files_out_of_order_or_of_an_unsorted_table_say_nothing(catalog: SqlCata
     assert table.sort_order().is_unsorted and sort_order_ids(table) == [None]
 
 
+def test_compacted_files_are_sorted_and_say_so_even_when_the_small_ones_were_not(catalog: SqlCatalog) -> None:
+    writer = IcebergWriter(catalog, ALL_TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(3):
+        batch = list(reversed(trade_events(0, range(i * 10, i * 10 + 10))))
+        writer.commit(TRADES, events_to_arrow(TRADES, batch, sort=False), {(TRADES_TOPIC, 0): i * 10 + 9}, f"c{i}")
+    policy = MaintainPolicy(snapshot_retention_s=1e12, keep_snapshots=100, orphan_min_age_s=1e12, min_files=2)
+    maintain_table(catalog, TABLES[TRADES], policy, sleep=lambda _: None)
+    trades = catalog.load_table(TABLES[TRADES].name)
+    assert sort_order_ids(trades) == [trades.sort_order().order_id]
+    times = trades.scan(selected_fields=("exchange_timestamp",)).to_arrow()["exchange_timestamp"].to_pylist()
+    assert times == sorted(times) and len(times) == 30
+
+
 def test_a_batch_that_does_not_fit_the_table_is_refused_as_pyiceberg_refuses_it(catalog: SqlCatalog) -> None:
     writer = IcebergWriter(catalog, ALL_TOPICS, "w:1", sleep=lambda _: None)
     batch = events_to_arrow(TRADES, trade_events(0, range(3)))
@@ -63,9 +78,9 @@ def test_a_batch_that_does_not_fit_the_table_is_refused_as_pyiceberg_refuses_it(
     assert catalog.load_table(TABLES[TRADES].name).current_snapshot() is None
 
 
-# -- pins: the pyiceberg 0.12 internals k2.lake.files relies on ----------------
-# When one of these fails after a pyiceberg upgrade, read the module docstring of
-# k2/lake/files.py: the workaround may be obsolete, or need adjusting.
+# -- pins: the pyiceberg 0.12 internals k2.lake.files and k2.lake.rewrite rely on ----------------
+# When one of these fails after a pyiceberg upgrade, read the module docstrings of
+# k2/lake/files.py and k2/lake/rewrite.py: the workaround may be obsolete, or need adjusting.
 
 
 def test_pin_pyiceberg_still_writes_sort_order_id_null(catalog: SqlCatalog) -> None:
@@ -75,8 +90,15 @@ def test_pin_pyiceberg_still_writes_sort_order_id_null(catalog: SqlCatalog) -> N
     assert sort_order_ids(trades) == [None]
 
 
+def test_pin_pyiceberg_still_cannot_total_a_replace_summary() -> None:
+    """``update_snapshot_summaries`` refuses ``replace``: k2.lake.rewrite totals it as an overwrite."""
+    with pytest.raises(ValueError, match="not implemented"):
+        update_snapshot_summaries(Summary(Operation.REPLACE))
+
+
 def test_pin_the_private_pyiceberg_names_k2_uses() -> None:
     from pyiceberg.io import pyarrow as pyiceberg_arrow
+    from pyiceberg.table.update import snapshot
 
     assert list(inspect.signature(pyiceberg_arrow._dataframe_to_data_files).parameters)[:4] == [
         "table_metadata",
@@ -90,3 +112,12 @@ def test_pin_the_private_pyiceberg_names_k2_uses() -> None:
         "downcast_ns_timestamp_to_us",
         "format_version",
     ]
+    overwrite = snapshot._OverwriteFiles
+    assert list(inspect.signature(overwrite.__init__).parameters)[1:5] == [
+        "operation",
+        "transaction",
+        "io",
+        "commit_uuid",
+    ]
+    assert "snapshot_properties" in inspect.signature(overwrite.__init__).parameters
+    assert list(inspect.signature(overwrite._summary).parameters) == ["self", "snapshot_properties"]
