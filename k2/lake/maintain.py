@@ -17,6 +17,9 @@ commit, none of which may break exactly-once:
   committed concurrently are never dropped.
 * **expire**: snapshots older than the retention, beyond the newest ``keep_snapshots``,
   are removed from the metadata; the current one and the newest one holding marks never.
+  A reader following the table resumes after the last snapshot it read, so one whose last
+  snapshot was expired must start again: what was expired is said (a note, and
+  ``expired_until``), and the retention must exceed how far such a reader may fall behind.
 * **orphans**: files under the table's location that no remaining snapshot or metadata
   file refers to, and older than ``orphan_min_age_s`` (a commit in flight may have written
   files it has not committed yet), are deleted.
@@ -92,6 +95,8 @@ class TableMaintenance:
     compacted: list[tuple[str, int, int]] = field(default_factory=list)
     """Per rewritten day: (day, files before, files after)."""
     expired: int = 0
+    expired_until: str | None = None
+    """Commit time (UTC, ISO) of the newest snapshot expired: a reader that last read one as old must start again."""
     orphans: int = 0
     orphan_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -113,7 +118,7 @@ def maintain_table(
     for day in _days_to_compact(table, policy, now()):
         _compact_day(catalog, table_def, day, policy, out, sleep, dry_run)
     table = catalog.load_table(table_def.name)
-    out.expired = _expire(table, policy, now(), dry_run)
+    _expire(table, policy, now(), out, dry_run)
     table = catalog.load_table(table_def.name)
     _remove_orphans(table, policy, now(), out, dry_run)
     return out
@@ -221,7 +226,7 @@ def carried_marks(table: Table) -> dict[str, str]:
 # -- snapshot expiry --------------------------------------------------------------------------
 
 
-def _expire(table: Table, policy: MaintainPolicy, now_s: float, dry_run: bool) -> int:
+def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMaintenance, dry_run: bool) -> None:
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
     keep = {s.snapshot_id for s in snapshots[: policy.keep_snapshots]}
     current = table.current_snapshot()
@@ -231,10 +236,23 @@ def _expire(table: Table, policy: MaintainPolicy, now_s: float, dry_run: bool) -
     if marked is not None:
         keep.add(marked.snapshot_id)
     cutoff_ms = (now_s - policy.snapshot_retention_s) * 1000
-    expired = [s.snapshot_id for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
-    if expired and not dry_run:
-        table.maintenance.expire_snapshots().by_ids(expired).commit()
-    return len(expired)
+    expired = [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    if not expired:
+        return
+    if not dry_run:
+        table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
+    out.expired = len(expired)
+    out.expired_until = _utc(expired[0].timestamp_ms)
+    # A reader that follows the table resumes after the last snapshot it read: gone, it cannot.
+    out.notes.append(
+        f"{'would expire' if dry_run else 'expired'} {len(expired)} snapshot(s) committed "
+        f"{_utc(expired[-1].timestamp_ms)} to {out.expired_until}: a reader following the table "
+        f"(incremental or streaming) whose last snapshot read is one of them must start again"
+    )
+
+
+def _utc(timestamp_ms: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
 
 # -- orphan files -----------------------------------------------------------------------------

@@ -71,6 +71,9 @@ def test_maintenance_beside_a_committing_worker_loses_and_doubles_nothing(
         env.wait_landed()
         last = json.loads(env.k2("maintain", "--json", timeout=300).stdout)
         compacted = [day for run in [*runs, last] for table in run for day in table["compacted"]]
+        expiries = [table for run in [*runs, last] for table in run if table["expired"]]
+        assert expiries, "snapshots were expired"
+        assert all(t["expired_until"] and any("must start again" in n for n in t["notes"]) for t in expiries)
         assert compacted, "some past day had small files to compact"
         # Nothing commits any more: every day of the sample (all past days) is one file now.
         assert set(files_per_day(env, "market_data.trades").values()) == {1}

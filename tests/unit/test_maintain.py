@@ -68,6 +68,9 @@ def test_compaction_keeps_every_row_and_carries_the_marks_forward(catalog: SqlCa
     assert newest.summary[MAINTENANCE_KEY].startswith("compact ")
     # Expired: all but the current snapshot; their files are orphans now, and gone.
     assert result.expired > 0 and len(table.snapshots()) == 1
+    # And it says what a reader following the table loses: its place, if it was in what expired.
+    assert result.expired_until is not None and result.expired_until.startswith("20")
+    assert any(f"expired {result.expired} snapshot(s)" in n and "must start again" in n for n in result.notes)
     assert result.orphans > 0
     remaining = {p for p in Path(tmp_path).rglob("*.parquet")}
     assert len(remaining) == 2
