@@ -36,7 +36,7 @@ from k2.avro.codec import stored_schema_id
 from k2.avro.registry import WriterSchema
 from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
-from k2.errors import DecodeError, RegistryUnavailable, one_line
+from k2.errors import DecodeError, one_line
 from k2.ingest.classify import Resolution, Validator, classify
 from k2.ingest.fast import DecoderCache, RowRules, fast_rows
 from k2.ingest.frames import Frames
@@ -44,9 +44,10 @@ from k2.lake.arrow import rejects_to_arrow, rows_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import BufferedEvent, RejectRecord
 from k2.lake.schemas import TABLES
-from k2.lake.writer import TableRecreated
+from k2.lake.state import LakeState
 from k2.metrics import K2Metrics
 from k2.models import Reject
+from k2.retry import Backoff, retry_unavailable
 
 __all__ = [
     "ArrowRecipe",
@@ -90,37 +91,36 @@ class Source:
 
 
 class LakeSchemas:
-    """The Arrow schema of each table as it stands, and the evolution that keeps it current."""
+    """The tables' schemas as ingestion needs them, kept in the writer's :class:`~k2.lake.state.LakeState`.
 
-    def __init__(self, schema_of: Callable[[str], pa.Schema], evolve: Callable[[str, WriterSchema], bool]) -> None:
+    What a table's schema is, and which writer schemas' columns it has, live with its marks in
+    one object per table, forgotten together when the table is created again; then the next
+    batch of each writer schema adds its columns again, before any of its rows lands.
+    """
+
+    def __init__(
+        self,
+        state: Callable[[], LakeState],
+        schema_of: Callable[[str], pa.Schema],
+        evolve: Callable[[str, WriterSchema], bool],
+    ) -> None:
+        self._state = state
         self._schema_of = schema_of
         self._evolve = evolve
-        self._schemas: dict[str, pa.Schema] = {}
-        self._evolved: set[tuple[str, int]] = set()
 
     async def arrow_schema(self, table_name: str) -> pa.Schema:
-        schema = self._schemas.get(table_name)
-        if schema is None:
-            schema = await asyncio.to_thread(self._schema_of, table_name)
-            self._schemas[table_name] = schema
-        return schema
+        return await asyncio.to_thread(self._schema_of, table_name)
 
     async def follow(self, table_names: Sequence[str], writers: Sequence[WriterSchema]) -> None:
-        """Add the columns new writer schemas bring, once per (table, schema id)."""
+        """Add the columns writer schemas bring, once per (table, schema id) while the table is known."""
         for table_name in table_names:
             for writer in writers:
-                key = (table_name, writer.schema_id)
-                if key in self._evolved:
+                applied = self._state().of(table_name).applied
+                if writer.schema_id in applied:
                     continue
                 if await asyncio.to_thread(self._evolve, table_name, writer):
                     log.info("%s: added columns for writer schema id %s", table_name, writer.schema_id)
-                    self._schemas.pop(table_name, None)
-                self._evolved.add(key)
-
-    def forget(self) -> None:
-        """Read every table's schema again on next use (the table was recreated or reloaded)."""
-        self._schemas.clear()
-        self._evolved.clear()
+                applied.add(writer.schema_id)
 
 
 class SchemaResolver(Protocol):
@@ -218,6 +218,8 @@ class IngressProcessor:
         self.writing = False
         """True while :meth:`write` hands writes to Kafka (a revocation waits for it instead of cancelling)."""
         self._ids_seen: set[int] = set()
+        """Writer schema ids seen on the topic (for the metric only: what the tables have is the lake's)."""
+        self._backoff = Backoff(first_s=0.5, max_s=max_retry_delay_s)
         self._bytes_per_row = 200.0
         self._decoders = DecoderCache()
 
@@ -226,30 +228,23 @@ class IngressProcessor:
     async def prepare(self, frames: Frames) -> Prepared:
         """Resolve the batch's schema ids and bring the tables' columns up to date; waits out outages."""
         resolved = await self.resolve(frames.schema_ids())
-        writers = [w for w in resolved.values() if isinstance(w, WriterSchema) and w.schema_id not in self._ids_seen]
+        writers = [w for w in resolved.values() if isinstance(w, WriterSchema)]
         if writers:
-            await self._retrying(
-                "adding the columns of a new writer schema", self.lake.follow, self.source.tables, writers
+            await retry_unavailable(
+                lambda: self.lake.follow(self.source.tables, writers),
+                what=f"{self.source.topic}: adding the columns of its writer schemas",
+                backoff=self._backoff,
+                level=logging.WARNING,
             )
             self._ids_seen.update(w.schema_id for w in writers)
             self.metrics.schema_versions_seen.labels(self.source.subject).set(len(self._ids_seen))
-        schema = await self._retrying("reading the table schema", self.lake.arrow_schema, self.source.table_name)
+        schema = await retry_unavailable(
+            lambda: self.lake.arrow_schema(self.source.table_name),
+            what=f"{self.source.topic}: reading the table schema",
+            backoff=self._backoff,
+            level=logging.WARNING,
+        )
         return Prepared(resolved, schema)
-
-    async def _retrying(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """A catalog call of phase 1: a failure is an outage to wait out (logged once per retry), never a reject."""
-        delay = 0.5
-        while True:
-            try:
-                return await call(*args)
-            except TableRecreated:
-                raise  # not an outage: every mark is gone, the pipeline positions its partitions again
-            except Exception as exc:
-                log.warning(
-                    "%s: %s failed, retrying in %.1fs: %s: %s", self.source.topic, what, delay, type(exc).__name__, exc
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_delay_s)
 
     async def resolve(self, ids: set[int]) -> dict[int, Resolution]:
         """Each schema id checked against the topic's subject; waits out registry outages.
@@ -260,19 +255,16 @@ class IngressProcessor:
         """
         out: dict[int, Resolution] = {}
         for schema_id in ids:
-            delay = 0.5
-            while True:
-                try:
-                    out[schema_id] = await self.schemas.check_subject(schema_id, self.source.subject)
-                    break
-                except DecodeError as err:
-                    out[schema_id] = err
-                    break
-                except RegistryUnavailable as err:
-                    self.metrics.registry_retries.inc()
-                    log.warning("%s: schema registry unavailable, retrying in %.1fs: %s", self.source.topic, delay, err)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.max_retry_delay_s)
+            try:
+                out[schema_id] = await retry_unavailable(
+                    lambda schema_id=schema_id: self.schemas.check_subject(schema_id, self.source.subject),  # type: ignore[misc]
+                    what=f"{self.source.topic}: the schema registry",
+                    backoff=self._backoff,
+                    on_unavailable=lambda cause: self.metrics.registry_retries.inc(),
+                    level=logging.WARNING,
+                )
+            except DecodeError as err:
+                out[schema_id] = err
         return out
 
     # -- phase 2: classify, build, hand over ----------------------------------------------

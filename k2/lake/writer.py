@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
-from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import NestedField
@@ -58,6 +57,7 @@ from k2.lake.offsets import (
 )
 from k2.lake.records import TopicPartition
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES, TableDef
+from k2.lake.state import LakeState
 from k2.lake.tables import ensure_table, missing_properties
 from k2.settings import Settings
 
@@ -169,10 +169,9 @@ class IcebergWriter:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
-        self._tables: dict[str, Table] = {}
         self._locks = {name: threading.Lock() for name in TABLES}
-        self._seen: dict[str, dict[TopicPartition, int]] = {}
-        """The highest marks read or committed per table: a table never records less, unless it went back."""
+        self.state = LakeState()
+        """Per table: the loaded table, its schema, the writer schemas applied, the marks (one owner)."""
 
     @classmethod
     def for_settings(cls, catalog: Catalog, settings: Settings) -> IcebergWriter:
@@ -189,7 +188,7 @@ class IcebergWriter:
 
     def table(self, table_name: str, *, refresh: bool = False) -> Table:
         """The loaded table (cached), refreshed from the catalog when asked."""
-        table = self._tables.get(table_name)
+        table = self.state.of(table_name).table
         if table is None:
             table = self.catalog.load_table(TABLES[table_name].name)
         elif refresh:
@@ -204,7 +203,7 @@ class IcebergWriter:
         if missing_properties(table):
             # pyiceberg would retry conflicts itself with stale offsets: switch that off first.
             table, _ = ensure_table(self.catalog, TABLES[table_name])
-        self._tables[table_name] = table
+        self.state.of(table_name).table = table
         return table
 
     def arrow_schema(self, table_name: str) -> pa.Schema:
@@ -213,7 +212,8 @@ class IcebergWriter:
         Loads the table on first use (blocking); cached afterwards, and kept current by
         :meth:`commit` and :meth:`ensure_columns`.
         """
-        return schema_to_pyarrow(self.table(table_name).schema(), include_field_ids=False)
+        self.table(table_name)
+        return self.state.of(table_name).arrow_schema()
 
     def committed_offsets(self, table_name: str) -> dict[TopicPartition, int]:
         """The marks of the newest K2 commit, read fresh from the catalog.
@@ -252,18 +252,18 @@ class IcebergWriter:
 
     def _see(self, table_name: str, marks: Mapping[TopicPartition, int]) -> None:
         """Remember ``marks`` as read; raise :class:`LakeRegressed` if the table records less than before."""
-        seen = self._seen.get(table_name, {})
+        state = self.state.of(table_name)
+        seen = state.marks
         behind = {tp: (was, marks.get(tp, -1)) for tp, was in seen.items() if marks.get(tp, -1) < was}
-        self._seen[table_name] = dict(marks) if behind else merge_offsets(seen, marks)
+        state.marks = dict(marks) if behind else merge_offsets(seen, marks)
         if behind:
             regressed = LakeRegressed({table_name: behind})
             regressed.marks = dict(marks)
             raise regressed
 
     def forget_tables(self) -> None:
-        """Load every table afresh on next use (after a table was dropped and created again)."""
-        self._tables.clear()
-        self._seen.clear()
+        """Forget what is known of every table (after a table was dropped and created again): see :class:`LakeState`."""
+        self.state.forget()
 
     # -- commits ----------------------------------------------------------------------
 
@@ -335,7 +335,8 @@ class IcebergWriter:
                     self._sleep(self._backoff(attempt))
                     continue
                 snapshot = table.current_snapshot()
-                self._seen[table_name] = merge_offsets(self._seen.get(table_name, {}), marks)
+                state = self.state.of(table_name)
+                state.marks = merge_offsets(state.marks, marks)
                 return CommitResult(
                     table_name,
                     None if snapshot is None else snapshot.snapshot_id,
@@ -379,6 +380,30 @@ class IcebergWriter:
         return delay * random.uniform(0.5, 1.0)
 
     # -- schema evolution ---------------------------------------------------------------
+
+    def ensure_arrow_columns(self, table_name: str, fields: Sequence[pa.Field]) -> list[str]:
+        """Add the columns of ``fields`` the table lacks, as optional; the names added. Blocking.
+
+        For buffered rows that hold a column the table lost (dropped and created again, or written
+        by another worker's newer writer schema): the column is added, never its values dropped.
+        """
+        with self._locks[table_name]:
+            for attempt in range(1, self.max_attempts + 1):
+                table = self.table(table_name, refresh=True)
+                present = {f.name for f in table.schema().fields}
+                missing = [f.with_nullable(True) for f in fields if f.name not in present]
+                if not missing:
+                    return []
+                try:
+                    with table.update_schema() as update:
+                        update.union_by_name(pa.schema(missing))
+                except _RETRYABLE:
+                    if attempt == self.max_attempts:
+                        raise
+                    self._sleep(self._backoff(attempt))
+                    continue
+                return [f.name for f in missing]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def ensure_columns(self, table_name: str, extra_fields: Sequence[NestedField]) -> bool:
         """Add ``extra_fields`` the table lacks, as optional columns; True if the schema changed.

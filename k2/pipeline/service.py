@@ -130,14 +130,15 @@ class Pipeline(Service):
             lambda writer: Flusher(
                 [SourceBuffer(s.topic, s.tables, self.stores[s.topic]) for s in wiring.sources], writer, metrics
             ),
-            lambda: self.lake.forget(),
         )
         self.positioner.on_positioned = self._positioned
         self.positioner.on_regressed = lambda exc, tps: self.sink.lake_went_back(exc, self.lifecycle.held())
         self.intake = Intake(
             self.lifecycle, self.ledger, self.gate, metrics, lambda: self.app.consumer, self.sink.tables_recreated
         )
-        self.lake = LakeSchemas(lambda table: self.sink.writer().arrow_schema(table), self._evolve)
+        self.lake = LakeSchemas(
+            lambda: self.sink.writer().state, lambda table: self.sink.writer().arrow_schema(table), self._evolve
+        )
         self._registry: WriterSchemaCache | None = None
         self.positioned_at: float | None = None
         self._warned_embedded = False

@@ -50,7 +50,6 @@ class Sink:
         positioner: Positioner,
         ready: asyncio.Event,
         make_flusher: Callable[[Callable[[], IcebergWriter]], Flusher],
-        on_forget_tables: Callable[[], None],
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -60,13 +59,10 @@ class Sink:
         self.gate = gate
         self.positioner = positioner
         self.flusher = make_flusher(self.writer)
-        self._on_forget_tables = on_forget_tables
         self._writer: IcebergWriter | None = None
         self.ready = ready
         self.error: str | None = None
         """Why the catalog is not loaded (None once it is)."""
-        self.marks: dict[TopicPartition, int] = {}
-        """The last offset landed per source partition (read at positioning, moved by every commit)."""
         self.paused = False
         """Set while partitions are revoked and at shutdown: the loop takes no request."""
         self._flushing: asyncio.Task[FlushReport] | None = None
@@ -109,11 +105,14 @@ class Sink:
         except Exception as exc:
             log.warning("could not read the tables' last commit times: %s: %s", type(exc).__name__, exc)
 
+    @property
+    def marks(self) -> dict[TopicPartition, int]:
+        """The last offset landed per source partition, as last read or committed (the writer's :class:`LakeState`)."""
+        return self._writer.state.marks() if self._writer is not None else {}
+
     async def read_marks(self) -> dict[TopicPartition, int]:
         """The lake's marks, read now (raises :class:`LakeRegressed` when a table records less than it did)."""
-        marks = await asyncio.wait_for(asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2)
-        self._merge(marks)
-        return marks
+        return await asyncio.wait_for(asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2)
 
     # -- flushing -------------------------------------------------------------------------------
 
@@ -146,8 +145,6 @@ class Sink:
         except LakeRegressed as exc:
             self.lake_went_back(exc, self.lifecycle.consuming_set())
             return FlushReport()
-        for result in report.results:
-            self._merge(result.offsets)
         if report.results:
             log.info(
                 "flush: %s",
@@ -163,7 +160,6 @@ class Sink:
         """A table was dropped and created again: load every table afresh and position every partition again."""
         log.error("%s; positioning every partition again from what the lake records now", exc)
         self.writer().forget_tables()
-        self._on_forget_tables()
         self.reposition(self.lifecycle.consuming_set())
 
     def lake_went_back(self, exc: LakeRegressed, owned: Iterable[TP]) -> None:
@@ -181,9 +177,6 @@ class Sink:
             len(starts),
             "" if starts else " (none of them is this worker's)",
         )
-        for (topic, partition), mark in exc.marks.items():
-            if mark < self.marks.get((topic, partition), -1):
-                self.marks[(topic, partition)] = mark
         self.reposition(starts)
 
     def reposition(self, tps: Iterable[TP]) -> None:
@@ -213,11 +206,6 @@ class Sink:
             self.lake_went_back(exc, self.lifecycle.consuming_set())
         except Exception as exc:  # the catalog is down: the flush and readiness say so
             log.debug("lake check: %s: %s", type(exc).__name__, exc)
-
-    def _merge(self, marks: dict[TopicPartition, int]) -> None:
-        for tp, mark in marks.items():
-            if mark > self.marks.get(tp, -1):
-                self.marks[tp] = mark
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -16,11 +16,21 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from k2.buffer.chunks import ChunkKey, from_ipc
+from k2.errors import TableSchemaMismatch
 from k2.lake.arrow import keep_last, sort_for_table
 from k2.lake.records import TopicPartition
 from k2.lake.schemas import TABLES
 
-__all__ = ["PendingChunk", "TableBatch", "build_batch", "overlaps", "source_offsets"]
+__all__ = [
+    "PendingChunk",
+    "TableBatch",
+    "build_batch",
+    "build_batch_from",
+    "columns_missing",
+    "combine_chunks",
+    "overlaps",
+    "source_offsets",
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,23 @@ def build_batch(batch: TableBatch, schema: pa.Schema | None = None) -> pa.Table:
     Chunks written before a schema evolution lack the new columns; they are promoted
     (nulls) and, when ``schema`` (the table's current Arrow schema) is given, the result
     is cast to it so the append matches the table exactly.
+
+    Raises:
+        TableSchemaMismatch: a column holding values that ``schema`` lacks; it is never dropped
+            (the flusher adds it to the table first: :meth:`~k2.lake.writer.IcebergWriter.ensure_arrow_columns`).
     """
+    return build_batch_from(combine_chunks(batch), batch.table_name, schema)
+
+
+def build_batch_from(rows: pa.Table, table_name: str, schema: pa.Schema | None = None) -> pa.Table:
+    """``rows`` (see :func:`combine_chunks`) in ``schema`` (when given) and in the table's order."""
+    if schema is not None:
+        rows = _conform(rows, schema, table_name)
+    return sort_for_table(rows, TABLES[table_name])
+
+
+def combine_chunks(batch: TableBatch) -> pa.Table:
+    """The chunks' rows in one Arrow table (schemas unified), rows of overlapping chunks once."""
     table_def = TABLES[batch.table_name]
     tables = [from_ipc(c.blob) for c in batch.chunks]
     combined = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
@@ -81,13 +107,23 @@ def build_batch(batch: TableBatch, schema: pa.Schema | None = None) -> pa.Table:
         pos = table_def.position
         keys = [k for k in (pos.topic_column, pos.partition_column, pos.offset_column) if k is not None]
         combined = keep_last(combined, keys)
-    if schema is not None:
-        combined = _conform(combined, schema)
-    return sort_for_table(combined, table_def)
+    return combined
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def columns_missing(rows: pa.Table, schema: pa.Schema) -> list[pa.Field]:
+    """Fields of ``rows`` that ``schema`` lacks and that hold at least one value."""
+    names = set(schema.names)
+    return [f for f in rows.schema if f.name not in names and rows.column(f.name).null_count < rows.num_rows]
+
+
+def _conform(table: pa.Table, schema: pa.Schema, table_name: str) -> pa.Table:
     """``table`` with ``schema``'s columns in its order; absent (new, optional) columns as nulls."""
+    lost = columns_missing(table, schema)
+    if lost:
+        raise TableSchemaMismatch(
+            f"{table_name} lacks column(s) {', '.join(f.name for f in lost)} that buffered rows hold values of: "
+            "they are added to the table before a commit, never dropped"
+        )
     columns = []
     for field in schema:
         if field.name in table.column_names:

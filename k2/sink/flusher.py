@@ -31,7 +31,7 @@ from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.lake.schemas import SEQUENCE_GAPS
 from k2.lake.writer import CommitResult, IcebergWriter, LakeRegressed, TableRecreated
 from k2.metrics import K2Metrics
-from k2.sink.batches import PendingChunk, TableBatch, build_batch, source_offsets
+from k2.sink.batches import PendingChunk, TableBatch, build_batch_from, columns_missing, combine_chunks, source_offsets
 
 __all__ = ["FlushReport", "Flusher", "SourceBuffer"]
 
@@ -159,10 +159,22 @@ class Flusher:
         self._failing[batch.table_name] = what
 
     def _commit(self, batch: TableBatch) -> CommitResult:
-        """Blocking: build the batch and commit it (runs in a worker thread)."""
+        """Blocking: build the batch and commit it (runs in a worker thread).
+
+        Buffered rows can hold a column the table lacks (the table was created again under the
+        worker, or another worker's newer writer schema wrote them): the column is added first,
+        so no value is ever dropped to fit the table.
+        """
         writer = self._writer()
-        rows = build_batch(batch, writer.arrow_schema(batch.table_name))
-        return writer.commit(batch.table_name, rows, source_offsets(batch.chunks), uuid.uuid4().hex)
+        name = batch.table_name
+        rows = combine_chunks(batch)
+        missing = columns_missing(rows, writer.arrow_schema(name))
+        if missing:
+            added = writer.ensure_arrow_columns(name, missing)
+            if added:
+                log.warning("%s: added column(s) %s that buffered rows hold", name, ", ".join(added))
+        rows = build_batch_from(rows, name, writer.arrow_schema(name))
+        return writer.commit(name, rows, source_offsets(batch.chunks), uuid.uuid4().hex)
 
     async def _forget(self, done: Mapping[tuple[str, ChunkKey], int]) -> int:
         """Tombstone the chunks every target table committed (a lost tombstone is harmless: marks drop the rows)."""

@@ -220,6 +220,42 @@ def test_new_backward_compatible_schema_adds_a_column_without_restart(env: K2Env
     assert_law(env)
 
 
+def test_an_evolved_column_survives_its_table_being_created_again(env: K2Env) -> None:
+    """Issue 17, seen: 50 v2 trades landed with trade_id; market_data.trades dropped and created again by
+    `k2 init` under the running worker; 50 more v2 trades: 100 rows, trade_id on none, the column absent,
+    and the audit said the law holds. The worker remembered the writer schema as applied, so the column was
+    never added again, and the flush dropped every column the table lacked."""
+    env.start_worker()
+    s = env.settings
+    tree = json.loads(CONTRACTS["trade"].schema_str)
+    tree["fields"].append({"name": "trade_id", "type": ["null", "string"], "default": None, "doc": "Trade id."})
+    client = registry_client(s)
+    v2_id = client.register_schema(CONTRACTS["trade"].subject(s), Schema(json.dumps(tree), "AVRO"))
+    v2 = parse_schema(tree)
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers})
+
+    def send(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            value = encode(v2_id, v2, {**trade(symbol="XYZ", sequence_number=i + 1), "trade_id": f"T{i}"})
+            producer.produce(s.trades_topic, key=b"XYZ", value=value)
+        assert producer.flush(30) == 0
+
+    def xyz_rows() -> list[dict[str, Any]]:
+        rows = env.catalog().load_table("market_data.trades").scan().to_arrow().to_pylist()
+        return [r for r in rows if r["symbol"] == "XYZ"]
+
+    send(0, 50)
+    env.wait_landed()
+    assert sorted(r["trade_id"] for r in xyz_rows()) == sorted(f"T{i}" for i in range(50))
+    env.catalog().drop_table("market_data.trades")
+    env.k2("init")  # creates it again, with the contract's columns only
+    send(50, 50)
+    env.wait_landed(timeout_s=180, until=lambda: len(xyz_rows()) >= 100)
+    rows = xyz_rows()
+    assert len(rows) == 100 and {r.get("trade_id") for r in rows} == {f"T{i}" for i in range(100)}
+    assert_law(env)
+
+
 def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path: Path) -> None:
     """Scale-out is the consumer group: a second worker joins mid-stream, then the first dies.
 

@@ -21,6 +21,7 @@ from k2.ingest.processor import IngressProcessor, LakeSchemas, Taken
 from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import SEQUENCE_GAPS, TRADES
+from k2.lake.state import LakeState
 from k2.lake.tables import ensure_tables
 from k2.lake.writer import IcebergWriter
 from k2.metrics import K2Metrics
@@ -65,7 +66,7 @@ class Harness:
             source(TRADES_TOPIC),
             ChunkStore(self.buffer, TRADES_TOPIC),
             Registry(),  # type: ignore[arg-type]
-            LakeSchemas(arrow_schema, lambda name, writer: False),
+            LakeSchemas(LakeState, arrow_schema, lambda name, writer: False),
             send_reject,
             self.metrics,
             "w:1",

@@ -29,6 +29,7 @@ from k2.lake.arrow import arrow_schema
 from k2.lake.records import RejectRecord
 from k2.lake.schemas import QUOTES, TRADES
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
+from k2.lake.state import LakeState
 from k2.metrics import K2Metrics
 from k2.models import Reject
 from k2.observe.lag import partition_lags
@@ -68,7 +69,7 @@ class Ingress:
         self.metrics = K2Metrics(CollectorRegistry())
         self.subject = f"{topic}-value"
         self.rejected: list[RejectRecord] = []
-        lake = LakeSchemas(arrow_schema, self._no_evolution)
+        lake = LakeSchemas(LakeState, arrow_schema, self._no_evolution)
         self.processor = IngressProcessor(
             source(topic, kind),
             ChunkStore(RecordingTable(), topic),
@@ -195,7 +196,7 @@ async def test_commit_failure_is_counted_and_rows_stay_buffered(tmp_path: Path) 
     h = Harness(tmp_path)
     await h.put_trades(0, range(0, 4))
     h.writer.catalog.drop_table(TRADES)  # a real failure: the table is gone from the catalog
-    h.writer._tables.clear()
+    h.writer.state.forget(TRADES)
     report = await h.flusher.flush({(TRADES_TOPIC, 0): 10**9})
     assert TRADES in report.failed
     assert h.metric("k2_iceberg_commit_failures_total", table=TRADES) == 1

@@ -19,6 +19,7 @@ from k2.errors import RegistryUnavailable, UnknownSchemaId
 from k2.ingest.frames import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema
+from k2.lake.state import LakeState
 from k2.metrics import K2Metrics
 from tests.unit.buffer_helpers import RecordingTable
 from tests.unit.ingest_helpers import process, sent_reject, source
@@ -53,7 +54,7 @@ def make(registry: Any) -> tuple[IngressProcessor, RecordingTable, list[Any], K2
     async def send_reject(record: Any, reject: Any) -> asyncio.Future[None]:
         return await sent_reject(sent, record, reject)
 
-    lake = LakeSchemas(lambda name: arrow_schema(name), lambda name, writer: False)
+    lake = LakeSchemas(LakeState, lambda name: arrow_schema(name), lambda name, writer: False)
     proc = IngressProcessor(
         source(TOPIC),
         ChunkStore(table, TOPIC),
@@ -160,7 +161,7 @@ async def test_a_table_recreated_while_following_a_new_schema_is_raised_not_retr
         raise TableRecreated("market_data.trades was dropped and created again under this worker")
 
     proc, *_ = make(FlakyRegistry(failures=0))
-    proc.lake = LakeSchemas(lambda name: arrow_schema(name), evolve)
+    proc.lake = LakeSchemas(LakeState, lambda name: arrow_schema(name), evolve)
     frames = Frames.from_records([rec(0, encode(1, CONTRACTS["trade"].parsed, trade()))])
     with pytest.raises(TableRecreated):
         await asyncio.wait_for(proc.prepare(frames), 5)

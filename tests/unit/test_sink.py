@@ -226,3 +226,39 @@ async def test_sorted_by_time_then_sequence(tmp_path: Path) -> None:
     table = build_batch(batch)
     ts = table["exchange_timestamp"]
     assert pc.all(pc.greater_equal(ts[1:], ts[:-1])).as_py()
+
+
+async def test_a_column_buffered_rows_hold_is_added_to_the_table_never_dropped(tmp_path: Path) -> None:
+    """Issue 17, seen: rows buffered with an evolved column (trade_id) were committed to a table created
+    again without it, and the flush conformed the column away: values gone, the audit green."""
+    import pyarrow as pa
+
+    from k2.errors import TableSchemaMismatch
+    from k2.sink.batches import TableBatch, build_batch
+
+    h = Harness(tmp_path)
+    key = ChunkKey(ROWS, 0, 0, 2, 3)
+    rows = events_to_arrow(TRADES, trade_events(0, range(3)))
+    rows = rows.append_column("trade_id", pa.array(["T0", None, "T2"], pa.string()))
+    await h.stores[TRADES_TOPIC].put(key, rows)
+    chunk = PendingChunk(TRADES_TOPIC, key, h.stores[TRADES_TOPIC].get(key))
+    with pytest.raises(TableSchemaMismatch, match="trade_id"):
+        build_batch(TableBatch(TRADES, (chunk,)), h.writer.arrow_schema(TRADES))
+    await h.flusher.flush(ALL)
+    table = h.writer.table(TRADES, refresh=True)
+    assert table.schema().find_field("trade_id").required is False
+    landed = table.scan().to_arrow().sort_by("kafka_offset")
+    assert landed["trade_id"].to_pylist() == ["T0", None, "T2"]
+
+
+def test_forgetting_a_table_forgets_its_schema_applied_writer_schemas_and_marks(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.writer.table(TRADES)
+    state = h.writer.state.of(TRADES)
+    state.applied.add(7)
+    state.marks[(TRADES_TOPIC, 0)] = 41
+    assert h.writer.state.marks() == {(TRADES_TOPIC, 0): 41}
+    h.writer.forget_tables()
+    fresh = h.writer.state.of(TRADES)
+    assert fresh.table is None and fresh.applied == set() and fresh.marks == {}
+    assert h.writer.state.marks() == {}
