@@ -7,6 +7,9 @@
 #                            (bench/compare.py; BENCH_ARGS="--events 100000" to vary): results in
 #                            bench/results/<date>.json and README's Performance section regenerated from them
 #   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events; also in `make test`)
+#   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
+#                            an image registry answers, else on Debian's packages with a wheelhouse made here
+#   make test-image          build it (or reuse it, by content hash) and run it against the local stack
 # The local stack needs no Docker: see deploy/local/stack.py.
 #   make stack-up PROFILE=rest             (profiles: rest, prometheus; comma separated)
 #   make stack-down [PURGE=1]              (PURGE=1 also deletes the stack's data under var/)
@@ -27,7 +30,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short bench bench-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short test-image image bench bench-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -72,6 +75,20 @@ test-faults: venv system-deps
 test-faults-short: venv system-deps
 	$(STACK) up --profile rest
 	$(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS)
+
+# The image: `Dockerfile` as users build it (python:3.11-slim, PyPI) where an image registry answers,
+# else the same file on a base debootstrap makes of Debian's packages, pip installing from a wheelhouse
+# made here by $(PYTHON3) (a 3.11). As root it installs and starts Debian's docker.io when no engine
+# answers. IMAGE_BASE=registry|debian forces a path. About 9 minutes from nothing, seconds when unchanged.
+IMAGE_BASE ?= auto
+image:
+	$(PYTHON3) deploy/image/build.py --base $(IMAGE_BASE) --sizes
+
+# The image run as the Deployment runs it, against the local stack (tests/integration/test_image.py):
+# too long from nothing for `make test`, which skips it.
+test-image: venv
+	$(STACK) up --profile rest
+	K2_IMAGE_BASE=$(IMAGE_BASE) K2_TEST_IMAGE=1 $(PY) -m pytest -m image tests/integration/test_image.py -s $(PYTEST_ARGS)
 
 # The benchmark (bench/compare.py): Quix Streams gets its own venv under var/bench and Kafka Connect
 # its jars from Maven Central on first use. One full run (2M events) takes the best part of an hour.

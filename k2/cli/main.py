@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -43,8 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a writer whose reader went away (`k2 tables | head`): 128 + SIGPIPE.
+READER_GONE = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``k2`` console script; returns the process exit code."""
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a short output fails only here, when its reader left before it was written
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -64,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"k2 {args.command}: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _reader_gone() -> int:
+    """End quietly, as Unix tools do when their reader left (Python's docs, "Note on SIGPIPE").
+
+    Standard output and error go to /dev/null, so what is still buffered cannot fail again
+    when the interpreter exits. SIGPIPE itself stays ignored (Python's default): with its
+    default action a reset Kafka or S3 connection would kill a command instead of raising.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
+    return READER_GONE
 
 
 def _redactor() -> Redactor:

@@ -3,7 +3,8 @@
 The stack is left running at the end (the next session finds it healthy and starts in well
 under a second; CI machines are thrown away). ``K2_TEST_PROFILES`` picks the optional
 profiles to start (comma separated, default ``rest``; empty for Kafka and the registry
-alone); tests marked ``rest`` are skipped when that profile is not requested. Ports and
+alone); tests marked ``rest`` are skipped when that profile is not requested, and tests
+marked ``image`` unless ``K2_TEST_IMAGE=1`` (``make test-image``). Ports and
 the data directory follow the same ``K2_*`` variables as the script.
 """
 
@@ -64,12 +65,15 @@ class Stack:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "rest" in _profiles():
-        return
-    skip = pytest.mark.skip(reason="the rest profile is not in K2_TEST_PROFILES")
+    skips = {}
+    if "rest" not in _profiles():
+        skips["rest"] = pytest.mark.skip(reason="the rest profile is not in K2_TEST_PROFILES")
+    if os.environ.get("K2_TEST_IMAGE") != "1":
+        skips["image"] = pytest.mark.skip(reason="the image is built and run by `make test-image` (K2_TEST_IMAGE=1)")
     for item in items:
-        if "rest" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

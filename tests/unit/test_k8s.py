@@ -8,7 +8,10 @@ modules come from the Go module proxy on the first run (``go.sum`` pins them).
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from k2.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml"))
 
 
@@ -115,3 +119,36 @@ def test_the_config_map_and_secret_make_valid_settings(monkeypatch: pytest.Monke
             monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_password is not None
+
+
+def image_config() -> dict[str, Any]:
+    """What the Dockerfile's last stage (the image that runs) declares; continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    stage = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    config: dict[str, Any] = {"ENV": {}}
+    for line in stage:
+        instruction, _, rest = line.partition(" ")
+        if instruction == "ENV":
+            config["ENV"].update(pair.split("=", 1) for pair in shlex.split(rest))
+        else:
+            config[instruction] = rest
+    return config
+
+
+def test_the_image_runs_what_the_manifests_and_compose_expect() -> None:
+    image = image_config()
+    settings = one("ConfigMap")["data"]
+    for workload in (one("Deployment", "k2-worker"), one("Job")):
+        pod = workload["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert image["USER"] == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+        assert container["workingDir"] == image["WORKDIR"] == image["ENV"]["K2_VAR_DIR"] == settings["K2_VAR_DIR"]
+        assert container["image"] == "k2:latest"
+    worker = one("Deployment", "k2-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert json.loads(image["CMD"]) == worker["command"]
+    assert image["EXPOSE"] == str(worker["ports"][0]["containerPort"]) == settings["K2_WEB_PORT"]
+    assert worker["livenessProbe"]["httpGet"]["path"] in image["HEALTHCHECK"]
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("k2-init", "k2-worker"):
+        assert services[name]["image"] == "k2:latest" and services[name]["build"] == "."
