@@ -12,10 +12,14 @@ _DESCRIPTION = """\
 Maintain K2's Iceberg tables while workers keep committing:
 
   compact   the data files of each day before today that has at least K2_MAINTAIN_MIN_FILES
-            files smaller than K2_MAINTAIN_TARGET_FILE_MB are rewritten into files of that size,
-            one commit per day; the commit carries the table's offset marks forward
+            files smaller than K2_MAINTAIN_TARGET_FILE_MB are rewritten, sorted, into files of
+            that size, one `replace` snapshot per day (no row added or removed: readers that
+            follow the table skip it); it carries the table's offset marks forward
   expire    snapshots older than K2_MAINTAIN_SNAPSHOT_RETENTION_S are removed, but for the newest
-            K2_MAINTAIN_KEEP_SNAPSHOTS and the one holding the marks
+            K2_MAINTAIN_KEEP_SNAPSHOTS and the one holding the marks; a note says when the
+            expired ones were committed: a reader following the table (Spark streaming, an
+            incremental read) whose last snapshot read is among them must start again, so
+            keep the retention above how far such a reader may fall behind
   orphans   files under a table's location that nothing refers to any more, older than
             K2_MAINTAIN_ORPHAN_MIN_AGE_S, are deleted
 
@@ -58,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         verb = "would" if args.dry_run else "did"
         for r in results:
             files = sum(before for _, before, _ in r.compacted)
-            after = sum(max(0, a) for _, _, a in r.compacted)
-            compacted = f"{len(r.compacted)} day(s), {files} file(s) -> {after}" if r.compacted else "nothing"
+            after = "" if args.dry_run else f" -> {sum(a for _, _, a in r.compacted)}"
+            compacted = f"{len(r.compacted)} day(s), {files} file(s){after}" if r.compacted else "nothing"
             print(
                 f"{r.table}: {verb} compact {compacted}; expire {r.expired} snapshot(s); "
                 f"delete {r.orphans} orphan file(s) ({r.orphan_bytes / 2**20:.1f} MiB)"

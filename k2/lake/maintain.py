@@ -5,15 +5,21 @@ A streaming sink commits every few seconds, so a table collects small files and 
 commit, none of which may break exactly-once:
 
 * **compact**: the data files of a day partition before today, when there are at least
-  ``min_files`` smaller than the target, are rewritten into files of the target size in one
-  ``overwrite`` of exactly that day. The new snapshot carries the table's current marks in
-  its summary (with a commit id of its own), because the worker's exactly-once drop, lake
-  lag and ``k2 audit`` read the newest K2 snapshot. The overwrite requires the table to be
-  at the snapshot it read (pyiceberg asserts it), so a worker that commits meanwhile makes
-  it fail, and it is planned again from fresh metadata: rows committed concurrently are
-  never dropped.
+  ``min_files`` smaller than the target, are read, sorted in the table's order and written
+  again as files of the target size, in one ``replace`` snapshot that swaps exactly those
+  files (:mod:`k2.lake.rewrite`): no row added or removed, so a reader that follows the table
+  (an incremental append scan, Spark Structured Streaming) skips it, and time travel never
+  sees a day half compacted. The snapshot carries the table's current marks in its summary
+  (with a commit id of its own), because the worker's exactly-once drop, lake lag and
+  ``k2 audit`` read the newest K2 snapshot. The commit requires the table to be still at the
+  snapshot it was planned from (pyiceberg's ``AssertRefSnapshotId``), so a worker that
+  commits meanwhile makes it fail, and it is planned again from fresh metadata: rows
+  committed concurrently are never dropped.
 * **expire**: snapshots older than the retention, beyond the newest ``keep_snapshots``,
   are removed from the metadata; the current one and the newest one holding marks never.
+  A reader following the table resumes after the last snapshot it read, so one whose last
+  snapshot was expired must start again: what was expired is said (a note, and
+  ``expired_until``), and the retention must exceed how far such a reader may fall behind.
 * **orphans**: files under the table's location that no remaining snapshot or metadata
   file refers to, and older than ``orphan_min_age_s`` (a commit in flight may have written
   files it has not committed yet), are deleted.
@@ -34,13 +40,18 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from pyarrow.fs import FileSelector, FileType
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
-from pyiceberg.table import Table
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, ValidationException
+from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan
+from pyiceberg.io.pyarrow import ArrowScan
+from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.snapshots import Operation
 from pyiceberg.transforms import DayTransform
 
 from k2.lake.arrow import sort_for_table
+from k2.lake.files import write_data_files
 from k2.lake.offsets import COMMIT_ID_KEY, OFFSET_KEY_PREFIX, WORKER_ID_KEY, latest_k2_snapshot
+from k2.lake.rewrite import replace_files
 from k2.lake.schemas import TableDef
 from k2.settings import Settings
 
@@ -51,6 +62,8 @@ MAINTENANCE_KEY = "k2.maintenance"
 _WORKER = "k2-maintain"
 _TARGET_SIZE = "write.target-file-size-bytes"
 _DAY_US = 86_400_000_000
+#: A commit that did not land because the table moved on since the plan: plan again.
+_CONFLICTS = (CommitFailedException, CommitStateUnknownException, ValidationException)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class TableMaintenance:
     compacted: list[tuple[str, int, int]] = field(default_factory=list)
     """Per rewritten day: (day, files before, files after)."""
     expired: int = 0
+    expired_until: str | None = None
+    """Commit time (UTC, ISO) of the newest snapshot expired: a reader that last read one as old must start again."""
     orphans: int = 0
     orphan_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -103,7 +118,7 @@ def maintain_table(
     for day in _days_to_compact(table, policy, now()):
         _compact_day(catalog, table_def, day, policy, out, sleep, dry_run)
     table = catalog.load_table(table_def.name)
-    out.expired = _expire(table, policy, now(), dry_run)
+    _expire(table, policy, now(), out, dry_run)
     table = catalog.load_table(table_def.name)
     _remove_orphans(table, policy, now(), out, dry_run)
     return out
@@ -141,6 +156,22 @@ def _days_to_compact(table: Table, policy: MaintainPolicy, now_s: float) -> list
     return sorted(day for day, count in small.items() if count >= policy.min_files)
 
 
+def _day_files(table: Table, day: int) -> list[FileScanTask]:
+    """The live data files of ``day``'s partition (in the table's current partition spec)."""
+    source = _day_source(table)
+    assert source is not None
+    column, position = source
+    day_filter = And(
+        GreaterThanOrEqual(term=column, value=day * _DAY_US), LessThan(term=column, value=(day + 1) * _DAY_US)
+    )
+    spec_id = table.spec().spec_id
+    return [
+        task
+        for task in table.scan(row_filter=day_filter).plan_files()
+        if task.file.spec_id == spec_id and task.file.partition[position] == day
+    ]
+
+
 def _compact_day(
     catalog: Catalog,
     table_def: TableDef,
@@ -152,35 +183,35 @@ def _compact_day(
 ) -> None:
     label = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
     for attempt in range(1, policy.max_attempts + 1):
-        table = catalog.load_table(table_def.name)
-        source = _day_source(table)
-        assert source is not None
-        column, _ = source
-        low, high = (
-            GreaterThanOrEqual(term=column, value=day * _DAY_US),
-            LessThan(term=column, value=(day + 1) * _DAY_US),
-        )
-        day_filter = And(low, high)
-        before = sum(1 for _ in table.scan(row_filter=day_filter).plan_files())
-        if dry_run:
-            out.compacted.append((label, before, -1))
+        table = catalog.load_table(table_def.name)  # the snapshot planned from, and the one the commit requires
+        tasks = _day_files(table, day)
+        if sum(1 for task in tasks if task.file.file_size_in_bytes < policy.target_file_bytes) < policy.min_files:
+            if attempt > 1:  # compacted meanwhile: by another maintenance run, or by our attempt whose answer was lost
+                out.notes.append(f"compact {label}: found compacted when planned again")
             return
-        rows = sort_for_table(table.scan(row_filter=day_filter).to_arrow(), table_def)
+        if dry_run:
+            out.compacted.append((label, len(tasks), -1))
+            return
+        if any(task.delete_files for task in tasks):
+            out.notes.append(f"compact {label}: rows of that day are deleted by delete files; left alone")
+            return
+        rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
+        rows = sort_for_table(rows, table_def)
         properties = carried_marks(table) | {MAINTENANCE_KEY: f"compact {label}"}
         target = str(policy.target_file_bytes)
         try:
             with table.transaction() as txn:
                 if table.properties.get(_TARGET_SIZE) != target:  # what pyiceberg's writer cuts files at
                     txn.set_properties({_TARGET_SIZE: target})
-                txn.overwrite(rows, overwrite_filter=day_filter, snapshot_properties=properties)
-        except (CommitFailedException, CommitStateUnknownException) as exc:
+                written = write_data_files(txn.table_metadata, table.io, rows)
+                replace_files(txn, table.io, [task.file for task in tasks], written, properties)
+        except _CONFLICTS as exc:
             if attempt == policy.max_attempts:
                 out.notes.append(f"compact {label}: still conflicting after {attempt} attempts ({exc})")
                 return
             sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
             continue
-        after = sum(1 for _ in catalog.load_table(table_def.name).scan(row_filter=day_filter).plan_files())
-        out.compacted.append((label, before, after))
+        out.compacted.append((label, len(tasks), len(written)))
         return
 
 
@@ -195,7 +226,7 @@ def carried_marks(table: Table) -> dict[str, str]:
 # -- snapshot expiry --------------------------------------------------------------------------
 
 
-def _expire(table: Table, policy: MaintainPolicy, now_s: float, dry_run: bool) -> int:
+def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMaintenance, dry_run: bool) -> None:
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
     keep = {s.snapshot_id for s in snapshots[: policy.keep_snapshots]}
     current = table.current_snapshot()
@@ -205,28 +236,54 @@ def _expire(table: Table, policy: MaintainPolicy, now_s: float, dry_run: bool) -
     if marked is not None:
         keep.add(marked.snapshot_id)
     cutoff_ms = (now_s - policy.snapshot_retention_s) * 1000
-    expired = [s.snapshot_id for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
-    if expired and not dry_run:
-        table.maintenance.expire_snapshots().by_ids(expired).commit()
-    return len(expired)
+    expired = [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    if not expired:
+        return
+    if not dry_run:
+        table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
+    out.expired = len(expired)
+    out.expired_until = _utc(expired[0].timestamp_ms)
+    # A reader that follows the table resumes after the last snapshot it read: gone, it cannot.
+    out.notes.append(
+        f"{'would expire' if dry_run else 'expired'} {len(expired)} snapshot(s) committed "
+        f"{_utc(expired[-1].timestamp_ms)} to {out.expired_until}: a reader following the table "
+        f"(incremental or streaming) whose last snapshot read is one of them must start again"
+    )
+
+
+def _utc(timestamp_ms: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
 
 # -- orphan files -----------------------------------------------------------------------------
 
 
 def referenced_paths(table: Table) -> set[str]:
-    """Every file a remaining snapshot or metadata version of ``table`` refers to (as file-system paths)."""
+    """Every file a remaining snapshot or metadata version of ``table`` refers to (as file-system paths).
+
+    A data file a remaining snapshot removed still counts (a reader of that snapshot's changes
+    may read it), unless that snapshot is a ``replace``: it changed no row, no reader reads what
+    it swapped out, the rows are in the files it added. (A file removed by an expired snapshot
+    counts only where a remaining snapshot still holds it.)
+    """
     io = table.io
     metadata = table.metadata
     uris: set[str] = {table.metadata_location, *(entry.metadata_file for entry in metadata.metadata_log)}
     uris.update(s.statistics_path for s in metadata.statistics)
     uris.update(s.statistics_path for s in metadata.partition_statistics)
+    operations = {s.snapshot_id: s.summary.operation for s in metadata.snapshots if s.summary is not None}
+    manifests: set[str] = set()
     for snapshot in metadata.snapshots:
         uris.add(snapshot.manifest_list)
         for manifest in snapshot.manifests(io):
-            uris.add(manifest.manifest_path)
+            if manifest.manifest_path in manifests:  # shared by many snapshots: read it once
+                continue
+            manifests.add(manifest.manifest_path)
             for entry in manifest.fetch_manifest_entry(io, discard_deleted=False):
-                uris.add(entry.data_file.file_path)
+                removed_by = operations.get(entry.snapshot_id or -1)  # for a deleted entry: the snapshot that did
+                if entry.status != ManifestEntryStatus.DELETED or removed_by not in (None, Operation.REPLACE):
+                    uris.add(entry.data_file.file_path)
+    uris.update(manifests)
     return {_path(io, uri) for uri in uris}
 
 

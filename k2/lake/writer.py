@@ -44,6 +44,7 @@ from pyiceberg.table import Table
 from pyiceberg.types import NestedField
 
 from k2.errors import K2Error
+from k2.lake import files
 from k2.lake.arrow import keep_last
 from k2.lake.offsets import (
     COMMIT_ID_KEY,
@@ -323,7 +324,7 @@ class IcebergWriter:
                         rows = latest
                         table.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
                     else:
-                        table.append(rows, snapshot_properties=properties)
+                        files.append(table, rows, properties)  # as table.append, files saying if sorted
                 except _RETRYABLE as exc:
                     if _recreated(exc):
                         raise TableRecreated(

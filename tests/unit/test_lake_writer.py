@@ -18,6 +18,7 @@ from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownExcept
 from pyiceberg.table import Table
 
 from k2.errors import TableSchemaMismatch
+from k2.lake import files
 from k2.lake.arrow import companies_to_arrow, events_to_arrow, rejects_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.offsets import COMMIT_ID_KEY, WORKER_ID_KEY, read_offsets
@@ -373,16 +374,16 @@ def test_conflicts_beyond_max_attempts_are_raised(tmp_path: Path, monkeypatch: A
 
 
 def test_a_lost_answer_that_had_landed_is_recognised(writer: IcebergWriter, monkeypatch: Any) -> None:
-    real_append = Table.append
+    real_append = files.append
     calls = {"n": 0}
 
-    def append_then_lose_the_answer(self: Table, df: pa.Table, **kwargs: Any) -> None:
-        real_append(self, df, **kwargs)
+    def append_then_lose_the_answer(table: Table, df: pa.Table, properties: dict[str, str]) -> None:
+        real_append(table, df, properties)
         calls["n"] += 1
         if calls["n"] == 1:
             raise CommitStateUnknownException("gateway timeout")
 
-    monkeypatch.setattr(Table, "append", append_then_lose_the_answer)
+    monkeypatch.setattr(files, "append", append_then_lose_the_answer)
     events = trade_events(0, range(6))
     result = writer.commit(TRADES, events_to_arrow(TRADES, events), offsets_of(events), "c1")
     assert result.attempts == 2

@@ -8,20 +8,25 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import CommitStateUnknownException
+from pyiceberg.table import Table, Transaction
 
 from k2.lake import maintain as maintain_module
 from k2.lake.arrow import events_to_arrow
 from k2.lake.maintain import MAINTENANCE_KEY, MaintainPolicy, maintain_table
-from k2.lake.offsets import COMMIT_ID_KEY, latest_k2_snapshot, read_offsets
+from k2.lake.offsets import COMMIT_ID_KEY, latest_k2_snapshot, offsets_from_summary, read_offsets
 from k2.lake.schemas import TABLES, TRADES
 from k2.lake.tables import ensure_tables
 from k2.lake.writer import IcebergWriter
 
 from .lake_helpers import DAY_MS, T0, TOPICS, TRADES_TOPIC, sqlite_catalog, trade_events
+from .lake_history import history, history_problems, incremental_read, rows_at
 
 # The data's days are in 2025: every one of them is a past day now, and every snapshot is older than
 # a retention of 0 s. (One test moves "now" to the data's first day instead.)
 POLICY = MaintainPolicy(snapshot_retention_s=0, keep_snapshots=1, orphan_min_age_s=0, min_files=2)
+#: Compacts like POLICY but keeps every snapshot and file, so the history can be read.
+KEEP_HISTORY = MaintainPolicy(snapshot_retention_s=1e12, keep_snapshots=1000, orphan_min_age_s=1e12, min_files=2)
 
 
 @pytest.fixture
@@ -63,6 +68,9 @@ def test_compaction_keeps_every_row_and_carries_the_marks_forward(catalog: SqlCa
     assert newest.summary[MAINTENANCE_KEY].startswith("compact ")
     # Expired: all but the current snapshot; their files are orphans now, and gone.
     assert result.expired > 0 and len(table.snapshots()) == 1
+    # And it says what a reader following the table loses: its place, if it was in what expired.
+    assert result.expired_until is not None and result.expired_until.startswith("20")
+    assert any(f"expired {result.expired} snapshot(s)" in n and "must start again" in n for n in result.notes)
     assert result.orphans > 0
     remaining = {p for p in Path(tmp_path).rglob("*.parquet")}
     assert len(remaining) == 2
@@ -94,6 +102,7 @@ def test_a_commit_during_compaction_is_kept(catalog: SqlCatalog, monkeypatch: An
     assert [(b, a) for _, b, a in result.compacted] == [(4, 1)]
     assert len(offsets(catalog)) == 35
     assert read_offsets(catalog.load_table(TABLES[TRADES].name)) == {(TRADES_TOPIC, 0): 29, (TRADES_TOPIC, 1): 4}
+    assert history_problems(catalog.load_table(TABLES[TRADES].name)) == []
 
 
 def test_today_and_few_files_are_left_alone_and_a_dry_run_changes_nothing(catalog: SqlCatalog) -> None:
@@ -107,3 +116,72 @@ def test_today_and_few_files_are_left_alone_and_a_dry_run_changes_nothing(catalo
     today = T0 / 1000  # the data's first day is today: not compacted
     assert maintain_table(catalog, TABLES[TRADES], POLICY, now=lambda: today, sleep=lambda _: None).compacted == []
     assert data_files(catalog) == 4
+
+
+def test_a_compaction_is_one_replace_snapshot_that_adds_and_removes_no_row(catalog: SqlCatalog) -> None:
+    """Spark's incremental and streaming readers skip a ``replace``; a delete then an append broke them."""
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(6):
+        land(writer, 0, range(i * 10, i * 10 + 10), day=i % 2)
+    table = catalog.load_table(TABLES[TRADES].name)
+    before = {s.snapshot_id for s in table.snapshots()}
+    marks = read_offsets(table)
+    maintain_table(catalog, TABLES[TRADES], KEEP_HISTORY, sleep=lambda _: None)
+    table = catalog.load_table(TABLES[TRADES].name)
+    new = [s for s in history(table) if s.snapshot_id not in before]
+    assert [s.summary.operation.value for s in new if s.summary is not None] == ["replace", "replace"]
+    total_files = 6
+    for snapshot in new:  # one day each: its 3 files swapped for 1, the same 30 rows
+        assert snapshot.summary is not None
+        summary = snapshot.summary
+        total_files += 1 - 3
+        assert (summary["added-data-files"], summary["deleted-data-files"]) == ("1", "3")
+        assert summary["added-records"] == summary["deleted-records"] == "30"
+        assert (summary["total-records"], summary["total-data-files"]) == ("60", str(total_files))
+        assert summary["total-delete-files"] == "0"
+        assert summary[MAINTENANCE_KEY].startswith("compact ")
+        assert offsets_from_summary(summary.additional_properties) == marks
+        assert snapshot.parent_snapshot_id is not None
+        assert rows_at(table, snapshot.snapshot_id) == rows_at(table, snapshot.parent_snapshot_id)
+
+
+def test_every_snapshot_holds_every_row_once_and_a_reader_following_the_table_gets_each_row_once(
+    catalog: SqlCatalog,
+) -> None:
+    """Time travel to any snapshot, and an incremental append read across compactions, as Spark does them."""
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(6):
+        land(writer, 0, range(i * 10, i * 10 + 10), day=i % 2)
+    first = history(catalog.load_table(TABLES[TRADES].name))[2].snapshot_id  # a reader that read 3 commits
+    maintain_table(catalog, TABLES[TRADES], KEEP_HISTORY, sleep=lambda _: None)
+    for i in range(6, 9):  # the worker goes on, and the next maintenance compacts day 0 again
+        land(writer, 0, range(i * 10, i * 10 + 10), day=0)
+    maintain_table(catalog, TABLES[TRADES], KEEP_HISTORY, sleep=lambda _: None)
+    table = catalog.load_table(TABLES[TRADES].name)
+    assert history_problems(table) == []
+    current = table.metadata.current_snapshot_id
+    assert current is not None
+    followed = incremental_read(table, first, current)
+    assert followed == rows_at(table, current) and set(followed.values()) == {1} and len(followed) == 90
+
+
+def test_a_compaction_whose_answer_was_lost_is_not_done_again(catalog: SqlCatalog, monkeypatch: Any) -> None:
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(3):
+        land(writer, 0, range(i * 10, i * 10 + 10), day=0)
+    real_commit = Transaction.commit_transaction
+    lost: list[str] = []
+
+    def commit_then_lose_the_answer(self: Transaction) -> Table:
+        table = real_commit(self)
+        if not lost:
+            lost.append("once")
+            raise CommitStateUnknownException("gateway timeout")
+        return table
+
+    monkeypatch.setattr(Transaction, "commit_transaction", commit_then_lose_the_answer)
+    result = maintain_table(catalog, TABLES[TRADES], KEEP_HISTORY, sleep=lambda _: None)
+    table = catalog.load_table(TABLES[TRADES].name)
+    assert [s.summary.operation.value for s in history(table) if s.summary is not None].count("replace") == 1
+    assert data_files(catalog) == 1 and len(offsets(catalog)) == 30
+    assert result.compacted == [] and result.notes == ["compact 2025-06-15: found compacted when planned again"]
