@@ -25,6 +25,7 @@ import pyarrow as pa
 from pyiceberg.table import Table
 
 from k2.catalog import default_catalog_properties
+from k2.lake.maintain import MAINTENANCE_KEY
 from k2.lake.schemas import QUOTES, TABLES, TRADES
 from tests.integration.k2env import K2Env
 from tests.integration.law import assert_law
@@ -40,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
 SPARK_CATALOG = "k2"
 """The catalog's name in Spark; for the embedded catalog it must be K2's (JdbcCatalog selects rows by it)."""
-MAINTENANCE_KEY = "k2.maintenance"
 
 # The first replay lands these symbols, the one after `k2 maintain` the other: its rows go into
 # the days compaction rewrote (the sample's three symbols trade on the same days), and its
@@ -73,10 +73,6 @@ def plan() -> Plan:
     return FULL if os.environ.get("K2_INTEROP_FULL", "").strip() not in ("", "0") else SHORT
 
 
-def _arrow(frame: DataFrame) -> pa.Table:
-    return frame.toArrow()
-
-
 class Follower:
     """Spark Structured Streaming over one table; each :meth:`catch_up` processes what is there (AvailableNow).
 
@@ -91,7 +87,7 @@ class Follower:
         self.batches: list[pa.Table] = []
 
     def _collect(self, frame: DataFrame, batch_id: int) -> None:
-        self.batches.append(_arrow(frame.select(*POSITION)))
+        self.batches.append(frame.select(*POSITION).toArrow())
 
     def catch_up(self, timeout_s: float = 600.0) -> None:
         """Run the query to the table's current snapshot; raises what the query raised (StreamingQueryException)."""
@@ -171,7 +167,7 @@ class Lake:
         return self.env.catalog().load_table(name)
 
     def spark_read(self, sql: str) -> pa.Table:
-        return _arrow(self.session.sql(sql))
+        return self.session.sql(sql).toArrow()
 
     # ------------------------------------------------------------------ laying it down
 
@@ -276,7 +272,7 @@ class Lake:
             .option("end-snapshot-id", str(end))
             .load(self.ident(name))
         )
-        return _arrow(frame.select(*POSITION))
+        return frame.select(*POSITION).toArrow()
 
     def snapshots_since(self, name: str, snapshot_id: int) -> list[int]:
         """The current snapshot's ancestors committed after ``snapshot_id``, oldest first."""
