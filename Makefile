@@ -10,6 +10,9 @@
 #   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
 #                            an image registry answers, else on Debian's packages with a wheelhouse made here
 #   make test-image          build it (or reuse it, by content hash) and run it against the local stack
+#   make test-interop        Apache Spark with the Java Iceberg runtime reads every K2 table, on the embedded and the
+#                            REST catalog, before and after `k2 maintain`, and follows tables across a compaction
+#                            (tests/interop; its short version, the embedded catalog alone, is part of `make test`)
 # The local stack needs no Docker: see deploy/local/stack.py.
 #   make stack-up PROFILE=rest             (profiles: rest, prometheus; comma separated)
 #   make stack-down [PURGE=1]              (PURGE=1 also deletes the stack's data under var/)
@@ -30,7 +33,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short test-image image bench bench-short venv lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -59,7 +62,7 @@ endif
 	@echo "The worker keeps running (log: var/log/worker.log); stop it with 'make worker-stop',"
 	@echo "and the stack with 'make stack-down'."
 
-test: venv system-deps
+test: venv interop-deps system-deps
 	$(STACK) up --profile rest
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure" >&2; fi; \
@@ -90,6 +93,12 @@ test-image: venv
 	$(STACK) up --profile rest
 	K2_IMAGE_BASE=$(IMAGE_BASE) K2_TEST_IMAGE=1 $(PY) -m pytest -m image tests/integration/test_image.py -s $(PYTEST_ARGS)
 
+# Spark reading K2's lake (tests/interop): pyspark from PyPI (the `interop` extra), Iceberg's Spark runtime,
+# iceberg-aws-bundle and sqlite-jdbc from Maven Central into var/interop on first use.
+test-interop: venv interop-deps
+	$(STACK) up --profile rest
+	K2_INTEROP_FULL=1 $(PY) -m pytest tests/interop -s $(PYTEST_ARGS)
+
 # The benchmark (bench/compare.py): Quix Streams gets its own venv under var/bench and Kafka Connect
 # its jars from Maven Central on first use. One full run (2M events) takes the best part of an hour.
 BENCH_ARGS ?=
@@ -111,6 +120,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# pyspark is ~455 MB (a source archive pip builds once, then a cached wheel): kept out of `dev` so that
+# `make venv` stays small, installed by the targets whose tests read the lake with Spark.
+interop-deps: $(VENV)/.interop-installed
+
+$(VENV)/.interop-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[interop]'
 	touch $@
 
 # promtool checks the Prometheus configs, rules and exposition, and the integration tests run
