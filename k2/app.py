@@ -85,10 +85,14 @@ def sources(settings: Settings) -> list[Source]:
 def create_app(settings: Settings | None = None, registry: CollectorRegistry = REGISTRY) -> K2App:
     """Build the Faust app from K2's settings (read once from ``K2_*`` variables) and a metrics registry."""
     s = settings or get_settings()
+    worker_id = s.worker_id or default_worker_id()
     app = K2App(
         s.app_id,
         broker=[f"{SCHEME}://{hostport.strip()}" for hostport in s.kafka_bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(s),
+        # The group's members are told apart by this (`k2 status`, the broker's logs): faust's default is
+        # its own version, the same for every worker.
+        broker_client_id=f"k2-{worker_id}",
         autodiscover=False,
         origin="k2",
         # Chunks live in memory and in their changelog; a restarted worker restores them.
@@ -121,7 +125,6 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         producer_metadata_max_age_ms=int(s.metadata_refresh_s * 1000),
     )
     metrics = K2Metrics(registry)
-    worker_id = s.worker_id or default_worker_id()
     wanted = sources(s)
     topics = {src.topic: app.topic(src.topic, schema=BATCH_SCHEMA, acks=False, internal=False) for src in wanted}
     rejects = app.topic(s.rejects_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -132,7 +132,7 @@ def install_log_redaction(redactor: Callable[[str], str]) -> None:
             return record
         clean = redactor(message)
         if clean != message:
-            record.msg, record.args = clean, None
+            record.msg, record.args = clean, ()  # (), not None: mode's formatter wraps None in a tuple
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redactor(formatter.formatException(record.exc_info))
         return record

@@ -63,3 +63,17 @@ def test_log_records_are_redacted_messages_and_tracebacks(caplog: pytest.LogCapt
     assert caplog.records[0].getMessage() == f"connecting with {MASK}"
     assert "planted-secret-42" not in (caplog.records[1].exc_text or "")
     install_log_redaction(Redactor())  # leave the process as it was found (nothing registered)
+
+
+def test_a_redacted_record_formats_through_faust_and_modes_formatter() -> None:
+    """Seen in every worker log: "--- Logging error --- ... not all arguments converted" for each redacted
+    record (the settings line at start): mode's formatter turns args=None into (None,) and formats again."""
+    import logging
+
+    from mode.utils.logging import ExtensionFormatter
+
+    from k2.secrets import install_log_redaction
+
+    install_log_redaction(lambda text: text.replace("hunter2", "***"))
+    record = logging.getLogger("k2.test").makeRecord("k2.test", logging.INFO, __file__, 1, "pw: %s", ("hunter2",), None)
+    assert ExtensionFormatter(fmt="%(message)s").format(record) == "pw: ***"
