@@ -159,3 +159,13 @@ def test_to_end_judges_what_never_landed_exit_1(
         "LAW BROKEN: 5 missing, 0 doubled; 3 topic(s), 3 partition(s), 35 offset(s) checked from log start to end"
     )
 
+
+@pytest.mark.parametrize("command", ["status", "tables"])
+def test_the_groups_view_of_an_unreachable_kafka_is_exit_2_in_one_line(var_dir: Path, command: str) -> None:
+    lake_with_trades(var_dir, [0], 0)
+    proc = run_k2(
+        var_dir, command, *(("--timeout", "1") if command == "status" else ()), K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"k2 {command}: cannot reach Kafka at 127.0.0.1:1")
