@@ -164,9 +164,10 @@ def _waiting(report: AuditReport, log: LogReader) -> AuditReport:
     firsts: dict[TopicPartition, FirstRecord | None] = {tp: found.get(tp) for tp in starts}
 
     def waited(v: PartitionVerdict) -> PartitionVerdict:
-        first = firsts.get((v.topic, v.partition), _NOT_ASKED)
-        if first is _NOT_ASKED:
+        tp = (v.topic, v.partition)
+        if tp not in firsts:
             return v
+        first = firsts[tp]
         return replace(v, waiting_from=v.log_end if first is None else first.offset)
 
     return replace(
@@ -174,9 +175,6 @@ def _waiting(report: AuditReport, log: LogReader) -> AuditReport:
         partitions=tuple(waited(v) for v in report.partitions),
         waiting_since={tp: r.timestamp_ms for tp, r in firsts.items() if r is not None and r.timestamp_ms is not None},
     )
-
-
-_NOT_ASKED = FirstRecord(-1, None)
 
 
 def _unowned(report: AuditReport, group: Group, clock: Callable[[], float]) -> AuditReport:
