@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 
+from k2.admin.watermarks import FirstRecord, LogEnds
 from k2.audit.judge import judge_lake, lake_topics, law_tables
 from k2.audit.lake import read_lake
 from k2.audit.ranges import Ranges
@@ -86,6 +87,8 @@ def constant_columns(table_schema: pa.Schema, n: int, given: dict[str, pa.Array]
             arrays.append(pa.repeat(pa.scalar(datetime(2025, 6, 15, tzinfo=UTC), f.type), n))
         elif pa.types.is_decimal(f.type):
             arrays.append(pa.repeat(pa.scalar(Decimal("36.667000"), f.type), n))
+        elif pa.types.is_large_list(f.type) or pa.types.is_list(f.type):  # the rejects' headers: none
+            arrays.append(pa.nulls(n, f.type) if f.nullable else pa.array([[]] * n, f.type))
         else:
             arrays.append(pa.repeat(pa.scalar(fillers[str(f.type)], f.type), n))
     return pa.Table.from_arrays(arrays, schema=table_schema)
@@ -152,13 +155,21 @@ class MemoryLog:
     def __init__(self, ends: dict[tuple[str, int], int]) -> None:
         self.ends = ends
 
-    def bounds(self, topics: Iterable[str]) -> dict[tuple[str, int], tuple[int, int]]:
+    def bounds(self, topics: Iterable[str]) -> dict[tuple[str, int], LogEnds]:
         wanted = set(topics)
-        return {tp: (0, end) for tp, end in self.ends.items() if tp[0] in wanted}
+        return {tp: LogEnds(0, end, end) for tp, end in self.ends.items() if tp[0] in wanted}
 
-    def offsets_in(self, topic: str, partition: int, ranges: Ranges) -> pa.Array:
+    def offsets_in(self, topic: str, partition: int, ranges: Ranges, *, committed: bool = True) -> pa.Array:
         parts = [arange(a, b - a + 1) for a, b in ranges]
         return pa.concat_arrays(parts) if parts else pa.array([], pa.int64())
+
+    def first_records(
+        self, starts: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int]
+    ) -> dict[tuple[str, int], FirstRecord | None]:
+        return {tp: FirstRecord(start, None) if start < ends.get(tp, 0) else None for tp, start in starts.items()}
+
+    def compacted(self, topics: Iterable[str]) -> set[str]:
+        return set()
 
 
 def main() -> None:

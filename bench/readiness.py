@@ -64,9 +64,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "readiness.json")
     args = parser.parse_args()
     run = f"ready{time.time_ns() % 10**9}"
-    source = Source(
-        args.broker, args.registry, f"{run}.trades", f"{run}.quotes", f"{run}.reference", f"{run}.rejects"
-    )
+    source = Source(args.broker, args.registry, f"{run}.trades", f"{run}.quotes", f"{run}.reference", f"{run}.rejects")
     workdir = ROOT / "var" / "bench" / run
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env() | source.k2_env()

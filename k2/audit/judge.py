@@ -9,12 +9,13 @@ and the companies rows must match their history (:mod:`k2.audit.companies`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.admin.watermarks import LogEnds
 from k2.audit.companies import COMPANY_COLUMNS, CompanyProblem, company_problems
 from k2.audit.lake import COMPANY_ID, OFFSET, PARTITION, LakeRead
 from k2.audit.ranges import EMPTY
@@ -27,6 +28,8 @@ from k2.settings import Settings
 __all__ = ["by_partition", "judge_lake", "lake_topics", "law_tables", "settle"]
 
 _EMPTY_OFFSETS = pa.array([], pa.int64())
+_NOWHERE = LogEnds(0, 0, 0)
+"""The bounds of a partition Kafka does not have."""
 
 
 def law_tables(settings: Settings) -> dict[str, str]:
@@ -67,16 +70,27 @@ def by_partition(rows: pa.Table | None) -> dict[int, pa.Array]:
 
 def judge_lake(
     lake: LakeRead,
-    bounds: Mapping[TopicPartition, tuple[int, int]],
+    bounds: Mapping[TopicPartition, LogEnds],
     own_tables: Mapping[str, str],
+    *,
+    to_end: bool = False,
+    committed: Mapping[TopicPartition, pa.Array] | None = None,
+    uncommitted: Mapping[TopicPartition, pa.Array] | None = None,
+    only: Collection[TopicPartition] | None = None,
 ) -> AuditReport:
     """Judge every partition of the topics in ``own_tables`` (table -> topic), and the companies.
 
     Args:
         lake: what :func:`k2.audit.lake.read_lake` read.
-        bounds: (log start, log end) of every partition of those topics, as Kafka says.
+        bounds: the log bounds of every partition of those topics, as Kafka says.
         own_tables: each law table and the topic it lands (:func:`law_tables`).
+        to_end: judge every partition up to its end, not its mark (:func:`judge_partition`).
+        committed, uncommitted: per partition, the offsets Kafka holds records at over the whole
+            window, as :func:`judge_partition` takes them.
+        only: judge only these partitions (the others are left out of the report).
     """
+    committed = committed or {}
+    uncommitted = uncommitted or {}
     topics = sorted(set(own_tables.values()))
     marks = lake.marks()
     verdicts: list[PartitionVerdict] = []
@@ -92,13 +106,19 @@ def judge_lake(
         in_lake = {p for (t, p) in marks if t == topic} | {p for parts in split.values() for p in parts}
         for partition in sorted(known | in_lake):
             tp = (topic, partition)
-            log_start, log_end = bounds.get(tp, (0, 0))
+            if only is not None and tp not in only:
+                continue
+            ends = bounds.get(tp, _NOWHERE)
             verdicts.append(
                 judge_partition(
                     topic,
                     partition,
-                    log_start=log_start,
-                    log_end=log_end,
+                    log_start=ends.start,
+                    log_end=ends.stable,
+                    log_high=ends.high,
+                    to_end=to_end,
+                    committed=committed.get(tp),
+                    uncommitted=uncommitted.get(tp),
                     lake_mark=marks.get(tp),
                     landed=[_offsets(lake, split, n, tp) for n in landed_names],
                     gaps=_offsets(lake, split, gaps_name, tp) if gaps_name is not None else None,

@@ -14,7 +14,9 @@ from typing import Any
 from k2.audit.companies import CompanyProblem
 from k2.audit.ranges import Ranges
 from k2.audit.verdict import PartitionVerdict
+from k2.lake.records import TopicPartition
 from k2.lake.schemas import REJECTS
+from k2.observe.group import open_transaction_line
 
 __all__ = ["JSON_RANGE_LIMIT", "TEXT_RANGE_LIMIT", "AuditReport"]
 
@@ -48,6 +50,10 @@ class AuditReport:
     """The snapshot audited per table (None: the table has none, or does not exist)."""
     settled_s: float = 0.0
     """Seconds waited before the re-read that confirmed the missing offsets (0: a single read)."""
+    to_end: bool = False
+    """Whether every partition was judged up to its end (the last stable offset), not its mark."""
+    waiting_since: Mapping[TopicPartition, int] = field(default_factory=dict)
+    """Per partition with records above its mark, the Kafka timestamp (ms) of the oldest of them."""
 
     @property
     def ok(self) -> bool:
@@ -85,7 +91,7 @@ class AuditReport:
         """One line: the verdict and the figures behind it."""
         scope = (
             f"{len({v.topic for v in self.partitions})} topic(s), {len(self.partitions)} partition(s), "
-            f"{_n(self.checked)} offset(s) checked from log start to mark"
+            f"{_n(self.checked)} offset(s) checked from log start to {'end' if self.to_end else 'mark'}"
         )
         lag = f"; {_n(self.lag)} above the marks not judged (lake lag)" if self.lag else ""
         settled = f"; still missing after {self.settled_s:g}s" if self.settled_s and self.missing else ""
@@ -96,6 +102,8 @@ class AuditReport:
         beyond = sum(r.count for v in self.partitions for r in v.beyond_mark.values())
         gaps = sum(v.gaps_doubled.count for v in self.partitions)
         other = [
+            (sum(v.not_committed.count for v in self.partitions), "row(s) of records Kafka does not hold committed"),
+            (sum(v.mark_in_open_transaction for v in self.partitions), "mark(s) in an open transaction"),
             (beyond, "offset(s) beyond their table's mark"),
             (gaps, "gap row(s) doubled"),
             (sum(v.lost_to_retention.count for v in self.partitions), "offset(s) deleted by retention before landing"),
@@ -120,8 +128,18 @@ class AuditReport:
                     f"mark beyond end    {where}: the lake's mark is {v.mark}, Kafka's log ends at {v.log_end} "
                     "(another cluster, or a re-created topic?)"
                 )
+            if v.mark_in_open_transaction:
+                lines.append(
+                    f"open transaction   {where}: the lake's mark is {v.mark}, but offsets from {v.log_end} to "
+                    f"{v.high - 1} are a transaction still open: records that may yet be aborted were landed"
+                )
             if v.missing:
                 lines.append(f"missing            {where}: {v.missing.format(TEXT_RANGE_LIMIT)}")
+            if v.not_committed:
+                lines.append(
+                    f"not committed      {where}: {v.not_committed.format(TEXT_RANGE_LIMIT)} (rows at offsets where "
+                    "read_committed Kafka holds no record, as of aborted transactions or control markers)"
+                )
             if v.lost_to_retention:
                 lost = v.lost_to_retention.format(TEXT_RANGE_LIMIT)
                 lines.append(
@@ -167,14 +185,19 @@ class AuditReport:
             for row in (header, *body)
         ]
 
+    def transaction_notes(self) -> list[str]:
+        """One line per partition with a transaction still open: above the end, neither judged nor lag."""
+        return [open_transaction_line(f"{v.topic}/{v.partition}", v.log_end, v.high) for v in self.partitions if v.open]
+
     def render(self) -> str:
         """The terminal view: table, problems, notes, summary."""
         lines = self.table()
         problems = self.problem_lines()
         if problems:
             lines += ["", *problems]
-        if self.notes:
-            lines += ["", *(f"note  {n}" for n in self.notes)]
+        notes = [*self.transaction_notes(), *self.notes]
+        if notes:
+            lines += ["", *(f"note  {n}" for n in notes)]
         return "\n".join([*lines, "", self.summary()])
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +206,7 @@ class AuditReport:
             "ok": self.ok,
             "summary": self.summary(),
             "settled_s": self.settled_s,
+            "to_end": self.to_end,
             "snapshots": dict(self.snapshots),
             "partitions": [
                 {
@@ -191,10 +215,12 @@ class AuditReport:
                     "ok": v.ok,
                     "log_start": v.log_start,
                     "log_end": v.log_end,
+                    "log_high": v.high,
                     "mark": v.mark,
                     "checked_to": v.checked_to,
                     "checked": v.checked,
                     "lag": v.lag,
+                    "waiting": v.waiting,
                     "rows": dict(v.rows),
                     "missing": {**_ranges_json(v.missing), "verified": v.verified, "no_record": v.no_record},
                     "doubled": {**_ranges_json(v.doubled), "rows": dict(v.doubled_rows)},
@@ -203,6 +229,8 @@ class AuditReport:
                     },
                     "gaps_doubled": _ranges_json(v.gaps_doubled),
                     "lost_to_retention": _ranges_json(v.lost_to_retention),
+                    "not_committed": {**_ranges_json(v.not_committed), "judged": v.committed_read},
+                    "mark_in_open_transaction": v.mark_in_open_transaction,
                     "mark_beyond_end": v.mark_beyond_end,
                     "in_kafka": v.in_kafka,
                 }
@@ -219,5 +247,5 @@ class AuditReport:
                 }
                 for p in self.companies
             ],
-            "notes": list(self.notes),
+            "notes": [*self.transaction_notes(), *self.notes],
         }

@@ -46,12 +46,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="when offsets are missing, wait SECONDS, re-read the lake and report only those still missing (default 0)",
     )
     p.add_argument(
+        "--to-end",
+        action="store_true",
+        help="judge every partition up to its end (Kafka's last stable offset), not the lake's mark: what has not "
+        "landed is missing, and exit 1 (with --settle, what did not land meanwhile). For a flow that has ended",
+    )
+    p.add_argument(
         "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="timeout of each Kafka call (default 10)"
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from k2.admin.group import GroupAdmin
     from k2.audit import audit
     from k2.audit.kafka import KafkaLog
     from k2.catalog import describe_catalog, load_k2_catalog
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     catalog = load_k2_catalog(settings)
     with KafkaLog(settings, timeout_s=args.timeout) as log:
-        report = audit(settings, catalog, settle_s=args.settle, log=log)
+        group = GroupAdmin(settings, timeout_s=args.timeout)
+        report = audit(settings, catalog, settle_s=args.settle, to_end=args.to_end, log=log, group=group)
     if args.json:
         print(json.dumps({"catalog": describe_catalog(catalog), **report.to_dict()}, indent=2))
     else:

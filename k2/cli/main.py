@@ -17,6 +17,7 @@ from k2.cli import maintain as maintain_cmd
 from k2.cli import query as query_cmd
 from k2.cli import rejects as rejects_cmd
 from k2.cli import replay as replay_cmd
+from k2.cli import status as status_cmd
 from k2.cli import tables as tables_cmd
 from k2.errors import K2Error
 from k2.secrets import Redactor, install_log_redaction, redactor_for
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_parser(sub)
     tables_cmd.add_parser(sub)
     audit_cmd.add_parser(sub)
+    status_cmd.add_parser(sub)
     maintain_cmd.add_parser(sub)
     query_cmd.add_parser(sub)
     rejects_cmd.add_parser(sub)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pyiceberg.catalog import Catalog
@@ -13,7 +13,7 @@ from k2.lake.offsets import read_offsets
 from k2.lake.records import TopicPartition
 from k2.lake.schemas import TABLES
 
-__all__ = ["TableStatus", "lake_lag", "table_status"]
+__all__ = ["TableStatus", "lake_lag", "lake_marks", "table_status"]
 
 
 @dataclass
@@ -66,3 +66,12 @@ def lake_lag(
     table, so the furthest mark across tables is how far the partition got).
     """
     return {tp: max(0, end - (landed.get(tp, -1) + 1)) for tp, end in end_offsets.items()}
+
+
+def lake_marks(statuses: Iterable[TableStatus]) -> dict[TopicPartition, int]:
+    """The lake's mark per source partition: the furthest offset any table records (an event lands in one table)."""
+    out: dict[TopicPartition, int] = {}
+    for st in statuses:
+        for tp, offset in st.offsets.items():
+            out[tp] = max(offset, out.get(tp, -1))
+    return out

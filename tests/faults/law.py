@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from pyiceberg.catalog import Catalog
 from tests.faults.deployment import Deployment
 from tests.faults.lake import COMPANY_VERSIONS, lake_positions
 from tests.faults.ranges import offset_count, position_ranges
-from tests.faults.source import TP
+from tests.faults.source import Position
 
 __all__ = ["LawVerdict", "check_law", "parse_audit_json", "parse_audit_text"]
 
@@ -49,10 +49,11 @@ class LawVerdict:
         return offset_count(self.doubled)
 
 
-def _lake_law(dep: Deployment, ends: Mapping[TP, int]) -> LawVerdict:
-    """The law from the rows: each source offset below its end offset exactly once in one table."""
+def _lake_law(dep: Deployment, produced: Collection[Position]) -> LawVerdict:
+    """The law from the rows: each committed source record below the end (``produced``) exactly once in one table,
+    and no row anywhere else (an aborted record, a control marker, an offset Kafka never had)."""
     seen, gaps, ledger = lake_positions(dep)
-    want = {(t, p, o) for (t, p), end in ends.items() for o in range(end)}
+    want = set(produced)
     reference_checked = ledger == COMPANY_VERSIONS
     missing = {
         pos for pos in want - set(seen) if reference_checked or pos[0] != dep.topics["reference"]
@@ -115,7 +116,7 @@ class _LegacyEnv:
         return self._catalog
 
 
-_AUDIT_LINE = re.compile(r"^(missing|doubled|beyond mark|gap rows doubled)\s+(\S+)/(\d+)\b.*: (.*)$")
+_AUDIT_LINE = re.compile(r"^(missing|doubled|beyond mark|gap rows doubled|not committed)\s+(\S+)/(\d+)\b.*: (.*)$")
 _AUDIT_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
 
@@ -127,18 +128,25 @@ def parse_audit_text(output: str) -> dict[str, dict[str, list[list[int]]]]:
         if not match:
             continue
         kind, topic, partition, rest = match.groups()
-        rest = rest.split("(in ")[0].split(", ...")[0]
+        rest = rest.split(" (")[0].split(", ...")[0]
         runs = [[int(a), int(b or a)] for a, b in _AUDIT_RANGE.findall(rest)]
         found.setdefault(kind, {}).setdefault(f"{topic}/{partition}", []).extend(runs)
     return found
 
 
 def parse_audit_json(report: Mapping[str, Any]) -> dict[str, dict[str, list[list[int]]]]:
-    """Ranges from ``k2 audit --json``: per partition ``missing``, ``doubled``, ``beyond_mark``, ``gaps_doubled``."""
+    """Ranges from ``k2 audit --json``: per partition ``missing``, ``doubled``, ``beyond_mark``, ``gaps_doubled``,
+    ``not_committed``."""
     found: dict[str, dict[str, list[list[int]]]] = {}
+    kinds = (
+        ("missing", "missing"),
+        ("doubled", "doubled"),
+        ("gap rows doubled", "gaps_doubled"),
+        ("not committed", "not_committed"),
+    )
     for part in report.get("partitions", []):
         where = f"{part['topic']}/{part['partition']}"
-        for kind, key in (("missing", "missing"), ("doubled", "doubled"), ("gap rows doubled", "gaps_doubled")):
+        for kind, key in kinds:
             runs = [list(map(int, r)) for r in (part.get(key) or {}).get("ranges", [])]
             if runs:
                 found.setdefault(kind, {})[where] = runs
@@ -150,16 +158,16 @@ def parse_audit_json(report: Mapping[str, Any]) -> dict[str, dict[str, list[list
 
 
 def _audit_law(dep: Deployment) -> LawVerdict:
-    """``k2 audit``: exit 0 when the law holds, 1 when it fails (2: it could not check, a harness error).
+    """``k2 audit --to-end``: exit 0 when the law holds, 1 when it fails (2: it could not check, a harness error).
 
-    ``--json`` when the command has it (ranges in full), its text report otherwise. The audit judges
-    offsets up to the lake's marks; what lies above them is lake lag, which the scenario's own wait
-    turns into a stall, so nothing unlanded escapes either way.
+    ``--to-end``: the flow has ended, so every partition is judged up to its end (the last stable offset),
+    not up to the lake's marks: a stall, however quiet, is missing offsets. ``--json`` when the command has
+    it (ranges in full), its text report otherwise.
     """
-    proc = dep.k2("audit", "--json", "--settle", "10", check=False, timeout_s=1200)
+    proc = dep.k2("audit", "--json", "--to-end", "--settle", "10", check=False, timeout_s=1200)
     as_json = proc.returncode in (0, 1)
     if proc.returncode == 2 and "unrecognized arguments" in proc.stderr:
-        proc = dep.k2("audit", check=False, timeout_s=1200)
+        proc = dep.k2("audit", "--to-end", check=False, timeout_s=1200)
         as_json = False
     output = (proc.stdout + proc.stderr).strip()
     if proc.returncode not in (0, 1):
@@ -170,27 +178,34 @@ def _audit_law(dep: Deployment) -> LawVerdict:
         report = json.loads(proc.stdout)
         found = parse_audit_json(report)
         verdict.audit_output = str(report.get("summary"))
-        lag = sum(int(p.get("lag") or 0) for p in report.get("partitions", []))
-        if lag:
-            verdict.notes.append(f"k2 audit did not judge {lag} offset(s) above the marks (lake lag)")
+        verdict.notes += [str(n) for n in report.get("notes", [])]
         verdict.reference_checked = True
     else:
         found = parse_audit_text(output)
         verdict.audit_output = output[-8000:]
     verdict.missing = found.get("missing", {})
     verdict.doubled = found.get("doubled", {})
-    verdict.extra = found.get("beyond mark", {})
+    verdict.extra = _merge(found.get("beyond mark", {}), found.get("not committed", {}))
     verdict.gap_rows_doubled = found.get("gap rows doubled", {})
     return verdict
 
 
-def check_law(dep: Deployment, ends: Mapping[TP, int], law: str) -> LawVerdict:
-    """The law, decided in one place. ``law``: ``lake`` (the rows below Kafka's end offsets, and
+def _merge(*found: Mapping[str, list[list[int]]]) -> dict[str, list[list[int]]]:
+    out: dict[str, list[list[int]]] = {}
+    for ranges in found:
+        for where, runs in ranges.items():
+            out.setdefault(where, []).extend(runs)
+    return out
+
+
+def check_law(dep: Deployment, produced: Collection[Position], law: str) -> LawVerdict:
+    """The law, decided in one place. ``produced``: the positions of the committed source records below
+    Kafka's ends (:func:`~tests.faults.source.read_topics`). ``law``: ``lake`` (the rows against them, and
     ``tests/integration/law.py`` on the same lake, the stricter verdict winning), ``audit`` (the
-    ``k2 audit`` command alone) or ``both`` (each must hold; the lake's ranges are reported)."""
+    ``k2 audit --to-end`` command alone) or ``both`` (each must hold; the lake's ranges are reported)."""
     if law == "audit":
         return _audit_law(dep)
-    lake = _lake_law(dep, ends)
+    lake = _lake_law(dep, produced)
     if law == "lake":
         _integration_law(dep, lake)
         return lake

@@ -61,7 +61,7 @@ from tests.faults.processes import Replay, RssMonitor, Worker
 from tests.faults.ranges import format_ranges, offset_count, position_ranges
 from tests.faults.report import ScenarioReport, append_report, code_under_test
 from tests.faults.services import Services
-from tests.faults.source import TP, Position
+from tests.faults.source import TP, Position, read_topics, with_records
 from tests.faults.values import ValueVerdict, check_values
 
 __all__ = ["FaultMark", "Scenario", "ScenarioFactory", "Stall", "bounded"]
@@ -242,12 +242,15 @@ class Scenario:
         return self.now()
 
     def wait_caught_up(self) -> tuple[float | None, str | None]:
-        """Until every source offset is in the lake's rows: (time caught up, None), or (None, why it stalled).
+        """Until every source record is in the lake's rows: (time caught up, None), or (None, why it stalled).
 
-        Progress is read from the snapshot marks (cheap) and confirmed from the rows. The lake
-        "settles" when its marks cover Kafka but the rows stay incomplete for ``settle_s``: the
-        worker considers itself done, and the law will name what is missing. A lake whose marks
-        and rows do not move for ``stall_s`` while behind Kafka has stalled; ``cap_s`` bounds it all.
+        Progress is read from the snapshot marks (cheap) and confirmed from the rows. The marks cover a
+        partition when no committed record waits above them (what lies between them and the end may be
+        control markers or aborted records); its rows are complete when they number its committed records
+        below the end (counted once the marks cover it). The lake "settles" when its marks cover Kafka but
+        the rows stay incomplete for ``settle_s``: the worker considers itself done, and the law will name
+        what is missing. A lake whose marks and rows do not move for ``stall_s`` while behind Kafka has
+        stalled; ``cap_s`` bounds it all.
         """
         cfg = self.config
         stall_s = self.stall_s
@@ -258,21 +261,27 @@ class Scenario:
         covered: tuple[tuple[TP, int], ...] | None = None  # rows per partition, from the last row scan
         ends: dict[TP, int] | None = None
         marks: dict[TP, int] | None = None
+        records: dict[tuple[TP, int], int] = {}  # committed records below an end, counted once per (partition, end)
         while True:
             self.tick()
             now = time.monotonic()
             ends = bounded(self.env.end_offsets, 30.0, None) or ends  # unreachable: as last seen
             marks = bounded(self.env.marks, 30.0, None) or marks
-            marks_cover = (
-                ends is not None and marks is not None and all(marks.get(tp, -1) + 1 >= e for tp, e in ends.items())
-            )
+            marks_cover = ends is not None and marks is not None and self._marks_cover(ends, marks)
             if ends is not None and (marks_cover or now - last_rows_check > 15.0):
                 last_rows_check = now
                 counter = bounded(self.env.positions, 120.0, None)
                 if counter is not None:
                     present = Counter((t, p) for (t, p, o) in counter if o < ends.get((t, p), 0))
                     covered = tuple(sorted(present.items()))
-                    if all(present.get(tp, 0) >= e for tp, e in ends.items() if tp[0] != self.env.topics["reference"]):
+                    short = {
+                        tp: e
+                        for tp, e in ends.items()
+                        if tp[0] != self.env.topics["reference"] and present.get(tp, 0) < e
+                    }
+                    if marks_cover and short:  # markers or aborted records below the end hold no row
+                        short = {tp: e for tp, e in short.items() if present.get(tp, 0) < self._records(records, tp, e)}
+                    if not short:
                         return self.now(), None
             state = (tuple(sorted((ends or {}).items())), tuple(sorted((marks or {}).items())), covered)
             if state != last_state:
@@ -294,6 +303,23 @@ class Scenario:
             if now - began > cfg.cap_s:
                 return None, f"lake not caught up after {cfg.cap_s:.0f}s (still moving)"
             time.sleep(2.0)
+
+    def _marks_cover(self, ends: Mapping[TP, int], marks: Mapping[TP, int]) -> bool:
+        """Whether no committed record waits above the lake's marks (markers and aborted records may)."""
+        starts = {tp: marks.get(tp, -1) + 1 for tp, e in ends.items() if marks.get(tp, -1) + 1 < e}
+        if not starts:
+            return True
+        waiting = bounded(lambda: with_records(self.env.bootstrap, starts, ends), 90.0, None)
+        return waiting is not None and not waiting
+
+    def _records(self, counted: dict[tuple[TP, int], int], tp: TP, end: int) -> int:
+        """How many committed records partition ``tp`` holds below ``end`` (read once; -1 if Kafka did not say)."""
+        if (tp, end) not in counted:
+            found = bounded(lambda: read_topics(self.env.bootstrap, {tp: end}), 300.0, None)
+            if found is None:
+                return end
+            counted[(tp, end)] = len(found)
+        return counted[(tp, end)]
 
     # The ending --------------------------------------------------------------------------------
 
@@ -344,7 +370,12 @@ class Scenario:
 
         ends = self.env.end_offsets()
         try:
-            law = check_law(self.env, ends, self.config.law)
+            source = read_topics(self.env.bootstrap, ends)  # what was committed below the ends: what must land
+        except Exception as exc:
+            source = {}
+            failures.append(f"reading the source topics failed: {type(exc).__name__}: {exc}")
+        try:
+            law = check_law(self.env, source, self.config.law)
             if not law.holds:
                 failures.append(
                     f"law broken: missing {law.missing_count} [{format_ranges(law.missing, 6)}], doubled "
@@ -365,7 +396,7 @@ class Scenario:
             except Exception as exc:
                 failures.append(f"gap check failed: {type(exc).__name__}: {exc}")
         try:
-            values = check_values(self.env, ends, self.expectations)
+            values = check_values(self.env, source, self.expectations)
             if not values.holds:
                 failures.append(
                     f"values: {offset_count(values.mismatched)} rows differ from source, "
@@ -387,7 +418,7 @@ class Scenario:
             seed=self.config.seed,
             verdict="fail" if failures else "pass",
             failures=failures,
-            events_in=sum(ends.values()),
+            events_in=len(source),
             rows_out=rows_out,
             rejects=rejects,
             missing_count=law.missing_count,

@@ -1,5 +1,9 @@
 """What was produced: the source topics read back from Kafka and decoded with the registry.
 
+Read as K2 must read them, ``read_committed``: a partition ends at its last stable offset,
+and a record of an aborted transaction (or a control marker) is no record, so an offset
+below the end may hold nothing.
+
 The fault suite judges K2 only from the outside, so it decodes the Confluent wire format
 itself (magic byte 0, 4-byte big-endian schema id, Avro body) with fastavro and the
 registry's own schemas, instead of K2's codec: a bug shared by K2's decoder and the check
@@ -18,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import fastavro
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "make_producer",
     "read_topics",
     "trade",
+    "with_records",
 ]
 
 TP = tuple[str, int]
@@ -78,11 +83,22 @@ def make_producer(bootstrap: str, **extra: Any) -> Producer:
     return Producer(config)
 
 
+def _reader(bootstrap: str, group: str, **extra: Any) -> Consumer:
+    """A ``read_committed`` consumer that joins no group and commits nothing."""
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        **extra,
+    }
+    return Consumer(config)
+
+
 def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) -> dict[TP, int]:
-    """The high watermark (next offset) of every partition of ``topics``; a topic that does not exist is absent."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "k2-faults-watermarks", "enable.auto.commit": False}
-    )
+    """The end of every partition of ``topics`` for a ``read_committed`` reader (the last stable offset: the high
+    watermark unless a transaction is open); a topic that does not exist is absent."""
+    consumer = _reader(bootstrap, "k2-faults-watermarks")
     try:
         metadata = consumer.list_topics(timeout=timeout_s)
         out: dict[TP, int] = {}
@@ -99,7 +115,9 @@ def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) 
 
 
 def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0) -> dict[Position, SourceRecord]:
-    """Every record below ``ends`` (topic, partition -> end offset), read from offset 0 of each partition.
+    """Every committed record below ``ends`` (topic, partition -> end offset), read from offset 0 of each partition.
+    A partition is done at its end offset or at the end of its log, whichever comes first: the last offsets below
+    the end may be markers or aborted records, which no reader gets.
 
     Raises ``TimeoutError`` naming the partitions that did not deliver everything in ``timeout_s``.
     """
@@ -107,15 +125,14 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
     out: dict[Position, SourceRecord] = {}
     if not wanted:
         return out
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "k2-faults-readback",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
+    consumer = _reader(
+        bootstrap,
+        "k2-faults-readback",
+        **{
+            "enable.partition.eof": True,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        }
+        },
     )
     try:
         consumer.assign([TopicPartition(t, p, 0) for (t, p) in wanted])
@@ -123,11 +140,16 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(10_000, timeout=1.0):
-                if msg.error() is not None:
-                    raise KafkaException(msg.error())
                 tp = (msg.topic(), msg.partition())
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    remaining.pop(tp, None)  # the end of the log: the rest below the end holds no record
+                    continue
                 offset = msg.offset()
                 if tp not in remaining or offset >= wanted[tp]:
+                    remaining.pop(tp, None)
                     continue
                 out[(tp[0], tp[1], offset)] = SourceRecord(tp[0], tp[1], offset, msg.key(), msg.value())
                 if offset + 1 >= wanted[tp]:
@@ -137,6 +159,36 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
         return out
     finally:
         consumer.close()
+
+
+def with_records(bootstrap: str, starts: Mapping[TP, int], ends: Mapping[TP, int], timeout_s: float = 60.0) -> set[TP]:
+    """The partitions holding a committed record in ``[starts[tp], ends[tp])``: where something waits to land."""
+    reader = _reader(bootstrap, "k2-faults-waiting", **{"enable.partition.eof": True})
+    wanted = {tp: start for tp, start in starts.items() if start < ends.get(tp, 0)}
+    found: set[TP] = set()
+    try:
+        if not wanted:
+            return found
+        reader.assign([TopicPartition(t, p, start) for (t, p), start in wanted.items()])
+        left = set(wanted)
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            for msg in reader.consume(1000, timeout=0.5):
+                tp = (msg.topic(), msg.partition())
+                if tp not in left:
+                    continue
+                error = msg.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                if error is None and msg.offset() < ends[tp]:
+                    found.add(tp)
+                left.discard(tp)
+                reader.pause([TopicPartition(*tp)])
+        if left:
+            raise TimeoutError(f"no answer about {sorted(left)} within {timeout_s}s")
+        return found
+    finally:
+        reader.close()
 
 
 class Registry:

@@ -50,7 +50,7 @@ def test_control_clean_run_passes_and_planted_faults_are_caught(scenario: Scenar
         sc.replay(SAMPLE)
 
     env = sc.env
-    ends = env.end_offsets()
+    source = read_topics(env.bootstrap, env.end_offsets())
     table = env.catalog().load_table("market_data.trades")
     rows = table.scan(row_filter="kafka_partition == 0", limit=2).to_arrow()
     victim, twin = rows.slice(0, 1), rows.slice(1, 1)
@@ -59,12 +59,12 @@ def test_control_clean_run_passes_and_planted_faults_are_caught(scenario: Scenar
     index = twin.schema.get_field_index("price")
     wrong_price = pa.array([twin["price"][0].as_py() + Decimal("0.000001")], twin.schema.field(index).type)
     table.append(twin.set_column(index, twin.schema.field(index), wrong_price))  # a second row, one tick off
-    law = check_law(env, ends, sc.config.law)
+    law = check_law(env, source, sc.config.law)
     topic = env.topics["trades"]
     assert not law.holds
     assert law.missing == {f"{topic}/0": [[victim_offset, victim_offset]]}
     assert law.doubled == {f"{topic}/0": [[twin_offset, twin_offset]]}
-    values = check_values(env, ends)
+    values = check_values(env, source)
     assert values.mismatched == {f"{topic}/0": [[twin_offset, twin_offset]]}
     assert not values.holds
 

@@ -33,10 +33,13 @@ def test_audit_text_report_lines_become_ranges() -> None:
             "missing            market.trades.raw/3: 23304-23316, 23400, ... (4 more range(s))",
             "doubled            market.quotes.raw/0: 5-6 (in market_data.quotes 4 row(s))",
             "beyond mark        market.quotes.raw/1 in market_data.quotes (its mark: 10): 11-12",
+            "not committed      market.trades.raw/1: 6-8, 14 (rows at offsets where read_committed Kafka holds no "
+            "record, as of aborted transactions or control markers)",
             "LAW BROKEN: 14 missing, 2 doubled",
         ]
     )
     found = parse_audit_text(output)
+    assert found["not committed"] == {"market.trades.raw/1": [[6, 8], [14, 14]]}
     assert found["missing"] == {"market.trades.raw/3": [[23304, 23316], [23400, 23400]]}
     assert found["doubled"] == {"market.quotes.raw/0": [[5, 6]]}
     assert found["beyond mark"] == {"market.quotes.raw/1": [[11, 12]]}
@@ -48,11 +51,17 @@ def test_audit_json_report_becomes_ranges() -> None:
         "partitions": [
             {"topic": "t", "partition": 0, "missing": {"ranges": [[0, 2]]}, "doubled": {"ranges": []}},
             {"topic": "t", "partition": 1, "missing": {"ranges": []}, "doubled": {"ranges": [[4, 4]]},
-             "beyond_mark": {"market_data.trades": {"ranges": [[9, 10]], "mark": 8}}, "gaps_doubled": {"ranges": []}},
+             "beyond_mark": {"market_data.trades": {"ranges": [[9, 10]], "mark": 8}}, "gaps_doubled": {"ranges": []},
+             "not_committed": {"ranges": [[6, 8]], "judged": True}},
         ],
     }  # fmt: skip
     found = parse_audit_json(report)
-    assert found == {"missing": {"t/0": [[0, 2]]}, "doubled": {"t/1": [[4, 4]]}, "beyond mark": {"t/1": [[9, 10]]}}
+    assert found == {
+        "missing": {"t/0": [[0, 2]]},
+        "doubled": {"t/1": [[4, 4]]},
+        "beyond mark": {"t/1": [[9, 10]]},
+        "not committed": {"t/1": [[6, 8]]},
+    }
 
 
 class FakeRegistry:

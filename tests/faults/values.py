@@ -13,7 +13,7 @@ from typing import Any
 from tests.faults.deployment import Deployment
 from tests.faults.lake import QUOTES, REJECTS, TRADES, reference_ledger, scan_rows
 from tests.faults.ranges import position_ranges
-from tests.faults.source import TP, Position, Registry, read_topics
+from tests.faults.source import Position, Registry, SourceRecord
 
 __all__ = ["ValueVerdict", "check_values"]
 
@@ -59,7 +59,7 @@ def _diff(record: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
 
 
 def check_values(
-    dep: Deployment, ends: Mapping[TP, int], expectations: Mapping[Position, str] | None = None
+    dep: Deployment, source: Mapping[Position, SourceRecord], expectations: Mapping[Position, str] | None = None
 ) -> ValueVerdict:
     """Every landed row equal to its source record, every reject carrying its source bytes.
 
@@ -67,9 +67,11 @@ def check_values(
     ``either``) where the scenario knows (the poison it made); otherwise ``row`` when it
     decodes cleanly with a schema of its topic's subject, ``reject`` when it does not.
     Missing and doubled positions are the law's business (:func:`check_law`), not this one's.
+
+    Args:
+        source: the committed source records below the ends (:func:`~tests.faults.source.read_topics`).
     """
     expectations = expectations or {}
-    source = read_topics(dep.bootstrap, ends)
     registry = Registry(dep.stack.schema_registry_url)
     catalog = dep.catalog()
     topic_of = {

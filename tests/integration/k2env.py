@@ -25,6 +25,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
 
 from k2.admin.watermarks import end_offsets
+from k2.audit.kafka import KafkaLog
 from k2.catalog import default_catalog_properties
 from k2.lake.offsets import read_offsets
 from k2.lake.schemas import TABLES
@@ -173,22 +174,30 @@ class K2Env:
                 out[tp] = max(off, out.get(tp, -1))
         return out
 
+    def waiting(self) -> dict[tuple[str, int], int]:
+        """Per source partition with records not in the lake yet: the first of them (control markers and
+        aborted records above the lake's mark are nothing to wait for)."""
+        ends = end_offsets(self.settings, self.settings.source_topics)
+        landed = self.landed()
+        starts = {tp: landed.get(tp, -1) + 1 for tp, end in ends.items() if landed.get(tp, -1) + 1 < end}
+        with KafkaLog(self.settings) as log:
+            found = log.first_records(starts, ends)
+        return {tp: first.offset for tp, first in found.items() if first is not None}
+
     def wait_landed(self, timeout_s: float = 120.0, until: Callable[[], bool] | None = None) -> None:
-        """Wait until every offset of the source topics is recorded in some table."""
+        """Wait until every record of the source topics is recorded in some table."""
         deadline = time.monotonic() + timeout_s
-        ends: dict[tuple[str, int], int] = {}
-        landed: dict[tuple[str, int], int] = {}
+        waiting: dict[tuple[str, int], int] = {}
         while time.monotonic() < deadline:
-            ends = end_offsets(self.settings, self.settings.source_topics)
-            landed = self.landed()
-            if all(landed.get(tp, -1) + 1 >= end for tp, end in ends.items()) and (until is None or until()):
+            waiting = self.waiting()
+            if not waiting and (until is None or until()):
                 return
             for w in self.workers:
                 if w.proc.poll() is not None and w.proc.returncode not in (0, -9, -15):
                     raise AssertionError(f"worker died ({w.proc.returncode}):\n{w.tail()}")
             time.sleep(1.0)
         tails = "\n".join(w.tail(40) for w in self.workers)
-        raise AssertionError(f"lake did not catch up in {timeout_s}s: ends={ends} landed={landed}\n{tails}")
+        raise AssertionError(f"lake did not catch up in {timeout_s}s: first records waiting {waiting}\n{tails}")
 
     def get(self, path: str) -> str:
         """A view of the newest worker's web server (``/k2/lag``, ``/metrics``...)."""

@@ -1,6 +1,6 @@
 """The law every end-to-end test checks, shared by the integration and fault tests: ``k2 audit``.
 
-Every offset consumed from the three source topics lands exactly once in exactly one of
+Every record of the three source topics (read ``read_committed``) lands exactly once in exactly one of
 ``market_data.trades``, ``market_data.quotes``, ``reference_data.company_versions`` or
 ``market_data.rejects``; ``reference_data.companies`` holds the latest version of each
 company; no gap row of ``market_data.sequence_gaps`` lands twice. Checked by the audit,
@@ -15,7 +15,11 @@ from tests.integration.k2env import K2Env
 __all__ = ["assert_law"]
 
 
-def assert_law(env: K2Env, settle_s: float = 0.0) -> None:
-    """Fail with the audit's own report (missing and doubled offsets as ranges) unless the law holds."""
-    report = audit(env.settings, env.catalog(), settle_s=settle_s)
+def assert_law(env: K2Env, settle_s: float = 0.0, *, to_end: bool = True) -> None:
+    """Fail with the audit's own report (missing and doubled offsets as ranges) unless the law holds.
+
+    Judged to the end (``k2 audit --to-end``): the callers audit a flow that has ended, so every record
+    Kafka holds must have landed, whatever the lake's marks say. ``to_end=False`` for a lake still moving.
+    """
+    report = audit(env.settings, env.catalog(), settle_s=settle_s, to_end=to_end)
     assert report.ok, report.render()

@@ -1,5 +1,6 @@
-"""``k2 audit`` against a real Kafka: transactions leave marker holes, compaction leaves superseded holes,
-deleted records move the log start; lakes built by hand with pyiceberg, marks in their snapshot summaries.
+"""``k2 audit`` against a real Kafka: transactions leave marker and aborted holes, compaction leaves superseded
+holes, deleted records move the log start; lakes built by hand with pyiceberg, marks in their snapshot summaries.
+(More on transactions, and ``--to-end``, in ``test_transactions.py``.)
 
 The topics are produced once per module (compaction takes a few seconds); each test builds its own lake.
 """
@@ -40,7 +41,8 @@ class Topics:
     quotes: str
     reference: str
     trades1: list[int]
-    """Offsets of trades partition 1 holding records (transactional: the markers hold none)."""
+    """Offsets of trades partition 1 holding committed records (transactional: the markers and the aborted
+    records hold none a read_committed reader sees)."""
     trades1_end: int
     survivors: list[int]
     """Offsets of the reference topic left after compaction."""
@@ -108,15 +110,16 @@ def topics(stack: Stack) -> Iterator[Topics]:
     assert _produce(plain, names.quotes, 0, 10) == list(range(10))
 
     # Partition 1 of trades is written in transactions: committed, aborted (after its records went
-    # out, so they are in the log and a read_uncommitted worker sees them), committed.
+    # out, so they are in the log and only a read_uncommitted reader sees them), committed.
     txn = Producer({"bootstrap.servers": stack.kafka_bootstrap, "transactional.id": f"k2-audit-{run}"})
     txn.init_transactions(30)
     held: list[int] = []
     for n, commit in ((5, True), (3, False), (4, True)):
         txn.begin_transaction()
-        held += _produce(txn, names.trades, 1, n)
+        sent = _produce(txn, names.trades, 1, n)
         txn.commit_transaction(30) if commit else txn.abort_transaction(30)
-    assert held == [0, 1, 2, 3, 4, 6, 7, 8, 10, 11, 12, 13]  # 5, 9 and 14 are the control markers
+        held += sent if commit else []
+    assert held == [0, 1, 2, 3, 4, 10, 11, 12, 13]  # 5, 9 and 14 are the control markers, 6-8 aborted
 
     for company in REFERENCE_KEYS:
         _produce(plain, names.reference, 0, 1, key=str(company).encode())
@@ -209,8 +212,9 @@ def test_a_faithful_lake_keeps_the_law(env: K2Env, catalog: Catalog, topics: Top
     report = audit(env.settings, catalog)
     assert report.ok, report.render()
     trades1 = report.verdict(topics.trades, 1)
-    # Markers 5 and 9 are in the judged window and hold no record; 14 is above the mark.
-    assert (trades1.mark, trades1.no_record, trades1.lag, trades1.log_end) == (13, 2, 1, 15)
+    # Markers 5 and 9 and the aborted 6-8 are in the judged window and hold no committed record; 14 (a marker)
+    # is above the mark and no lag.
+    assert (trades1.mark, trades1.no_record, trades1.lag, trades1.log_end) == (13, 5, 0, 15)
     reference = report.verdict(topics.reference, 0)
     assert (reference.checked, reference.no_record, reference.rows[COMPANY_VERSIONS]) == (7, 3, 4)
     quotes = report.verdict(topics.quotes, 0)
@@ -220,6 +224,7 @@ def test_a_faithful_lake_keeps_the_law(env: K2Env, catalog: Catalog, topics: Top
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{topics.trades}  " in proc.stdout and proc.stderr == ""
     assert proc.stdout.splitlines()[-1].startswith("law holds: 3 topic(s), 4 partition(s), 48 offset(s) checked")
+    assert env.k2("audit", "--to-end", check=False).returncode == 0
 
 
 @pytest.mark.rest
@@ -232,7 +237,7 @@ def test_the_rest_catalog_over_s3(stack: Stack, tmp_path: Path, topics: Topics) 
     land_market(catalog, TRADES, 0, [5], {(topics.trades, 0): 19, (topics.trades, 1): 13})  # one offset twice
     report = audit(env.settings, catalog)
     assert report.verdict(topics.trades, 0).doubled == Ranges.of((5, 5))
-    assert report.verdict(topics.trades, 1).no_record == 2
+    assert report.verdict(topics.trades, 1).no_record == 5
     proc = env.k2("audit", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"doubled            {topics.trades}/0: 5 (in market_data.trades 2 row(s))" in proc.stdout
@@ -243,8 +248,8 @@ def test_a_broken_lake_is_exit_1_with_every_violation(env: K2Env, catalog: Catal
     trades0, trades1, quotes0 = (topics.trades, 0), (topics.trades, 1), (topics.quotes, 0)
     land_market(catalog, TRADES, 0, [*range(0, 7), *range(10, 20)], {trades0: 19})  # 7, 8, 9 lost
     land_rejects(catalog, [(topics.trades, 0, 3), (topics.quotes, 0, 0)], {trades0: 3, quotes0: 0})  # 3 twice
-    # The aborted transaction's records reach a read_uncommitted worker: 7 must be somewhere.
-    land_market(catalog, TRADES, 1, [o for o in topics.trades1 if o != 7], {trades0: 19, trades1: 13})
+    # Committed 3 is lost; the aborted transaction's 7 reached a read_uncommitted worker and landed.
+    land_market(catalog, TRADES, 1, sorted([o for o in topics.trades1 if o != 3] + [7]), {trades0: 19, trades1: 13})
     # Quote 0 is below the log start now, yet in two tables; 1, 2 are gone and not judged.
     land_market(catalog, QUOTES, 0, [0, *range(3, 10)], {quotes0: 9})
     # Versions landed before compaction, but companies kept company 1's middle version.
@@ -254,8 +259,9 @@ def test_a_broken_lake_is_exit_1_with_every_violation(env: K2Env, catalog: Catal
     assert not report.ok
     assert report.verdict(topics.trades, 0).missing == Ranges.of((7, 9))
     assert report.verdict(topics.trades, 0).doubled == Ranges.of((3, 3))
-    assert report.verdict(topics.trades, 1).missing == Ranges.of((7, 7))
-    assert report.verdict(topics.trades, 1).no_record == 2
+    assert report.verdict(topics.trades, 1).missing == Ranges.of((3, 3))
+    assert report.verdict(topics.trades, 1).not_committed == Ranges.of((7, 7))
+    assert report.verdict(topics.trades, 1).no_record == 4  # 5, 6, 8, 9: 7 is no hole, it is a row
     assert report.verdict(topics.quotes, 0).doubled == Ranges.of((0, 0))
     assert report.verdict(topics.quotes, 0).missing == Ranges.of()
     assert report.companies == (CompanyProblem(1, STALE, row=(0, 2), latest=(0, 4)),)
@@ -264,20 +270,24 @@ def test_a_broken_lake_is_exit_1_with_every_violation(env: K2Env, catalog: Catal
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
     assert f"missing            {topics.trades}/0: 7-9\n" in out
-    assert f"missing            {topics.trades}/1: 7\n" in out
+    assert f"missing            {topics.trades}/1: 3\n" in out
+    assert f"not committed      {topics.trades}/1: 7 (" in out
     assert (
         f"doubled            {topics.trades}/0: 3 (in market_data.rejects 1 row(s), market_data.trades 1 row(s))" in out
     )
     assert f"doubled            {topics.quotes}/0: 0 (" in out
     assert "companies          company 1: companies holds 0@2, latest version is 0@4" in out
-    assert out.splitlines()[-1].startswith("LAW BROKEN: 4 missing, 2 doubled, 1 companies problem(s);")
+    assert out.splitlines()[-1].startswith(
+        "LAW BROKEN: 4 missing, 2 doubled, 1 row(s) of records Kafka does not hold committed, 1 companies problem(s);"
+    )
 
     proc = env.k2("audit", "--json", check=False)
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     by_tp = {(p["topic"], p["partition"]): p for p in doc["partitions"]}
-    assert by_tp[trades1]["missing"]["ranges"] == [[7, 7]]
-    assert by_tp[trades1]["missing"]["no_record"] == 2
+    assert by_tp[trades1]["missing"]["ranges"] == [[3, 3]]
+    assert by_tp[trades1]["missing"]["no_record"] == 4
+    assert by_tp[trades1]["not_committed"]["ranges"] == [[7, 7]]
     assert [c["kind"] for c in doc["companies"]] == [STALE]
 
 

@@ -18,7 +18,7 @@ from k2.lake.schemas import TRADES
 from k2.lake.tables import ensure_tables
 from k2.settings import get_settings
 
-from .audit_helpers import FakeLog, land
+from .audit_helpers import FakeGroup, FakeLog, land
 from .lake_helpers import QUOTES_TOPIC, REFERENCE_TOPIC, TRADES_TOPIC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +44,9 @@ def lake_with_trades(var_dir: Path, offsets: list[int], mark: int) -> None:
     land(catalog, TRADES, {T0: mark}, kafka_partition=[0] * len(offsets), kafka_offset=offsets)
 
 
-def fake_kafka(monkeypatch: pytest.MonkeyPatch, log: FakeLog) -> None:
+def fake_kafka(monkeypatch: pytest.MonkeyPatch, log: FakeLog, group: FakeGroup | None = None) -> None:
     monkeypatch.setattr("k2.audit.kafka.KafkaLog", lambda settings, timeout_s: log)
+    monkeypatch.setattr("k2.admin.group.GroupAdmin", lambda settings, timeout_s: group or FakeGroup())
 
 
 def test_the_law_holds_exit_0(
@@ -143,3 +144,28 @@ def test_unreachable_catalog_is_exit_2_in_one_line(var_dir: Path) -> None:
     proc = run_k2(var_dir, "audit", PYICEBERG_CATALOG__K2__TYPE="rest", PYICEBERG_CATALOG__K2__URI="http://127.0.0.1:1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("k2 audit: Iceberg catalog 'k2' is configured") and proc.stderr.count("\n") == 1
+
+
+def test_to_end_judges_what_never_landed_exit_1(
+    var_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake_with_trades(var_dir, list(range(0, 30)), 29)
+    fake_kafka(monkeypatch, FakeLog({T0: 35, Q0: 0, R0: 0}))
+    assert main(["audit", "--to-end"]) == 1
+    out = capsys.readouterr().out
+    assert f"missing            {TRADES_TOPIC}/0: 30-34\n" in out
+    assert f"note  unowned: {TRADES_TOPIC}/0 (5 offsets waiting ?): records beyond the lake's mark" in out
+    assert out.splitlines()[-1].startswith(
+        "LAW BROKEN: 5 missing, 0 doubled; 3 topic(s), 3 partition(s), 35 offset(s) checked from log start to end"
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "tables"])
+def test_the_groups_view_of_an_unreachable_kafka_is_exit_2_in_one_line(var_dir: Path, command: str) -> None:
+    lake_with_trades(var_dir, [0], 0)
+    proc = run_k2(
+        var_dir, command, *(("--timeout", "1") if command == "status" else ()), K2_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"k2 {command}: cannot reach Kafka at 127.0.0.1:1")

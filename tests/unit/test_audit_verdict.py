@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyarrow as pa
 
 from k2.audit.ranges import EMPTY, Ranges
@@ -164,3 +166,54 @@ def test_offsets_retention_deleted_before_they_landed_are_lost() -> None:
     assert judge(offs(range(0, 100)), log_start=80, log_end=100, mark=99).lost_to_retention == EMPTY
     # A lake that never covered the partition started where Kafka's log started: not judged.
     assert judge(offs([]), log_start=80, log_end=100, mark=None).lost_to_retention == EMPTY
+
+
+def test_to_the_end_what_did_not_land_is_missing() -> None:
+    v = judge(offs(range(0, 60)), log_end=100, mark=59, to_end=True)
+    assert (v.checked_to, v.checked, v.lag, v.waiting) == (99, 100, 0, 40)
+    assert v.missing == Ranges.of((60, 99)) and not v.ok
+    # A partition no table lands: everything Kafka holds is missing.
+    never = judge_partition(TOPIC, 0, log_start=10, log_end=30, lake_mark=None, landed=[], to_end=True)
+    assert never.missing == Ranges.of((10, 29)) and never.lag == 0
+
+
+def test_rows_where_kafka_holds_no_committed_record() -> None:
+    # Kafka, read_committed over the whole window: 10 and 20 are markers, 11-13 an aborted transaction.
+    committed = offs(range(0, 10), range(14, 20), range(21, 100))
+    v = judge(offs(range(0, 10), range(11, 14), range(14, 20), range(21, 98)), committed=committed)
+    assert v.not_committed == Ranges.of((11, 13)) and v.committed_read and not v.ok
+    # The holes were confirmed from the same read: 98 and 99 hold records, 10 and 20 hold none.
+    assert (v.missing, v.verified, v.no_record) == (Ranges.of((98, 99)), True, 2)
+    faithful = judge(offs(range(0, 10), range(14, 20), range(21, 100)), committed=committed)
+    assert faithful.ok and faithful.no_record == 5 and faithful.not_committed == EMPTY
+
+
+def test_on_a_compacted_topic_only_records_an_uncommitted_reader_sees_are_not_committed() -> None:
+    # 5 was compacted away after it landed (neither reader sees it); 7 is an aborted record.
+    committed = offs(range(0, 5), [6], range(8, 10))
+    v = judge(offs(range(0, 10)), log_end=10, mark=9, committed=committed, uncommitted=offs(range(0, 5), range(6, 10)))
+    assert v.not_committed == Ranges.of((7, 7))
+
+
+def test_a_mark_in_an_open_transaction() -> None:
+    # Kafka: end (last stable offset) 50, high watermark 60; the lake claims up to 55.
+    v = judge(offs(range(0, 56)), log_end=50, mark=55, log_high=60)
+    assert v.mark_in_open_transaction and v.open and not v.mark_beyond_end and not v.ok
+    assert v.checked_to == 49 and v.missing == EMPTY
+    below = judge(offs(range(0, 50)), log_end=50, mark=49, log_high=60)
+    assert below.ok and below.open and below.lag == 0
+    assert judge(offs(range(0, 61)), log_end=50, mark=60, log_high=60).mark_beyond_end
+
+
+def test_lag_counts_from_the_first_record_above_the_mark() -> None:
+    v = judge(offs(range(0, 90)), log_end=100, mark=89)
+    assert v.lag == 10
+    assert replace(v, waiting_from=100).lag == 0  # 90-99 are markers and aborted records only
+    assert replace(v, waiting_from=95).lag == 5
+
+
+def test_settling_keeps_what_was_not_committed() -> None:
+    committed = offs(range(0, 10), range(13, 100))
+    first = judge(offs(range(0, 10), range(10, 13), range(13, 100)), committed=committed)
+    settled = still_missing(first, judge(offs(range(0, 100))))
+    assert settled.not_committed == Ranges.of((10, 12)) and settled.committed_read
