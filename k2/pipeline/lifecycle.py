@@ -70,6 +70,8 @@ class Lifecycle:
     """The newest generation faust assigned partitions in."""
     restored_generation: int | None = None
     """The newest generation whose tables faust has restored (``app.on_rebalance_complete``)."""
+    restored_at: float | None = None
+    """When that restore completed (monotonic seconds)."""
     _parts: dict[TP, PartitionState] = field(default_factory=dict)
 
     # -- what faust says ------------------------------------------------------------------
@@ -114,6 +116,7 @@ class Lifecycle:
         if generation is None or (self.restored_generation is not None and generation <= self.restored_generation):
             return
         self.restored_generation = generation
+        self.restored_at = self.clock()
 
     def sought(self, committed: Mapping[TP, int | None]) -> set[TP]:
         """faust sought its assignment to the committed offsets: the partitions to position (again) now.
@@ -227,6 +230,7 @@ class Lifecycle:
         self._parts.clear()
         self.generation = None
         self.restored_generation = None
+        self.restored_at = None
 
     # -- internals -----------------------------------------------------------------------------
 

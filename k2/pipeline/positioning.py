@@ -138,6 +138,7 @@ class Positioner:
     async def run(self, should_stop: Callable[[], bool], tick_s: float = 1.0) -> None:
         """The one positioning task: attempts, retries with backoff, the bounds. Raises :class:`PartitionsStuck`."""
         delay = 0.0
+        last_failure: str | None = None
         while not should_stop():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(tick_s, delay))
@@ -163,9 +164,16 @@ class Positioner:
             what = describe(exc)
             if is_unavailable(exc):
                 self.lifecycle.waiting(todo, what)
-            else:
-                log.error("positioning %d partition(s) failed; retrying in %.0fs", len(todo), delay, exc_info=exc)
+            else:  # the traceback once per cause; the same cause again in one line
+                log.error(
+                    "positioning %d partition(s) failed%s; retrying in %.0fs",
+                    len(todo),
+                    "" if what != last_failure else f" again ({what})",
+                    delay,
+                    exc_info=exc if what != last_failure else None,
+                )
                 self.lifecycle.waiting(todo, None)
+            last_failure = what
 
     # -- the bounds ----------------------------------------------------------------------------
 
@@ -173,12 +181,9 @@ class Positioner:
         """Readiness and metrics for partitions past their bound; exit for those stuck with no outside cause."""
         now = self._clock()
         lc = self.lifecycle
-        if lc.restored_generation is not None and lc.restored_generation == lc.generation:
-            stranded = {
-                tp
-                for tp, s in lc.not_consuming().items()
-                if s.phase is Phase.ASSIGNED and now - s.since > self.position_bound_s / 3
-            }
+        restored_at = lc.restored_at if lc.restored_generation == lc.generation else None
+        if restored_at is not None and now - restored_at > self.position_bound_s / 3:
+            stranded = {tp for tp, s in lc.not_consuming().items() if s.phase is Phase.ASSIGNED}
             if stranded:
                 # faust restored this generation's tables but its seek did not reach these (a seek that
                 # raised, or one that named an older assignment): position them from the committed offset.

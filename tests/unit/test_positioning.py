@@ -67,7 +67,7 @@ def make(
     async def read_marks() -> dict[tuple[str, int], int]:
         return dict(marks or {})
 
-    options: dict[str, Any] = {"timeout_s": 1.0, "position_bound_s": 30.0, "stuck_exit_s": 120.0, **kw}
+    options: dict[str, Any] = {"timeout_s": 10.0, "position_bound_s": 30.0, "stuck_exit_s": 120.0, **kw}
     p = Positioner(
         lc,
         lambda: consumer,
@@ -87,7 +87,7 @@ async def all_ready(tps: set[TP]) -> set[TP]:
     return set(tps)
 
 
-async def run_until(p: Positioner, condition: Any, timeout_s: float = 5.0) -> None:
+async def run_until(p: Positioner, condition: Any, timeout_s: float = 30.0) -> None:
     stop = False
     task = asyncio.ensure_future(p.run(lambda: stop, tick_s=0.01))
     try:
@@ -180,7 +180,7 @@ async def test_stuck_for_no_outside_reason_ends_the_worker() -> None:
     lc.restored(1)
     lc.sought({T0: 0})
     with pytest.raises(PartitionsStuck, match="trades/0"):
-        await asyncio.wait_for(p.run(lambda: False, tick_s=0.01), 5)
+        await asyncio.wait_for(p.run(lambda: False, tick_s=0.01), 30)
 
 
 async def test_restored_but_never_sought_is_positioned_from_the_committed_offset() -> None:
