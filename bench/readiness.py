@@ -85,8 +85,13 @@ def main() -> int:
     try:
         while True:
             now = time.monotonic() - begin
+            if ended is None and now >= args.seconds and producer.poll() is None:
+                producer.kill()  # the input lasts --seconds, whatever rate the producer reached
             if ended is None and producer.poll() is not None:
                 ended = now
+            if int(now) % 60 == 0:
+                bad = sum(1 for p in polls if p[1] != 200)
+                print(f"{now:.0f}s: {len(polls)} polls, {bad} not ready", flush=True)
             if ended is not None and now - ended > args.after:
                 break
             system.check()

@@ -289,5 +289,8 @@ def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path:
             if snap.summary is not None
         }
         assert len(workers - {None}) == 2, f"both workers should have committed: {workers}"
+        # Two workers on the embedded catalog share its one write lock: the worker says so, once.
+        said = [w.log.read_text(errors="replace").count("share the embedded SQLite catalog") for w in env.workers]
+        assert max(said) == 1 and sum(said) >= 1, said
     finally:
         env.close()
