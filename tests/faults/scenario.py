@@ -42,6 +42,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import random
+import re
 import time
 import zlib
 from collections import Counter
@@ -408,6 +409,13 @@ class Scenario:
             values = ValueVerdict(examples=[f"value check failed: {exc!r}"])
             failures.append(f"value check failed: {type(exc).__name__}: {exc}")
         rows_out, rejects = self._counts()
+        took = self._assignment_to_consuming()
+        if took:
+            took.sort()
+            self.notes.append(
+                f"assignment to consuming (worker logs, {len(took)} positionings): "
+                f"p50 {took[len(took) // 2]:.1f}s, max {took[-1]:.1f}s"
+            )
         cleared = [f.cleared_s for f in self.faults if f.cleared_s is not None]
         began = [f.began_s for f in self.faults]
         peaks = {w.name: round(w.peak_rss_kb / 1024, 1) for w in self.env.workers if w.peak_rss_kb}
@@ -454,6 +462,15 @@ class Scenario:
         if failures:  # the report says it all; a traceback through the harness would not add anything
             pytest.fail(report.line() + "\n" + "\n".join(self.notes[-6:]), pytrace=False)
         return report
+
+    def _assignment_to_consuming(self) -> list[float]:
+        """Seconds from assignment to consuming, as each worker logged them (one figure per positioning)."""
+        found = []
+        for worker in self.env.workers:
+            with contextlib.suppress(OSError):
+                text = worker.log.read_text(errors="replace")
+                found += [float(m) for m in re.findall(r"consuming, ([0-9.]+)s after their assignment", text)]
+        return found
 
     def _counts(self) -> tuple[int, int]:
         """(rows in the market tables, rows in the rejects table); -1 when the lake cannot say."""
