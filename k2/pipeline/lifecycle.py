@@ -5,7 +5,7 @@ A partition is held from its assignment to its revocation, per consumer-group ge
     assigned ──(faust restored this generation's tables and sought)──▶ positioning
     positioning ──(the lake's marks read, the start sought)──▶ consuming
     consuming ──(the lake went back under the worker, or faust sought again)──▶ positioning
-    any ──(faust revokes it)──▶ revoking ──(batches in flight settled)──▶ forgotten
+    any ──(faust revokes it)──▶ revoking ──(the next assignment, without it)──▶ forgotten
 
 Only a *consuming* partition's batches are taken, committed or flushed. faust tells K2 about
 each step through four calls, in an order that overlapping rebalances scramble (a seek for
@@ -104,12 +104,6 @@ class Lifecycle:
         if held:
             log.info("%d partition(s) revoking: %s", len(held), _names(held))
         return held
-
-    def revoked(self, tps: Iterable[TP]) -> None:
-        """Revocation of ``tps`` is done (batches settled or abandoned): forget them."""
-        for tp in list(tps):
-            if tp in self._parts and self._parts[tp].phase is Phase.REVOKING:
-                del self._parts[tp]
 
     def restored(self, generation: int | None) -> None:
         """faust restored the tables of ``generation`` (it seeks the stream partitions next)."""
