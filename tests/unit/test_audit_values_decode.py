@@ -6,17 +6,22 @@ randomly mutated frames both must refuse the same records and read the same valu
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
+from k2.audit.values_compare import differs
 from k2.audit.values_decode import OFFSET, WriterPlan, decode_block, schema_ids
-from k2.avro.codec import HEADER_SIZE, decode
+from k2.audit.values_plan import strip_logical
+from k2.avro.codec import HEADER_SIZE, decode, encode, parse_schema
 from k2.errors import DecodeError
 
-from .avro_wire import encode_wide
+from .avro_wire import encode_wide, unscaled
 from .lake_helpers import T0, trade
 from .values_helpers import PARSED, V1, V2, framed, resolve
 
@@ -122,3 +127,99 @@ def test_mutated_frames_are_refused_and_read_as_k2s_codec_reads_them() -> None:
                 got = int(got.timestamp() * 1000)
             assert got == expected, (offset, name)
     assert 100 < len(refused) < 550  # the mutations make both kinds
+
+
+EVERY_TYPE = {
+    "type": "record",
+    "name": "Every",
+    "fields": [
+        {"name": "b", "type": "boolean"},
+        {"name": "i", "type": "int"},
+        {"name": "l", "type": ["null", "long"]},
+        {"name": "f", "type": "float"},
+        {"name": "d", "type": ["double", "null"]},
+        {"name": "by", "type": "bytes"},
+        {"name": "s", "type": ["null", "string"]},
+        {"name": "fx", "type": {"type": "fixed", "name": "F3", "size": 3}},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B", "C"]}},
+        {"name": "dec", "type": {"type": "bytes", "logicalType": "decimal", "precision": 18, "scale": 6}},
+        {"name": "fdec", "type": ["null", {"type": "fixed", "name": "F9", "size": 9, "logicalType": "decimal",
+                                            "precision": 20, "scale": 2}]},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "tm", "type": {"type": "int", "logicalType": "time-millis"}},
+    ],
+}  # fmt: skip
+
+
+def _every(rng: random.Random) -> dict[str, Any]:
+    def maybe(value: Any) -> Any:
+        return None if rng.random() < 0.3 else value
+
+    return {
+        "b": rng.random() < 0.5,
+        "i": rng.randint(-(2**31), 2**31 - 1),
+        "l": maybe(rng.randint(-(2**63), 2**63 - 1)),
+        "f": rng.choice([0.0, -1.5, 3.25, float("inf")]),
+        "d": maybe(rng.uniform(-1e300, 1e300)),
+        "by": bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))),
+        "s": maybe("".join(rng.choice("aé€𝄞 \n") for _ in range(rng.randrange(0, 12)))),
+        "fx": bytes(rng.randrange(256) for _ in range(3)),
+        "e": rng.choice("ABC"),
+        "dec": Decimal(rng.randint(-(10**18) + 1, 10**18 - 1)).scaleb(-6),
+        "fdec": maybe(Decimal(rng.randint(-(10**20) + 1, 10**20 - 1)).scaleb(-2)),
+        "day": rng.randint(-(2**31), 2**31 - 1),
+        "ts": rng.randint(-(2**53), 2**53),
+        "tm": rng.randint(0, 86_399_999),
+    }
+
+
+def test_the_column_reader_reads_what_fastavro_reads_and_leaves_it_the_rest() -> None:
+    """Every field type the audit compares, through both readers: the records the column reader calls clean
+    decode to fastavro's values; mutated ones it leaves to fastavro, or reads as fastavro does."""
+    from k2.audit.values_columns import read_columns
+    from k2.audit.values_decode import _raw, _read
+
+    rng = random.Random(5)
+    stripped = parse_schema(strip_logical(EVERY_TYPE))
+    plan = WriterPlan.of(4, json.dumps(EVERY_TYPE))
+    frames = [encode(4, stripped, _wire(_every(rng))) for _ in range(400)]
+    frames += [_mutate(rng, f) for f in frames[:400]]
+    arrays, clean = read_columns(plan, frames)
+    assert clean[:400].all()  # every clean frame is read by the column reader
+    assert 0 < clean[400:].sum() < 400
+    index = np.flatnonzero(clean)
+    records, kept, failed = _read(frames, index, plan.parsed)
+    assert kept == index.tolist() and not failed  # what the column reader calls clean, fastavro reads whole
+    for column, field in zip(arrays, plan.fields, strict=True):
+        expected, _ = _raw(field, records)
+        got = column.filter(pa.array(clean))
+        assert not differs(got, expected).to_numpy(zero_copy_only=False).any(), field.name  # NaN equals NaN there
+
+
+def _wire(record: dict[str, Any]) -> dict[str, Any]:
+    """Logical values as the stripped schema writes them (decimals as their unscaled bytes)."""
+    out = dict(record)
+    out["dec"] = unscaled(int(record["dec"].scaleb(6)))
+    if record["fdec"] is not None:
+        out["fdec"] = int(record["fdec"].scaleb(2)).to_bytes(9, "big", signed=True)
+    return out
+
+
+def test_varints_of_ten_bytes_read_only_when_they_fit_64_bits() -> None:
+    from k2.audit.values_columns import _varint
+
+    cases = [
+        (b"\x00", 0, 1, True),
+        (b"\x01", -1, 1, True),
+        (b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01", 2**63 - 1, 10, True),
+        (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", -(2**63), 10, True),
+        (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02", None, 10, False),  # beyond 64 bits
+        (b"\xff" * 10 + b"\x00", None, None, False),  # does not end within 10 bytes
+    ]
+    for data, value, length, fits in cases:
+        buf = np.frombuffer(data + bytes(16), np.uint8)
+        got_value, got_length, got_fits = _varint(buf, np.array([0]))
+        assert bool(got_fits[0]) is fits, data
+        if fits:
+            assert (int(got_value[0]), int(got_length[0])) == (value, length), data
