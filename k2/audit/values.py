@@ -20,6 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,11 +28,10 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
-from k2.audit.values_decode import Resolve
 from k2.audit.values_lake import LakeSpill
 from k2.audit.values_report import ValuesReport
 from k2.audit.values_rows import Feed, compare_bucket, feeds, offset_span
-from k2.audit.values_sample import BLOCK, choose
+from k2.audit.values_sample import BLOCK, Selection, choose
 from k2.audit.values_source import SourceLog, WriterPlans
 from k2.catalog import describe_catalog
 from k2.errors import ServiceUnavailable
@@ -71,21 +71,14 @@ def audit_values(
     if source is None:
         with SourceLog(settings, timeout_s=timeout_s) as log:
             return audit_values(
-                settings,
-                catalog,
-                sample=sample,
-                seed=seed,
-                block=block,
-                spill_dir=spill_dir,
-                source=log,
-                plans=plans,
-                clock=clock,
-            )
-    plans = plans if plans is not None else WriterPlans.from_settings(settings)
+                settings, catalog, sample=sample, seed=seed, block=block, spill_dir=spill_dir, source=log,
+                plans=plans, clock=clock,
+            )  # fmt: skip
     report = ValuesReport(sample=sample, seed=seed, block=block)
     started = clock()
+    run = _Run(catalog, source, plans or WriterPlans.from_settings(settings), report, spill_dir)
     for feed in feeds(settings):
-        _audit_topic(feed, catalog, source, plans, report, sample, seed, block, spill_dir)
+        run.topic(feed, choose(feed.topic, source.bounds(feed.topic), block, sample, seed))
     report.records_read = source.records_read
     report.elapsed_s = clock() - started
     return report
@@ -102,61 +95,50 @@ def _load(catalog: Catalog, name: str) -> Table | None:
         ) from exc
 
 
-def _audit_topic(
-    feed: Feed,
-    catalog: Catalog,
-    source: SourceLog,
-    plans: WriterPlans,
-    report: ValuesReport,
-    sample: float | None,
-    seed: int,
-    block: int,
-    spill_dir: Path | None,
-) -> None:
-    selection = choose(feed.topic, source.bounds(feed.topic), block, sample, seed)
-    if selection.totals is not None and selection.blocks is not None:
-        report.blocks[feed.topic] = (
-            sum(len(b) for b in selection.blocks.values()),
-            sum(selection.totals.values()),
-        )
-    with tempfile.TemporaryDirectory(prefix="k2-audit-values-", dir=spill_dir) as tmp:
-        spill = LakeSpill(Path(tmp), selection)
-        for name in feed.tables:
-            table = _load(catalog, name)
-            if table is None:
-                note = f"{name} does not exist: not compared"
-                if note not in report.notes:
-                    report.notes.append(note)
-                continue
-            try:
-                spill.add(name, table, TABLES[name].position, feed.topic)
-            except Exception as exc:  # the catalog's storage (or the spill's disk): one typed error
-                raise ServiceUnavailable(
-                    f"cannot read {name} into {tmp}: {type(exc).__name__}: {exc}. Is the catalog's storage "
-                    "reachable, and is there room for the spill (--spill-dir)?"
-                ) from exc
-        report.snapshots.update(spill.snapshots)
-        for (name, partition), gone in spill.below_start.items():
-            report.unsourced[(name, feed.topic, partition, BELOW_START)] = gone
-        resolve = plans.resolver(feed.topic)
-        for partition, b in sorted(spill.buckets):
-            lake: dict[str, pa.Table] = {}
+@dataclass
+class _Run:
+    """What one audit reads from and writes to."""
+
+    catalog: Catalog
+    source: SourceLog
+    plans: WriterPlans
+    report: ValuesReport
+    spill_dir: Path | None
+
+    def topic(self, feed: Feed, selection: Selection) -> None:
+        """Spill the topic's tables, then compare them bucket after bucket with the same spans of Kafka."""
+        report = self.report
+        if selection.totals is not None and selection.blocks is not None:
+            report.blocks[feed.topic] = (sum(len(b) for b in selection.blocks.values()), sum(selection.totals.values()))
+        with tempfile.TemporaryDirectory(prefix="k2-audit-values-", dir=self.spill_dir) as tmp:
+            spill = LakeSpill(Path(tmp), selection)
             for name in feed.tables:
-                rows = spill.read(name, partition, b) if name in spill.schemas else None
-                if rows is not None:
-                    lake[name] = rows.sort_by(TABLES[name].position.offset_column)
-            _audit_bucket(feed, partition, lake, source, resolve, report)
+                self._spill(spill, name, feed.topic)
+            report.snapshots.update(spill.snapshots)
+            for (name, partition), gone in spill.below_start.items():
+                report.unsourced[(name, feed.topic, partition, BELOW_START)] = gone
+            resolve = self.plans.resolver(feed.topic)
+            for partition, b in sorted(spill.buckets):
+                lake: dict[str, pa.Table] = {}
+                for name in feed.tables:
+                    rows = spill.read(name, partition, b) if name in spill.schemas else None
+                    if rows is not None:
+                        lake[name] = rows.sort_by(TABLES[name].position.offset_column)
+                if lake:
+                    records = self.source.read(feed.topic, partition, *offset_span(lake))
+                    compare_bucket(feed, partition, lake, records, resolve, report)
 
-
-def _audit_bucket(
-    feed: Feed,
-    partition: int,
-    lake: dict[str, pa.Table],
-    source: SourceLog,
-    resolve: Resolve,
-    report: ValuesReport,
-) -> None:
-    if not lake:
-        return
-    low, high = offset_span(lake)
-    compare_bucket(feed, partition, lake, source.read(feed.topic, partition, low, high), resolve, report)
+    def _spill(self, spill: LakeSpill, name: str, topic: str) -> None:
+        table = _load(self.catalog, name)
+        if table is None:
+            note = f"{name} does not exist: not compared"
+            if note not in self.report.notes:
+                self.report.notes.append(note)
+            return
+        try:
+            spill.add(name, table, TABLES[name].position, topic)
+        except Exception as exc:  # the catalog's storage (or the spill's disk): one typed error
+            raise ServiceUnavailable(
+                f"cannot read {name} into {spill.root}: {type(exc).__name__}: {exc}. Is the catalog's storage "
+                "reachable, and is there room for the spill (--spill-dir)?"
+            ) from exc

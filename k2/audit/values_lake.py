@@ -24,17 +24,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import ArrowScan, schema_to_pyarrow
+from pyiceberg.table import DataScan, Table
 
 from k2.audit.values_sample import Selection
 from k2.lake.schemas import SourcePosition
 
-__all__ = ["LakeSpill", "Unsourced"]
+__all__ = ["LakeSpill", "Unsourced", "file_by_file"]
 
 _FORMAT = ds.IpcFileFormat()
 _WRITE = _FORMAT.make_write_options(compression="lz4")
 _BUCKET = pa.schema([("__p", pa.int32()), ("__b", pa.int64())])
 _MAX_OPEN_FILES = 256
+_KEY_SHIFT = 40
+_KEY_MASK = (1 << _KEY_SHIFT) - 1
 
 
 @dataclass
@@ -78,7 +81,7 @@ class LakeSpill:
             row_filter = EqualTo(term=position.topic_column, value=topic)
         # The table's current snapshot in its current schema, as a reader sees it (a snapshot_id would read
         # the schema the snapshot was written with: a column dropped since would still show).
-        reader = table.scan(row_filter=row_filter).to_arrow_batch_reader()
+        reader = file_by_file(table.scan(row_filter=row_filter))
         self.schemas[name] = reader.schema
         batches = self._bucketed(name, reader, position)
         out = pa.RecordBatchReader.from_batches(
@@ -120,9 +123,24 @@ class LakeSpill:
         return data if data.num_rows else None
 
 
+def file_by_file(scan: DataScan) -> pa.RecordBatchReader:
+    """``scan``'s rows one data file at a time, in its projected schema.
+
+    pyiceberg's own ``to_arrow_batch_reader`` (0.12) hands every file to its thread pool at
+    once and keeps each file's batches until they are taken: behind a slower consumer it
+    holds the whole table. Here the next file is read only once the last one is taken.
+    """
+    projection = scan.projection()
+    target = schema_to_pyarrow(projection)
+    reader = ArrowScan(scan.table_metadata, scan.io, projection, scan.row_filter, scan.case_sensitive)
+    batches = (batch for task in scan.plan_files() for batch in reader.to_record_batches([task]))
+    return pa.RecordBatchReader.from_batches(target, batches).cast(target)
+
+
 def _pairs(parts: np.ndarray, blocks: np.ndarray) -> set[tuple[int, int]]:
-    keys = np.unique(np.stack([parts, blocks], axis=1), axis=0)
-    return {(int(p), int(b)) for p, b in keys}
+    """The distinct (partition, block) pairs (one 1-D unique of packed keys: a 2-D unique sorts rows)."""
+    keys = np.unique((parts << _KEY_SHIFT) | blocks)
+    return set(zip((keys >> _KEY_SHIFT).tolist(), (keys & _KEY_MASK).tolist(), strict=True))
 
 
 def _safe(name: str) -> str:

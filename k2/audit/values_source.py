@@ -91,10 +91,12 @@ class SourceLog:
                     "enable.partition.eof": True,
                     "isolation.level": isolation_level,
                     "auto.offset.reset": "earliest",
-                    "fetch.max.bytes": 64 * 1024 * 1024,
+                    # librdkafka prefetches up to 64 MiB a partition by default: a few buckets' worth is enough.
+                    "queued.max.messages.kbytes": 16 * 1024,
+                    "fetch.max.bytes": 8 * 1024 * 1024,
+                    "max.partition.fetch.bytes": 8 * 1024 * 1024,
                     # At a partition's end the broker holds a fetch this long before saying so (default 500).
                     "fetch.wait.max.ms": 50,
-                    "max.partition.fetch.bytes": 16 * 1024 * 1024,
                 },
             )
         )

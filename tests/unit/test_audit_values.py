@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from pyiceberg.types import StringType
 
 from k2.audit.values_compare import ABSENT, comparable, compare_columns, differs
+from k2.audit.values_lake import file_by_file
 from k2.audit.values_report import ColumnMismatch, ValuesReport
 from k2.audit.values_rows import NOT_IN_KAFKA, RECORD
 from k2.audit.values_sample import Selection, choose
@@ -20,6 +23,7 @@ from k2.lake.arrow import arrow_schema
 from k2.lake.records import GapRecord
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, REJECTS, SEQUENCE_GAPS, TRADES
 
+from .audit_helpers import k2_lake
 from .lake_helpers import T0, TRADES_TOPIC, company, trade
 from .values_helpers import (
     REF,
@@ -321,3 +325,22 @@ def test_the_cli_takes_a_sample_as_a_fraction_that_implies_values() -> None:
     for bad in ("0", "1.5", "x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["audit", "--sample", bad])
+
+
+def test_the_lake_is_read_file_by_file_as_pyiceberg_reads_it(tmp_path: Path) -> None:
+    """file_by_file uses pyiceberg's ArrowScan one task at a time (its own batch reader reads every file at once):
+    the same rows as a scan, in the table's current schema (a column dropped since is gone)."""
+    catalog = k2_lake(tmp_path)
+    table = catalog.load_table(TRADES)
+    source = records(v2_trades(30))
+    with table.update_schema() as update:
+        update.add_column("trade_id", StringType())
+    rows = trade_rows(source)
+    for start in (0, 10, 20):
+        table.append(rows.slice(start, 10))
+    read = file_by_file(table.scan()).read_all()
+    assert read.sort_by("kafka_offset").equals(table.scan().to_arrow().sort_by("kafka_offset"))
+    assert read.num_rows == 30 and "trade_id" in read.column_names
+    with table.update_schema() as update:
+        update.delete_column("trade_id")
+    assert "trade_id" not in file_by_file(table.scan()).read_all().column_names
