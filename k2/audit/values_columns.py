@@ -23,21 +23,30 @@ from k2.audit.values_plan import BOOLEAN, DOUBLE, ENUM, FIXED, FLOAT, STRING, VA
 __all__ = ["read_columns"]
 
 _HEADER = 5
-_K = np.arange(10)
-_SHIFTS = (7 * _K).astype(np.uint64)
+_SHIFTS = [np.uint64(7 * k) for k in range(10)]
 _PAD = 16
 
 
 def _varint(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The zigzag varint at each position: value, length in bytes, and whether it ends within 10 bytes and 64 bits."""
-    window = buf[pos[:, None] + _K]
-    more = window >= 0x80
-    length = np.argmin(more, axis=1) + 1
-    ends = ~more[np.arange(len(pos)), length - 1]
-    fits = ends & ((length < 10) | (window[:, 9] <= 1))
-    parts = (window & 0x7F).astype(np.uint64) << _SHIFTS
-    parts[length[:, None] <= _K] = 0
-    unsigned = parts.sum(axis=1, dtype=np.uint64)
+    """The zigzag varint at each position: value, length in bytes, and whether it ends within 10 bytes and 64 bits.
+
+    A byte at a time for every position still in a varint: most end after one or two (a
+    millisecond timestamp after six), so this costs a few numpy passes, not ten.
+    """
+    n = len(pos)
+    unsigned = np.zeros(n, dtype=np.uint64)
+    length = np.zeros(n, dtype=np.int64)
+    going = np.ones(n, dtype=bool)
+    byte = np.zeros(n, dtype=np.uint8)
+    for k in range(10):
+        byte = buf[pos + k]
+        bits = (byte & 0x7F).astype(np.uint64) << _SHIFTS[k]
+        unsigned |= bits if k == 0 else np.where(going, bits, np.uint64(0))
+        length += going
+        going &= byte >= 0x80
+        if not going.any():
+            break
+    fits = ~going & ((length < 10) | (byte <= 1))  # the 10th byte holds the 64th bit only
     value = (unsigned >> np.uint64(1)).astype(np.int64) ^ -(unsigned & np.uint64(1)).astype(np.int64)
     return value, length, fits
 
