@@ -40,7 +40,7 @@ from k2.settings import Settings
 
 __all__ = ["audit_values"]
 
-BELOW_START = "below Kafka's log start (deleted by retention or compaction)"
+BELOW_START = "before Kafka's log start (deleted by retention), or in a partition Kafka does not have"
 
 
 def audit_values(
