@@ -260,10 +260,11 @@ def main() -> None:
             n = values["records_read"]
             print(
                 f"k2 audit --values {' '.join(extra)}: exit {code}; {n:,} records compared in "
-                f"{values['elapsed_s']:.1f} s = {n / values['elapsed_s']:,.0f} records/s (the value audit; the whole "
-                f"command, law audit and start-up included: {wall:.1f} s); CPU {meter.cpu_s:.1f} s "
-                f"= {meter.cpu_s / n * 1e6:.1f} us per record over {meter.processes} process(es); peak RSS "
-                f"{meter.rss_max_mib:,.0f} MiB (largest process), {meter.rss_sum_mib:,.0f} MiB (all)"
+                f"{values['elapsed_s']:.1f} s = {n / values['elapsed_s']:,.0f} records/s, on "
+                f"{values['cpu_s']:.1f} s of CPU = {values['cpu_s'] / n * 1e6:.1f} us per record "
+                f"({n / values['cpu_s']:,.0f} records per CPU second); the whole command (law audit and "
+                f"start-up included) {wall:.1f} s, {meter.cpu_s:.1f} CPU s over {meter.processes} process(es); "
+                f"peak RSS {meter.rss_max_mib:,.0f} MiB"
             )
             print(f"  {values['summary']}")
             if code != 0:

@@ -75,12 +75,13 @@ def audit_values(
                 plans=plans, clock=clock,
             )  # fmt: skip
     report = ValuesReport(sample=sample, seed=seed, block=block)
-    started = clock()
+    started, cpu = clock(), time.process_time()
     run = _Run(catalog, source, plans or WriterPlans.from_settings(settings), report, spill_dir)
     for feed in feeds(settings):
         run.topic(feed, choose(feed.topic, source.bounds(feed.topic), block, sample, seed))
     report.records_read = source.records_read
     report.elapsed_s = clock() - started
+    report.cpu_s = time.process_time() - cpu
     return report
 
 

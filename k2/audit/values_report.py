@@ -170,6 +170,8 @@ class ValuesReport:
     block: int = 0
     records_read: int = 0
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+    """CPU seconds of this process (all its threads) while auditing values."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -248,6 +250,7 @@ class ValuesReport:
             "compared": dict(self.compared),
             "records_read": self.records_read,
             "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
             "snapshots": dict(self.snapshots),
             "sample": None
             if self.sample is None
