@@ -256,11 +256,11 @@ class ValuesReport:
             if self.sample is None
             else {"fraction": self.sample, "seed": self.seed, "block": self.block, "blocks": self.blocks},
             "mismatches": [m.to_dict() for _, m in sorted(self.mismatches.items())],
-            "not_compared": [
+            "not_compared_rows": [
                 {"table": t, "topic": tp, "partition": p, "why": why, "rows": u.rows, "low": u.low, "high": u.high}
                 for (t, tp, p, why), u in sorted(self.unsourced.items())
-            ]
-            + [
+            ],
+            "not_compared_fields": [
                 {"topic": tp, "schema_id": sid, "field": name, "why": why}
                 for tp, sid, name, why in sorted(self.not_compared)
             ],

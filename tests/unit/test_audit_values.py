@@ -166,6 +166,9 @@ def test_rows_without_a_source_record_are_counted_not_compared() -> None:
     (key, unsourced), *_ = report.unsourced.items()
     assert key == (TRADES, TRADES_TOPIC, 0, NOT_IN_KAFKA)
     assert (unsourced.rows, unsourced.low, unsourced.high) == (4, 6, 9)
+    (listed,) = report.to_dict()["not_compared_rows"]
+    assert (listed["table"], listed["partition"], listed["rows"], listed["low"], listed["high"]) == (TRADES, 0, 4, 6, 9)
+    assert "not compared  market_data.trades  market.trades.raw/0: 4 row(s), offsets 6-9" in report.render()
 
 
 def test_a_reject_with_one_header_byte_changed_is_named() -> None:
