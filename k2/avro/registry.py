@@ -51,6 +51,7 @@ __all__ = [
     "WriterSchema",
     "WriterSchemaCache",
     "async_registry_client",
+    "fetch_schema_text",
     "lookup_schema_id",
     "register_contract",
     "register_contracts",
@@ -302,6 +303,39 @@ class WriterSchemaCache:
                 return False
             raise _unavailable(exc, f"looking up schema id {schema.schema_id} under {subject}") from exc
         return found.schema_id == schema.schema_id
+
+
+def fetch_schema_text(client: SchemaRegistryClient, schema_id: int, subject: str) -> str:
+    """The text of Avro schema ``schema_id``, provided it is registered under ``subject``: the sync
+    counterpart of :meth:`WriterSchemaCache.check_subject`, for commands that read records as the worker does.
+
+    Raises:
+        UnknownSchemaId: the registry does not know the id (404).
+        WrongSubject: the id is not registered under ``subject``.
+        UndecodableError: the id names a schema that is not Avro, or has no text.
+        RegistryUnavailable: the registry cannot answer.
+    """
+    what = f"fetching schema id {schema_id}"
+    try:
+        schema: Schema = _call_sync(what, lambda: client.get_schema(schema_id))
+    except SchemaRegistryError as exc:
+        if _is_not_found(exc):
+            raise UnknownSchemaId(f"schema id {schema_id} is not in the registry: {exc}") from exc
+        raise _unavailable(exc, what) from exc
+    if (schema.schema_type or "AVRO") != "AVRO":
+        raise UndecodableError(f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
+    if schema.schema_str is None:
+        raise UndecodableError(f"schema id {schema_id} has no schema text")
+    try:
+        pairs = _call_sync(what, lambda: client.get_schema_versions(schema_id))
+        member = any(p.subject == subject for p in pairs)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code not in (404, 405, 501):
+            raise _unavailable(exc, what) from exc
+        member = lookup_schema_id(client, subject, schema.schema_str) == schema_id  # no versions endpoint
+    if not member:
+        raise WrongSubject(f"schema id {schema_id} is not registered under subject {subject}")
+    return schema.schema_str
 
 
 class Registration(NamedTuple):

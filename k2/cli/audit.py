@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from k2.cli import audit_values
 from k2.settings import get_settings
 
 
@@ -54,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="timeout of each Kafka call (default 10)"
     )
+    audit_values.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -68,9 +70,13 @@ def run(args: argparse.Namespace) -> int:
     with KafkaLog(settings, timeout_s=args.timeout) as log:
         group = GroupAdmin(settings, timeout_s=args.timeout)
         report = audit(settings, catalog, settle_s=args.settle, to_end=args.to_end, log=log, group=group)
+    values = audit_values.run(args, settings, catalog)
     if args.json:
-        print(json.dumps({"catalog": describe_catalog(catalog), **report.to_dict()}, indent=2))
+        extra = {} if values is None else {"values": values.to_dict()}
+        print(json.dumps({"catalog": describe_catalog(catalog), **report.to_dict(), **extra}, indent=2))
     else:
         print(f"catalog  {describe_catalog(catalog)}\n")
         print(report.render())
-    return 0 if report.ok else 1
+        if values is not None:
+            print(f"\n{values.render()}")
+    return 0 if report.ok and (values is None or values.ok) else 1

@@ -23,7 +23,7 @@ from tests.faults.lake import COMPANY_VERSIONS, lake_positions
 from tests.faults.ranges import offset_count, position_ranges
 from tests.faults.source import Position
 
-__all__ = ["LawVerdict", "check_law", "parse_audit_json", "parse_audit_text"]
+__all__ = ["LawVerdict", "check_law", "parse_audit_json", "parse_audit_text", "parse_values_json"]
 
 
 @dataclass
@@ -36,6 +36,9 @@ class LawVerdict:
     doubled: dict[str, list[list[int]]] = field(default_factory=dict)
     extra: dict[str, list[list[int]]] = field(default_factory=dict)
     gap_rows_doubled: dict[str, list[list[int]]] = field(default_factory=dict)
+    values_differ: dict[str, list[list[int]]] = field(default_factory=dict)
+    """Offsets whose row ``k2 audit --values`` found unequal to its source record (any column)."""
+    values_summary: str | None = None
     reference_checked: bool = False
     audit_output: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -157,14 +160,32 @@ def parse_audit_json(report: Mapping[str, Any]) -> dict[str, dict[str, list[list
     return found
 
 
+def parse_values_json(values: Mapping[str, Any]) -> dict[str, list[list[int]]]:
+    """Offsets of rows ``k2 audit --values`` found unequal, whatever the column, as ``{"topic/partition": runs}``."""
+    runs: dict[str, list[list[int]]] = {}
+    for m in values.get("mismatches", []):
+        runs.setdefault(f"{m['topic']}/{m['partition']}", []).extend([r["first"], r["last"]] for r in m["ranges"])
+    merged: dict[str, list[list[int]]] = {}
+    for where, spans in sorted(runs.items()):
+        out: list[list[int]] = []
+        for first, last in sorted(spans):
+            if out and first <= out[-1][1] + 1:
+                out[-1][1] = max(out[-1][1], last)
+            else:
+                out.append([first, last])
+        merged[where] = out
+    return merged
+
+
 def _audit_law(dep: Deployment) -> LawVerdict:
-    """``k2 audit --to-end``: exit 0 when the law holds, 1 when it fails (2: it could not check, a harness error).
+    """``k2 audit --to-end --values``: exit 0 when the law holds and every row equals its source record,
+    1 when not (2: it could not check, a harness error).
 
     ``--to-end``: the flow has ended, so every partition is judged up to its end (the last stable offset),
-    not up to the lake's marks: a stall, however quiet, is missing offsets. ``--json`` when the command has
-    it (ranges in full), its text report otherwise.
+    not up to the lake's marks: a stall, however quiet, is missing offsets. ``--values``: every row equal to
+    its source record. ``--json`` when the command has it (ranges in full), its text report otherwise.
     """
-    proc = dep.k2("audit", "--json", "--to-end", "--settle", "10", check=False, timeout_s=1200)
+    proc = dep.k2("audit", "--json", "--to-end", "--settle", "10", "--values", check=False, timeout_s=1200)
     as_json = proc.returncode in (0, 1)
     if proc.returncode == 2 and "unrecognized arguments" in proc.stderr:
         proc = dep.k2("audit", "--to-end", check=False, timeout_s=1200)
@@ -180,6 +201,12 @@ def _audit_law(dep: Deployment) -> LawVerdict:
         verdict.audit_output = str(report.get("summary"))
         verdict.notes += [str(n) for n in report.get("notes", [])]
         verdict.reference_checked = True
+        values = report.get("values")
+        if values is not None:
+            verdict.values_differ = parse_values_json(values)
+            verdict.values_summary = str(values.get("summary"))
+            if not values.get("ok", True):
+                verdict.notes.append(f"k2 audit --values: {verdict.values_summary}")
     else:
         found = parse_audit_text(output)
         verdict.audit_output = output[-8000:]
@@ -212,8 +239,11 @@ def check_law(dep: Deployment, produced: Collection[Position], law: str) -> LawV
     audit = _audit_law(dep)
     lake.source = "lake+audit"
     lake.audit_output = audit.audit_output
+    lake.values_differ, lake.values_summary = audit.values_differ, audit.values_summary
     lake.notes += audit.notes
-    if lake.holds != audit.holds:
+    if audit.values_differ:
+        lake.holds = False
+    elif lake.holds != audit.holds:
         lake.notes.append(f"k2 audit says the law {'holds' if audit.holds else 'is broken'}; the rows disagree")
         lake.holds = False
     return lake

@@ -382,6 +382,11 @@ class Scenario:
                     f"law broken: missing {law.missing_count} [{format_ranges(law.missing, 6)}], doubled "
                     f"{law.doubled_count} [{format_ranges(law.doubled, 6)}], extra {offset_count(law.extra)}, "
                     f"gap rows doubled {offset_count(law.gap_rows_doubled)}"
+                    + (
+                        f", values differ {offset_count(law.values_differ)} [{format_ranges(law.values_differ, 6)}]"
+                        if law.values_differ
+                        else ""
+                    )
                 )
         except Exception as exc:  # a judgement that cannot be made is a failure, and still reported
             law = LawVerdict(holds=False, source=self.config.law, notes=[f"law check failed: {exc!r}"])

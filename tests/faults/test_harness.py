@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.law import parse_audit_json, parse_audit_text
+from tests.faults.law import parse_audit_json, parse_audit_text, parse_values_json
 from tests.faults.poison import HUGE_VALUE_BYTES, KINDS, PoisonGenerator, _high_bit_frame, mix
 from tests.faults.ranges import format_ranges, position_ranges, ranges
 from tests.faults.source import Decoded, SourceRecord
@@ -62,6 +62,22 @@ def test_audit_json_report_becomes_ranges() -> None:
         "beyond mark": {"t/1": [[9, 10]]},
         "not committed": {"t/1": [[6, 8]]},
     }
+
+
+def test_values_json_becomes_the_ranges_of_rows_that_differ_in_any_column() -> None:
+    values = {
+        "ok": False,
+        "mismatches": [
+            {"table": "market_data.trades", "topic": "t", "partition": 0, "column": "price",
+             "ranges": [{"first": 3, "last": 5, "examples": []}, {"first": 9, "last": 9, "examples": []}]},
+            {"table": "market_data.trades", "topic": "t", "partition": 0, "column": "volume",
+             "ranges": [{"first": 6, "last": 7, "examples": []}]},
+            {"table": "market_data.rejects", "topic": "t", "partition": 2, "column": "headers",
+             "ranges": [{"first": 1, "last": 1, "examples": []}]},
+        ],
+    }  # fmt: skip
+    assert parse_values_json(values) == {"t/0": [[3, 7], [9, 9]], "t/2": [[1, 1]]}
+    assert parse_values_json({"ok": True, "mismatches": []}) == {}
 
 
 class FakeRegistry:

@@ -12,7 +12,7 @@ from confluent_kafka.schema_registry._async.mock_schema_registry_client import A
 from confluent_kafka.schema_registry._sync.mock_schema_registry_client import MockSchemaRegistryClient
 from confluent_kafka.schema_registry.common.schema_registry_client import SchemaVersion
 
-from k2.avro.registry import WriterSchemaCache, register_contracts, registry_conf
+from k2.avro.registry import WriterSchemaCache, fetch_schema_text, register_contracts, registry_conf
 from k2.avro.schemas import CONTRACTS
 from k2.errors import RegistryUnavailable, SchemaRegistrationError, UndecodableError, UnknownSchemaId, WrongSubject
 from k2.settings import Settings
@@ -181,6 +181,14 @@ class FakeSyncRegistry(MockSchemaRegistryClient):
         self.compatibility[subject_name] = level
         return level
 
+    def get_schema_versions(self, schema_id: int, *args: Any, **kwargs: Any) -> list[SchemaVersion]:
+        return [
+            SchemaVersion(rs.subject, rs.version)
+            for schemas in self._store.subject_schemas.values()
+            for rs in schemas
+            if rs.schema_id == schema_id
+        ]
+
 
 @pytest.mark.parametrize("config_needs_subject", [False, True])
 def test_register_contracts_is_idempotent_and_sets_backward(config_needs_subject: bool) -> None:
@@ -247,3 +255,19 @@ async def test_an_unreachable_registry_is_unavailable_not_unknown() -> None:
             await cache.writer_schema(1)
     finally:
         await cache.aclose()
+
+
+def test_fetch_schema_text_checks_the_subject_as_the_worker_does() -> None:
+    client = FakeSyncRegistry()
+    trade, quote, _ = register_contracts(client, Settings())
+    assert fetch_schema_text(client, trade.schema_id, trade.subject) == CONTRACTS["trade"].schema_str
+    with pytest.raises(WrongSubject):
+        fetch_schema_text(client, quote.schema_id, trade.subject)
+    with pytest.raises(UnknownSchemaId):
+        fetch_schema_text(client, 999, trade.subject)
+
+
+def test_fetch_schema_text_unreachable_is_registry_unavailable() -> None:
+    client = SchemaRegistryClient(registry_conf(Settings(schema_registry_url="http://127.0.0.1:9"), max_retries=0))
+    with pytest.raises(RegistryUnavailable):
+        fetch_schema_text(client, 1, "market.trades.raw-value")
