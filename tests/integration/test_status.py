@@ -42,7 +42,7 @@ def test_the_groups_view_of_a_worker_and_of_no_worker(sqlite_env: K2Env) -> None
     group = doc["group"]
     assert (group["group_id"], group["state"], group["protocol"]) == (s.app_id, "stable", "faust")
     (member,) = group["members"]
-    assert member["client_id"].startswith("faust-") and member["host"] == "127.0.0.1"
+    assert member["client_id"].startswith("k2-") and member["host"] == "127.0.0.1"
     # faust's assignment parses: the source partitions, its changelogs and its assignor topic.
     assigned = {tuple(tp) for tp in member["partitions"]}
     assert sources <= assigned and any("changelog" in t for t, _ in assigned)
