@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from k2.admin.changelogs import changelog_topic_configs
 from tests.integration.k2env import K2Env
 
 pytestmark = pytest.mark.integration
@@ -67,3 +68,24 @@ def test_init_with_kafka_down_says_what_to_do(stack: Any, tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "cannot reach Kafka at 127.0.0.1:1" in proc.stderr and "make stack-up" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_init_gives_existing_changelogs_the_compaction_settings(stack: Any, tmp_path: Path) -> None:
+    """A deployment whose changelogs an older K2 (or faust) made with Kafka's defaults gets K2's settings on
+    the next `k2 init`; the other configs are kept, and a second run has nothing left to change."""
+    env = K2Env(stack, tmp_path, "sqlite")
+    s = env.settings
+    changelog = f"{s.app_id}-sequences-{s.trades_topic}-changelog"
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    old = {"cleanup.policy": "compact", "max.message.bytes": "1000000", "retention.bytes": "123456789"}
+    admin.create_topics([NewTopic(changelog, s.trades_partitions, 1, config=old)])[changelog].result(30)
+
+    first = env.k2("init", "--skip-schemas", "--skip-tables").stdout
+    assert f"{changelog}: " in first and "segment.ms 604800000 -> " in first
+    found = admin.describe_configs([ConfigResource(ResourceType.TOPIC, changelog)])
+    have = {key: entry.value for key, entry in next(iter(found.values())).result().items()}
+    wanted = changelog_topic_configs(s)
+    assert {key: have[key] for key in wanted} == wanted
+    assert have["retention.bytes"] == "123456789"  # what K2 does not set is left alone
+    second = env.k2("init", "--skip-schemas", "--skip-tables").stdout
+    assert " -> " not in second and "WARNING" not in second
