@@ -30,6 +30,7 @@ __all__ = [
     "end_offsets",
     "make_producer",
     "read_topics",
+    "reader",
 ]
 
 TP = tuple[str, int]
@@ -96,6 +97,21 @@ def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) 
         consumer.close()
 
 
+def reader(bootstrap: str, group: str, *, eof: bool = False) -> Consumer:
+    """A consumer for reading partitions back by assignment (nothing committed), in large fetches;
+    ``eof``: it reports the end of each partition (``KafkaError._PARTITION_EOF``)."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": eof,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }
+    )
+
+
 def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0) -> dict[Position, SourceRecord]:
     """Every record below ``ends`` (topic, partition -> end offset), read from offset 0 of each partition.
 
@@ -105,16 +121,7 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
     out: dict[Position, SourceRecord] = {}
     if not wanted:
         return out
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "k2-faults-readback",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        }
-    )
+    consumer = reader(bootstrap, "k2-faults-readback")
     try:
         consumer.assign([TopicPartition(t, p, 0) for (t, p) in wanted])
         remaining = dict(wanted)
