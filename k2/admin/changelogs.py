@@ -23,8 +23,13 @@ from __future__ import annotations
 
 from k2.settings import Settings
 
-__all__ = ["MAX_COMPACTION_LAG_MS", "MIN_CLEANABLE_DIRTY_RATIO", "SEGMENT_MS", "TOMBSTONE_RETENTION_MS",
-           "changelog_topic_configs"]  # fmt: skip
+__all__ = [
+    "MAX_COMPACTION_LAG_MS",
+    "MIN_CLEANABLE_DIRTY_RATIO",
+    "SEGMENT_MS",
+    "TOMBSTONE_RETENTION_MS",
+    "changelog_topic_configs",
+]
 
 SEGMENT_MS = 10_000
 """Roll the active segment after 10 s: only a rolled segment can be compacted, so this bounds the
@@ -38,16 +43,16 @@ a small share of the log, is still compacted on time."""
 MIN_CLEANABLE_DIRTY_RATIO = "0.1"
 """Clean once a tenth of the log is superseded (Kafka's default waits for half)."""
 
-TOMBSTONE_RETENTION_MS = 30_000
-"""``delete.retention.ms``: how long a tombstone stays readable after it is first compacted.
+TOMBSTONE_RETENTION_MS = 15_000
+"""``delete.retention.ms``: how long a tombstone stays readable after the cleaner first saw it.
 
-A tombstone must outlive any restore that read the value it deletes before that value was cleaned
-away: 30 s is twice the takeover target (the measured restores take a few seconds). A restore
-slower than that can keep a value its tombstone would have removed: a chunk already landed (flushed
-again and dropped row by row by the lake's offset marks) or a window block that had left the window
-(kept in memory, never consulted). Kafka's default keeps every tombstone for a day, and a restore
-reads them all: with one tombstone per landed chunk and per expired window block, a day of them is
-most of what a restore would read.
+Most of what a compacted changelog holds is tombstones: one per landed chunk, one per window block
+that left its window (at full rate hundreds a second). Kafka's default keeps each for a day, and a
+restore reads them all; 15 s keeps a few thousand. A tombstone must outlive any restore that read
+the value it deletes before the cleaner removed that value: restores here take seconds (the
+takeover target is 15 s). One slower than this can keep a deleted value: a chunk that already
+landed (flushed again, its rows dropped by the lake's offset marks) or a window block that had left
+its window (held in memory, never consulted again): never a wrong row, at worst a stale key.
 """
 
 
