@@ -454,13 +454,13 @@ class Scenario:
         """A restore beyond twice the buffer's bound, or a takeover that could not be measured, fails the scenario."""
         out = []
         for t in self.takeovers:
-            if t.bounded is None or t.takeover_s is None:
-                out.append(f"takeover after {t.uptime_s / 60:.1f} min not measured: {'; '.join(t.notes) or '?'}")
-            elif not t.bounded:
+            if t.bounded is False:
                 out.append(
                     f"restore not bounded by the buffer after {t.uptime_s / 60:.1f} min: {t.restored_records:,} "
                     f"changelog records > 2 x {t.buffer_bound:,}"
                 )
+            if t.bounded is None or t.takeover_s is None:
+                out.append(f"takeover after {t.uptime_s / 60:.1f} min not measured: {'; '.join(t.notes) or '?'}")
         return out
 
     def _counts(self) -> tuple[int, int]:

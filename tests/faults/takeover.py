@@ -243,19 +243,17 @@ def measure_takeover(
         if rounds and rounds[-1].ready_at is not None:
             break
         time.sleep(0.2)
-    else:
-        result.notes.append(f"{survivor.name} did not finish a restore within {timeout_s:.0f}s of the kill")
+    started = [i for i, rnd in enumerate(rounds) if rnd.starts_at is not None]
+    if not started:
+        result.notes.append(f"{survivor.name} did not start a restore within {timeout_s:.0f}s of the kill")
         return result
-    last = rounds[-1]
+    last = rounds[started[-1]]
     if len(rounds) > 1:
         result.notes.append(f"{survivor.name} restored {len(rounds)} times after the kill (rebalanced again)")
     result.kill_to_rebalance_s = round(rounds[0].highwater_at - killed_at, 2)
-    result.restore_s = round(last.ready_at - (last.starts_at or last.highwater_at), 2)  # type: ignore[operator]
-    result.kill_to_ready_s = round(last.ready_at - killed_at, 2)  # type: ignore[operator]
     result.restored_offsets = last.offsets
     result.restored_partitions = len(last.ranges())
-    result.takeover_s = _first_writes(dep, sources, before, last, killed_at, deadline, tick, result.notes)
-    counted = counts[len(rounds) - 1].join(max(1.0, deadline - time.monotonic()))
+    counted = counts[started[-1]].join(max(1.0, deadline - time.monotonic()))
     if counted is None:
         result.notes.append("counting the restored records did not finish in time")
     else:
@@ -263,6 +261,12 @@ def measure_takeover(
         result.restored_records, result.restored_mb = records, round(size / 1e6, 1)
         if not complete:
             result.notes.append("the count of restored records stopped short of the highwater (partial)")
+    if last.ready_at is None:  # what it had to read is known; how long it took is not
+        result.notes.append(f"{survivor.name} did not finish its restore within {timeout_s:.0f}s of the kill")
+        return result
+    result.restore_s = round(last.ready_at - (last.starts_at or last.highwater_at), 2)
+    result.kill_to_ready_s = round(last.ready_at - killed_at, 2)
+    result.takeover_s = _first_writes(dep, sources, before, last, killed_at, deadline, tick, result.notes)
     return result
 
 
