@@ -80,18 +80,22 @@ def _stamp(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def _table(lines: list[str], i: int) -> tuple[dict[TP, int], int]:
-    """The rows of the faust log table starting at ``lines[i]`` (topic, partition, number; ditto marks resolved)."""
+def _table(lines: list[str], i: int) -> tuple[dict[TP, int] | None, int]:
+    """The rows of the faust log table starting at ``lines[i]`` (topic, partition, number; ditto marks resolved),
+    or None while the log holds only part of it (a worker's log is read as it is written)."""
     rows: dict[TP, int] = {}
     topic = ""
+    borders = 0
     while i < len(lines) and lines[i].startswith(("+", "|")):
+        borders += lines[i].startswith("+")
         match = _ROW.match(lines[i])
         if match and match.group(2).isdigit():
             name = match.group(1)
             topic = topic if name == _DITTO else name
             rows[(topic, int(match.group(2)))] = int(match.group(3))
         i += 1
-    return rows, i
+    complete = borders >= 3 and lines[i - 1].rstrip().endswith("+")  # its bottom border, written whole
+    return (rows if complete else None), i
 
 
 def recovery_rounds(text: str) -> list[RecoveryRound]:
@@ -107,10 +111,14 @@ def recovery_rounds(text: str) -> list[RecoveryRound]:
         at, message = _stamp(match.group(1)), match.group(2)
         if "Highwater for active changelog partitions" in message:
             rows, i = _table(lines, i)
+            if rows is None:
+                break
             rounds.append(RecoveryRound(at, rows))
         elif "active offsets at start of reading" in message and rounds:
-            rounds[-1].starts, i = _table(lines, i)
-            rounds[-1].starts_at = at
+            rows, i = _table(lines, i)
+            if rows is None:
+                break
+            rounds[-1].starts, rounds[-1].starts_at = rows, at
         elif message.rstrip().endswith("Worker ready") and rounds and rounds[-1].ready_at is None:
             rounds[-1].ready_at = at
     return rounds

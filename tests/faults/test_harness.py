@@ -163,6 +163,9 @@ def test_recovery_rounds_read_faust_tables_with_ditto_marks_and_times() -> None:
     assert round(first.starts_at - first.highwater_at, 3) == 0.201
     assert second.starts == {} and second.ready_at is None  # a restore still under way
     assert second.ranges() == {("app-buffer-t-changelog", 0): (0, 1400)}
+    cut = _RECOVERY_LOG.index("| app-sequences-t-changelog               | 0         | -1")
+    (partial,) = recovery_rounds(_RECOVERY_LOG[:cut])  # the log read while the worker writes its table
+    assert partial.starts_at is None and partial.highwaters == first.highwaters
 
 
 def test_a_takeover_is_bounded_by_twice_the_buffer() -> None:
