@@ -66,6 +66,7 @@ def takeover_row(r: dict[str, Any], t: dict[str, Any]) -> str:
         f"{2 * t['buffer_bound']:,}",
         cell("kill_to_rebalance_s", ".1f"),
         cell("restore_s", ".1f"),
+        cell("first_consumed_s", ".1f"),
         cell("takeover_s", ".1f"),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if takeovers:
         print(
             "\n| scenario | version | uptime min | restored records | MB | offsets | 2 x buffer bound "
-            "| rebalance s | restore s | takeover s |"
+            "| rebalance s | restore s | first partition s | takeover s |"
         )
-        print("|" + "---|" * 10)
+        print("|" + "---|" * 11)
         for entry, t in takeovers:
             print(takeover_row(entry, t))
     return 0

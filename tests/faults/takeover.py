@@ -194,6 +194,8 @@ class Takeover:
     kill_to_rebalance_s: float | None = None
     restore_s: float | None = None
     kill_to_ready_s: float | None = None
+    #: kill -> the first partition with events consumed again; ``takeover_s``: every one of them
+    first_consumed_s: float | None = None
     takeover_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -214,7 +216,8 @@ class Takeover:
             f"{self.uptime_s / 60:.1f}min: restored {num(self.restored_records, ',')} records "
             f"({num(self.restored_mb, '.1f')} MB, {num(self.restored_offsets, ',')} offsets) vs buffer bound "
             f"{self.buffer_bound:,}; takeover {num(self.takeover_s, '.1f')}s "
-            f"(rebalance {num(self.kill_to_rebalance_s, '.1f')}s, restore {num(self.restore_s, '.1f')}s)"
+            f"(rebalance {num(self.kill_to_rebalance_s, '.1f')}s, restore {num(self.restore_s, '.1f')}s, "
+            f"first partition {num(self.first_consumed_s, '.1f')}s)"
         )
 
 
@@ -274,7 +277,9 @@ def measure_takeover(
         return result
     result.restore_s = round(last.ready_at - (last.starts_at or last.highwater_at), 2)
     result.kill_to_ready_s = round(last.ready_at - killed_at, 2)
-    result.takeover_s = _first_writes(dep, sources, before, last, killed_at, deadline, tick, result.notes)
+    result.first_consumed_s, result.takeover_s = _first_writes(
+        dep, sources, before, last, killed_at, deadline, tick, result.notes
+    )
     return result
 
 
@@ -287,20 +292,18 @@ def _first_writes(
     deadline: float,
     tick: Callable[[], None],
     notes: list[str],
-) -> float | None:
-    """Seconds from the kill until every source partition that received events since then is consumed again:
-    its sequence-state changelog written past the restore's highwater (only a processed batch writes it)."""
+) -> tuple[float | None, float | None]:
+    """Seconds from the kill until the first, and until every, source partition that received events since
+    then is consumed again: its sequence-state changelog written past the restore's highwater (only a
+    processed batch writes it)."""
     pending = {tp for tp, end in dep.end_offsets(sources).items() if end > before.get(tp, 0)}
     app_id = dep.env["K2_APP_ID"]
-    watched = {
-        (f"{app_id}-sequences-{topic}-changelog", partition): restore.highwaters.get(
-            (f"{app_id}-sequences-{topic}-changelog", partition), -1
-        )
-        for topic, partition in pending
-    }
+    changelogs = {(f"{app_id}-sequences-{topic}-changelog", partition) for topic, partition in pending}
+    watched = {tp: restore.highwaters.get(tp, -1) for tp in changelogs}
     if not watched:
         notes.append("no source partition received events after the kill: consuming again was not observable")
-        return None
+        return None, None
+    first: float | None = None
     consumer = Consumer({"bootstrap.servers": dep.bootstrap, "group.id": "k2-faults-takeover"})
     try:
         while time.monotonic() < deadline:
@@ -309,10 +312,11 @@ def _first_writes(
                 _low, end = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10)
                 if end - 1 > high:
                     watched.pop(tp)
+                    first = first or round(time.time() - killed_at, 2)
             if not watched:
-                return round(time.time() - killed_at, 2)
+                return first, round(time.time() - killed_at, 2)
             time.sleep(0.2)
     finally:
         consumer.close()
     notes.append(f"not consumed again within the deadline: {sorted(watched)}")
-    return None
+    return first, None
