@@ -43,16 +43,17 @@ a small share of the log, is still compacted on time."""
 MIN_CLEANABLE_DIRTY_RATIO = "0.1"
 """Clean once a tenth of the log is superseded (Kafka's default waits for half)."""
 
-TOMBSTONE_RETENTION_MS = 15_000
+TOMBSTONE_RETENTION_MS = 30_000
 """``delete.retention.ms``: how long a tombstone stays readable after the cleaner first saw it.
 
 Most of what a compacted changelog holds is tombstones: one per landed chunk, one per window block
 that left its window (at full rate hundreds a second). Kafka's default keeps each for a day, and a
-restore reads them all; 15 s keeps a few thousand. A tombstone must outlive any restore that read
-the value it deletes before the cleaner removed that value: restores here take seconds (the
-takeover target is 15 s). One slower than this can keep a deleted value: a chunk that already
-landed (flushed again, its rows dropped by the lake's offset marks) or a window block that had left
-its window (held in memory, never consulted again): never a wrong row, at worst a stale key.
+restore reads them all; 30 s keeps a few thousand. A tombstone must outlive any restore that read
+the value it deletes before the cleaner removed that value, so this must exceed the longest
+restore: they took 5-16 s on a loaded 2-core machine (README, Takeover). A restore slower than
+this can keep a deleted value: a chunk that already landed (flushed again, its rows dropped by the
+lake's offset marks) or a window block that had left its window (held in memory, never consulted
+again): never a wrong row, at worst a stale key.
 """
 
 
