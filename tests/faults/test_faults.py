@@ -360,14 +360,14 @@ def test_j_tables_recreated_under_a_running_worker(scenario: ScenarioFactory) ->
 # --------------------------------------------------------------------------- recovery against uptime
 
 
-def test_k_takeover_restores_the_buffer_not_the_uptime(scenario: ScenarioFactory) -> None:
+def test_p_takeover_restores_the_buffer_not_the_uptime(scenario: ScenarioFactory) -> None:
     """Two workers under a steady high rate; one is SIGKILLed after 2 minutes (short) or after 5, 15 and 30
     (long, a new worker joining after each takeover). Each time the survivor restores the tables' changelogs
     and consumes again: the records it restores must stay within twice the buffer's bound however long the
     group has run, and the report gives them with the takeover time (kill to consuming, of which the
     rebalance waits out the dead member's session). Millions of events: the law is `k2 audit`'s."""
     with scenario(
-        "k_takeover",
+        "p_takeover",
         "two workers at a high rate; SIGKILL one after minutes of flow; what the survivor restores, how fast",
         K2_FLUSH_INTERVAL_S="5",  # K2's default: 1 s (the suite's) would commit a few thousand snapshots more
         K2_SESSION_TIMEOUT_S="8",  # a dead member is noticed in 8 s (K2's default 15 s alone passes a 15 s takeover)
