@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
+from k2.admin.changelogs import changelog_topic_configs
 from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
 from k2.settings import Settings
 
@@ -59,7 +60,7 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
             table.changelog_topic.get_topic_name(),
             table.partitions or app.conf.topic_partitions,
             settings.replication_factor,
-            {"cleanup.policy": "compact", "max.message.bytes": str(settings.max_message_bytes)},
+            changelog_topic_configs(settings),
         )
         for table in app.tables.values()
     ]
@@ -117,17 +118,80 @@ def ensure_topics(admin: AdminClient, specs: list[TopicSpec], timeout_s: float =
 
 
 def _config_mismatches(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> list[str]:
+    return [
+        f"{name}: {key}={have}, settings say {want}"
+        for name, differences in _config_differences(admin, specs, timeout_s).items()
+        for key, (have, want) in differences.items()
+    ]
+
+
+def _config_differences(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float
+) -> dict[str, dict[str, tuple[str | None, str]]]:
+    """Per existing topic, the configs of its spec it does not have: ``{key: (have, want)}``."""
     from confluent_kafka.admin import ConfigResource, ResourceType
 
     if not specs:
-        return []
+        return {}
     resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
     found = admin.describe_configs(resources, request_timeout=timeout_s)
-    out: list[str] = []
+    out: dict[str, dict[str, tuple[str | None, str]]] = {}
     for spec, res in zip(specs, resources, strict=True):
         entries = found[res].result()
         for key, want in spec.config.items():
             have = entries[key].value if key in entries else None
             if have != want:
-                out.append(f"{spec.name}: {key}={have}, settings say {want}")
+                out.setdefault(spec.name, {})[key] = (have, want)
     return out
+
+
+@dataclass
+class ConfigAlignment:
+    """What :func:`align_topic_configs` did: a line per topic re-configured, one per topic the broker refused to."""
+
+    changed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def align_topic_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30.0) -> ConfigAlignment:
+    """Set the configs of existing topics that differ from their spec (missing topics are not touched).
+
+    For the topics K2 alone writes and reads (its tables' changelogs): unlike the source topics,
+    their settings are K2's to choose, and a deployment made by an older K2 gets the new ones on
+    the next ``k2 init``. Only the differing keys are set (incrementalAlterConfigs); the topics'
+    other configs are left as they are. A refusal (a managed Kafka's limits, a policy) is reported
+    per topic with the broker's reason, not raised: K2 works with the topics as they are.
+    """
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    existing = admin.list_topics(timeout=timeout_s).topics
+    differences = _config_differences(admin, [s for s in specs if s.name in existing], timeout_s)
+    report = ConfigAlignment()
+    if not differences:
+        return report
+    resources = {
+        name: ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(key, want, incremental_operation=AlterConfigOpType.SET) for key, (_, want) in keys.items()
+            ],
+        )
+        for name, keys in sorted(differences.items())
+    }
+    futures = admin.incremental_alter_configs(list(resources.values()), request_timeout=timeout_s)
+    for name, resource in resources.items():
+        try:
+            futures[resource].result()
+        except KafkaException as exc:
+            report.refused.append(f"{name}: {kafka_reason(exc)}")
+            continue
+        changes = ", ".join(f"{key} {have or '(unset)'} -> {want}" for key, (have, want) in differences[name].items())
+        report.changed.append(f"{name}: {changes}")
+    return report
+
+
+def kafka_reason(exc: KafkaException) -> str:
+    """What the broker said, in its words (``KafkaError.str()``), for a one-line message."""
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)

@@ -22,6 +22,7 @@ from typing import Any
 
 import faust
 
+from k2.admin.changelogs import changelog_topic_configs
 from k2.ingest.processor import Stage
 from k2.metrics import K2Metrics
 from k2.models import ReferenceData
@@ -40,7 +41,7 @@ def bytes_table(app: faust.App, name: str, partitions: int, help: str, settings:
         value_type=bytes,
         partitions=partitions,
         help=help,
-        extra_topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
+        extra_topic_configs=changelog_topic_configs(settings),
     )
 
 
@@ -83,6 +84,7 @@ def build_market(app: faust.App, settings: Settings, metrics: K2Metrics, worker_
         partitions=settings.reference_partitions,
         recovery_buffer_size=1,
         on_changelog_event=reference_changed,
+        extra_topic_configs=changelog_topic_configs(settings),
         help="Reference data by company_id, on every worker.",
     )
     instruments = Instruments(reference_table.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from k2.errors import K2Error
 from k2.settings import Settings, get_settings
 
 
@@ -15,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Create K2's Kafka topics, register the Avro contracts in the schema registry "
             "(topic-name strategy, BACKWARD compatibility) and create the Iceberg namespaces "
             "and tables. Safe to run again: what exists is left as it is, and differences "
-            "from the settings are reported, not altered."
+            "from the settings are reported, not altered; only the changelog topics of the "
+            "worker's tables (K2's own) are set to K2's compaction settings."
         ),
     )
     p.add_argument("--skip-topics", action="store_true", help="do not touch Kafka topics")
@@ -28,14 +30,33 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     warnings = 0
     if not args.skip_topics:
-        from k2.admin.topics import admin_client, ensure_topics, internal_topic_specs, topic_specs
+        from confluent_kafka import KafkaException
+
+        from k2.admin.topics import (
+            admin_client,
+            align_topic_configs,
+            ensure_topics,
+            internal_topic_specs,
+            kafka_reason,
+            topic_specs,
+        )
 
         admin = admin_client(settings)
-        report = ensure_topics(admin, topic_specs(settings))
-        internal = ensure_topics(admin, internal_topic_specs(settings))
+        specs = internal_topic_specs(settings)
+        try:
+            report = ensure_topics(admin, topic_specs(settings))
+            internal = ensure_topics(admin, specs)
+        except KafkaException as exc:  # e.g. a managed Kafka refusing a topic config: its reason, in one line
+            raise K2Error(f"Kafka refused to create a topic: {kafka_reason(exc)}") from exc
         print(
             f"topic    {len(internal.created)} internal topic(s) of the worker created, {len(internal.existing)} exist"
         )
+        # The changelogs are K2's own: an existing one gets the settings that keep a restore short.
+        aligned = align_topic_configs(admin, [s for s in specs if s.name in internal.existing])
+        for line in aligned.changed:
+            print(f"topic    {line}")
+        for line in aligned.refused:
+            print(f"topic    WARNING {line} (left unchanged: a new owner of a partition restores more)")
         for name in report.created:
             print(f"topic    {name}: created")
         for name in report.existing:
@@ -44,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"topic    {name}: grown to {count} partitions, as its source topic")
         for line in report.mismatches:
             print(f"topic    WARNING {line} (left unchanged)")
-        warnings += len(report.mismatches)
+        warnings += len(report.mismatches) + len(aligned.refused)
     if not args.skip_schemas:
         from k2.avro.registry import register_contracts, registry_client
         from k2.errors import RegistryUnavailable, ServiceUnavailable

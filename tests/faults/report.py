@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class ScenarioReport:
     started_at: str
     duration_s: float
     code: dict[str, str]
+    #: Per SIGKILL measured by ``tests/faults/takeover.py``: what the survivor restored, against the buffer's bound,
+    #: and how long its partitions stood still.
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
         rss = f"{self.peak_rss_max_mb:.0f}MB" if self.peak_rss_max_mb else "-"
@@ -62,6 +65,7 @@ class ScenarioReport:
             f"rows_out={self.rows_out} rejects={self.rejects} missing={self.missing_count} "
             f"[{format_ranges(self.missing)}] doubled={self.doubled_count} [{format_ranges(self.doubled)}] "
             f"recovery={rec} peak_rss={rss} stall={self.stall or 'no'} crashes={len(self.crashes)}"
+            + "".join(f" takeover=[{t['line']}]" for t in self.takeovers)
             + (f" failures={'; '.join(self.failures)}" if self.failures else "")
         )
 

@@ -35,6 +35,7 @@ __all__ = [
     "end_offsets",
     "make_producer",
     "read_topics",
+    "reader",
     "trade",
     "with_records",
 ]
@@ -83,22 +84,26 @@ def make_producer(bootstrap: str, **extra: Any) -> Producer:
     return Producer(config)
 
 
-def _reader(bootstrap: str, group: str, **extra: Any) -> Consumer:
-    """A ``read_committed`` consumer that joins no group and commits nothing."""
-    config = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-        **extra,
-    }
-    return Consumer(config)
+def reader(bootstrap: str, group: str, *, eof: bool = False) -> Consumer:
+    """A ``read_committed`` consumer for reading partitions back by assignment (it joins no group and commits
+    nothing), in large fetches; ``eof``: it reports the end of each partition (``KafkaError._PARTITION_EOF``)."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": eof,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        }
+    )
 
 
 def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 15.0) -> dict[TP, int]:
     """The end of every partition of ``topics`` for a ``read_committed`` reader (the last stable offset: the high
     watermark unless a transaction is open); a topic that does not exist is absent."""
-    consumer = _reader(bootstrap, "k2-faults-watermarks")
+    consumer = reader(bootstrap, "k2-faults-watermarks")
     try:
         metadata = consumer.list_topics(timeout=timeout_s)
         out: dict[TP, int] = {}
@@ -125,15 +130,7 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
     out: dict[Position, SourceRecord] = {}
     if not wanted:
         return out
-    consumer = _reader(
-        bootstrap,
-        "k2-faults-readback",
-        **{
-            "enable.partition.eof": True,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        },
-    )
+    consumer = reader(bootstrap, "k2-faults-readback", eof=True)
     try:
         consumer.assign([TopicPartition(t, p, 0) for (t, p) in wanted])
         remaining = dict(wanted)
@@ -163,17 +160,17 @@ def read_topics(bootstrap: str, ends: Mapping[TP, int], timeout_s: float = 300.0
 
 def with_records(bootstrap: str, starts: Mapping[TP, int], ends: Mapping[TP, int], timeout_s: float = 60.0) -> set[TP]:
     """The partitions holding a committed record in ``[starts[tp], ends[tp])``: where something waits to land."""
-    reader = _reader(bootstrap, "k2-faults-waiting", **{"enable.partition.eof": True})
+    consumer = reader(bootstrap, "k2-faults-waiting", eof=True)
     wanted = {tp: start for tp, start in starts.items() if start < ends.get(tp, 0)}
     found: set[TP] = set()
     try:
         if not wanted:
             return found
-        reader.assign([TopicPartition(t, p, start) for (t, p), start in wanted.items()])
+        consumer.assign([TopicPartition(t, p, start) for (t, p), start in wanted.items()])
         left = set(wanted)
         deadline = time.monotonic() + timeout_s
         while left and time.monotonic() < deadline:
-            for msg in reader.consume(1000, timeout=0.5):
+            for msg in consumer.consume(1000, timeout=0.5):
                 tp = (msg.topic(), msg.partition())
                 if tp not in left:
                     continue
@@ -183,12 +180,12 @@ def with_records(bootstrap: str, starts: Mapping[TP, int], ends: Mapping[TP, int
                 if error is None and msg.offset() < ends[tp]:
                     found.add(tp)
                 left.discard(tp)
-                reader.pause([TopicPartition(*tp)])
+                consumer.pause([TopicPartition(*tp)])
         if left:
             raise TimeoutError(f"no answer about {sorted(left)} within {timeout_s}s")
         return found
     finally:
-        reader.close()
+        consumer.close()
 
 
 class Registry:
@@ -244,7 +241,7 @@ class Registry:
             return None
         body = io.BytesIO(value[_HEADER.size :])
         try:
-            record = fastavro.schemaless_reader(body, schema, None)
+            record = fastavro.schemalessreader(body, schema, None)
         except Exception:  # truncated or garbled body
             return None
         if body.tell() != len(value) - _HEADER.size or not isinstance(record, dict):

@@ -50,6 +50,28 @@ def row(r: dict[str, Any]) -> str:
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
+def takeover_row(r: dict[str, Any], t: dict[str, Any]) -> str:
+    """One Markdown table row of a SIGKILL takeover (``tests/faults/takeover.py``)."""
+
+    def cell(key: str, fmt: str) -> str:
+        return "-" if t.get(key) is None else format(t[key], fmt)
+
+    cells = [
+        r["scenario"],
+        r["version"],
+        f"{t['uptime_s'] / 60:.1f}",
+        cell("restored_records", ","),
+        cell("restored_mb", ".1f"),
+        cell("restored_offsets", ","),
+        f"{2 * t['buffer_bound']:,}",
+        cell("kill_to_rebalance_s", ".1f"),
+        cell("restore_s", ".1f"),
+        cell("first_consumed_s", ".1f"),
+        cell("takeover_s", ".1f"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", nargs="?", type=Path, default=ROOT / "var" / "faults" / "report.json")
@@ -68,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * 12)
     for entry in entries:
         print(row(entry))
+    takeovers = [(entry, t) for entry in entries for t in entry.get("takeovers") or []]
+    if takeovers:
+        print(
+            "\n| scenario | version | uptime min | restored records | MB | offsets | 2 x buffer bound "
+            "| rebalance s | restore s | first partition s | takeover s |"
+        )
+        print("|" + "---|" * 11)
+        for entry, t in takeovers:
+            print(takeover_row(entry, t))
     return 0
 
 

@@ -14,6 +14,7 @@ lake, one report line (printed and appended to ``var/faults/report.json``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -345,3 +346,37 @@ def test_j_tables_recreated_under_a_running_worker(scenario: ScenarioFactory) ->
         with sc.fault("tables dropped and re-created"):
             recreated = sc.env.recreate_tables()
         sc.notes.append(f"re-created: {recreated}")
+
+
+# --------------------------------------------------------------------------- recovery against uptime
+
+
+def test_p_takeover_restores_the_buffer_not_the_uptime(scenario: ScenarioFactory) -> None:
+    """Two workers under a steady high rate; one is SIGKILLed after 2 minutes (short) or after 5, 15 and 30
+    (long, a new worker joining after each takeover). Each time the survivor restores the tables' changelogs
+    and consumes again: the records it restores must stay within twice the buffer's bound however long the
+    group has run, and the report gives them with the takeover time (kill to consuming, of which the
+    rebalance waits out the dead member's session). Millions of events: the law is `k2 audit`'s."""
+    with scenario(
+        "p_takeover",
+        "two workers at a high rate; SIGKILL one after minutes of flow; what the survivor restores, how fast",
+        K2_FLUSH_INTERVAL_S="5",  # K2's default: 1 s (the suite's) would commit a few thousand snapshots more
+        K2_SESSION_TIMEOUT_S="8",  # a dead member is noticed in 8 s (K2's default 15 s alone passes a 15 s takeover)
+    ) as sc:
+        cfg = sc.config
+        sc.judge_rows = False
+        kills_s = cfg.pick((120.0,), (300.0, 900.0, 1800.0))
+        rate = cfg.pick(3000, 5000)
+        instruments = 4  # 12 instruments: every partition of both topics busy
+        per_pass = instruments * (SAMPLE_EVENTS["trades"] + SAMPLE_EVENTS["quotes"])
+        loops = math.ceil(rate * (kills_s[-1] + 45) / per_pass)
+        sc.start(workers=2)
+        passes = ["--loop", str(loops), "--loop-step", "1", "--instruments", str(instruments)]
+        sc.replay(SAMPLE, *passes, "--rate", str(rate))
+        for at in kills_s:
+            sc.sleep(max(0.0, at - sc.now()))
+            victim, survivor = sc.env.live_workers()[:2]
+            sc.kill_and_measure(victim, survivor)
+            if at != kills_s[-1]:
+                with sc.fault("a new worker joins (two again)"):
+                    sc.env.start_worker().wait_ready()

@@ -15,6 +15,7 @@ from tests.faults.law import parse_audit_json, parse_audit_text, parse_values_js
 from tests.faults.poison import HUGE_VALUE_BYTES, KINDS, PoisonGenerator, _high_bit_frame, mix
 from tests.faults.ranges import format_ranges, position_ranges, ranges
 from tests.faults.source import Decoded, SourceRecord
+from tests.faults.takeover import Takeover, buffer_bound, recovery_rounds
 
 
 def test_ranges_are_inclusive_runs_of_sorted_distinct_offsets() -> None:
@@ -136,3 +137,65 @@ def test_mixer_keeps_each_partitions_order_and_damages_only_earlier_records(high
 
 def _one_bit_apart(a: bytes, b: bytes) -> bool:
     return len(a) == len(b) and sum(bin(x ^ y).count("1") for x, y in zip(a, b, strict=True)) == 1
+
+
+_RECOVERY_LOG = """\
+[2026-12-06 14:50:36,565] [9485] [INFO] generation id 3 app consumers id 3
+[2026-12-06 14:50:37,084] [9485] [INFO] [^---Recovery]: Highwater for active changelog partitions:
++Highwater - Active-----------------------+-----------+-----------+
+| topic                                   | partition | highwater |
++-----------------------------------------+-----------+-----------+
+| app-buffer-t-changelog                  | 0         | 1345      |
+| \u3003                                      | 1         | -1        |
+| app-reference-r-changelog               | 0         | 15        |
+| app-sequences-t-changelog               | 0         | 11550     |
+| \u3003                                      | 1         | 959       |
++-----------------------------------------+-----------+-----------+
+[2026-12-06 14:50:37,285] [9485] [INFO] [^---Recovery]: active offsets at start of reading:
++Reading Starts At - Active---------------+-----------+--------+
+| topic                                   | partition | offset |
++-----------------------------------------+-----------+--------+
+| app-buffer-t-changelog                  | 0         | -1     |
+| \u3003                                      | 1         | -1     |
+| app-reference-r-changelog               | 0         | 15     |
+| app-sequences-t-changelog               | 0         | -1     |
+| \u3003                                      | 1         | 500    |
++-----------------------------------------+-----------+--------+
+[2026-12-06 14:50:37,298] [9485] [INFO] [^---Recovery]: Restoring state from changelog topics...
+[2026-12-06 14:51:12,070] [9485] [INFO] [^---Recovery]: Done reading from changelog topics
+[2026-12-06 14:51:12,100] [9485] [INFO] [^---Recovery]: Worker ready
+[2026-12-06 14:52:00,000] [9485] [INFO] [^---Recovery]: Highwater for active changelog partitions:
++Highwater - Active-----------------------+-----------+-----------+
+| topic                                   | partition | highwater |
++-----------------------------------------+-----------+-----------+
+| app-buffer-t-changelog                  | 0         | 1400      |
++-----------------------------------------+-----------+-----------+
+"""
+
+
+def test_recovery_rounds_read_faust_tables_with_ditto_marks_and_times() -> None:
+    """What a survivor restores is read from faust's recovery log: the offsets of each changelog partition
+    after its start offset up to the highwater (ditto marks repeat the topic above), and the times."""
+    first, second = recovery_rounds(_RECOVERY_LOG)
+    assert first.ranges() == {
+        ("app-buffer-t-changelog", 0): (0, 1345),
+        ("app-sequences-t-changelog", 0): (0, 11550),
+        ("app-sequences-t-changelog", 1): (501, 959),
+    }  # partition 1 of the buffer is empty (-1); the reference table is read already (15 of 15)
+    assert first.offsets == 1346 + 11551 + 459
+    assert first.starts_at is not None and first.ready_at is not None
+    assert round(first.ready_at - first.starts_at, 3) == 34.815
+    assert round(first.starts_at - first.highwater_at, 3) == 0.201
+    assert second.starts == {} and second.ready_at is None  # a restore still under way
+    assert second.ranges() == {("app-buffer-t-changelog", 0): (0, 1400)}
+    cut = _RECOVERY_LOG.index("| app-sequences-t-changelog               | 0         | -1")
+    (partial,) = recovery_rounds(_RECOVERY_LOG[:cut])  # the log read while the worker writes its table
+    assert partial.starts_at is None and partial.highwaters == first.highwaters
+
+
+def test_a_takeover_is_bounded_by_twice_the_buffer() -> None:
+    bound = buffer_bound({"K2_FLUSH_MAX_ROWS": "1000"})
+    assert bound == 2000 and buffer_bound({}) == 400_000
+    assert Takeover("w0", "w1", 300.0, bound, restored_records=4000).bounded
+    assert not Takeover("w0", "w1", 300.0, bound, restored_records=4001).bounded
+    assert Takeover("w0", "w1", 300.0, bound).bounded is None  # not counted: the scenario fails on that

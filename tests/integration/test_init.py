@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from k2.admin.changelogs import changelog_topic_configs
+from k2.admin.topics import TopicSpec, align_topic_configs
 from tests.integration.k2env import K2Env
 
 pytestmark = pytest.mark.integration
@@ -67,3 +69,43 @@ def test_init_with_kafka_down_says_what_to_do(stack: Any, tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "cannot reach Kafka at 127.0.0.1:1" in proc.stderr and "make stack-up" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_init_gives_existing_changelogs_the_compaction_settings(stack: Any, tmp_path: Path) -> None:
+    """A deployment whose changelogs an older K2 (or faust) made with Kafka's defaults gets K2's settings on
+    the next `k2 init`; the other configs are kept, and a second run has nothing left to change."""
+    env = K2Env(stack, tmp_path, "sqlite")
+    s = env.settings
+    changelog = f"{s.app_id}-sequences-{s.trades_topic}-changelog"
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    old = {"cleanup.policy": "compact", "max.message.bytes": "1000000", "retention.bytes": "123456789"}
+    admin.create_topics([NewTopic(changelog, s.trades_partitions, 1, config=old)])[changelog].result(30)
+
+    first = env.k2("init", "--skip-schemas", "--skip-tables").stdout
+    assert f"{changelog}: " in first and "segment.ms 604800000 -> " in first
+    found = admin.describe_configs([ConfigResource(ResourceType.TOPIC, changelog)])
+    have = {key: entry.value for key, entry in next(iter(found.values())).result().items()}
+    wanted = changelog_topic_configs(s)
+    assert {key: have[key] for key in wanted} == wanted
+    assert have["retention.bytes"] == "123456789"  # what K2 does not set is left alone
+    second = env.k2("init", "--skip-schemas", "--skip-tables").stdout
+    assert " -> " not in second and "WARNING" not in second
+
+
+def test_a_config_the_broker_refuses_is_named_not_a_traceback(stack: Any, tmp_path: Path) -> None:
+    """The broker's own reason, in one line: for a topic it will not create (exit 2), and for a config it will
+    not set on an existing topic (a warning; the topic is left as it is)."""
+    env = K2Env(stack, tmp_path, "sqlite", K2_MAX_MESSAGE_BYTES=str(3 * 2**30))  # beyond a Java int
+    proc = env.k2("init", "--skip-schemas", "--skip-tables", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Kafka refused to create a topic" in proc.stderr and "max.message.bytes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    s = env.settings
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    name = f"{s.app_id}-refused"
+    admin.create_topics([NewTopic(name, 1, 1, config={"cleanup.policy": "compact"})])[name].result(30)
+    aligned = align_topic_configs(admin, [TopicSpec(name, 1, 1, {"segment.ms": "-5"})])
+    assert aligned.changed == [] and len(aligned.refused) == 1
+    assert aligned.refused[0].startswith(f"{name}: ") and "segment.ms" in aligned.refused[0]
+    admin.delete_topics([name])
