@@ -264,9 +264,13 @@ class K2(_Procs):
     workers: int = 1
     app_id: str = ""
     ports: list[int] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Added to each worker's environment (an allocator setting under test, say)."""
+    probe: bool = False
+    """Run each worker under ``bench/memprobe.py``: its memory's parts, as JSON lines in ``workerN.mem.jsonl``."""
 
     def env(self, port: int) -> dict[str, str]:
-        return (
+        env = (
             base_env()
             | self.source.k2_env()
             | {
@@ -275,7 +279,9 @@ class K2(_Procs):
                 "K2_WEB_PORT": str(port),
                 "K2_FLUSH_INTERVAL_S": str(self.flush_interval_s),
             }
+            | self.extra_env
         )
+        return {k: v for k, v in env.items() if v != ""}
 
     def prepare(self) -> None:
         super().prepare()
@@ -285,8 +291,12 @@ class K2(_Procs):
 
     def start(self) -> None:
         for i, port in enumerate(self.ports):
+            env = self.env(port)
             cmd = [str(BIN / "faust"), "-A", "k2.app", "worker", "-l", "info"]
-            self.procs.append(spawn(cmd, self.env(port), self.workdir / f"worker{i}.log", self.workdir, self.meter))
+            if self.probe:
+                cmd[:1] = [sys.executable, "-m", "bench.memprobe"]
+                env["BENCH_MEMPROBE_OUT"] = str(self.workdir / f"worker{i}.mem.jsonl")
+            self.procs.append(spawn(cmd, env, self.workdir / f"worker{i}.log", self.workdir, self.meter))
 
     def catalog(self) -> Catalog:
         from k2.catalog import default_catalog_properties
