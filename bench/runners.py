@@ -36,6 +36,10 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 Ends = Mapping[tuple[str, int], int]
 
+#: K2 workers run with the image's allocators (Dockerfile; README, Memory) unless the driver's
+#: environment or a system's ``extra_env`` says otherwise (an empty value unsets one).
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "MALLOC_ARENA_MAX": "2"}
+
 
 class SystemFailed(RuntimeError):
     """A system's process exited or reported a failure while the benchmark waited for it."""
@@ -271,7 +275,8 @@ class K2(_Procs):
 
     def env(self, port: int) -> dict[str, str]:
         env = (
-            base_env()
+            ALLOCATOR_ENV
+            | base_env()
             | self.source.k2_env()
             | {
                 "K2_APP_ID": self.app_id,
