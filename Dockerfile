@@ -60,10 +60,15 @@ COPY --from=build /opt/k2-app /opt/k2-app
 # mounts an emptyDir there and keeps the root read-only (deploy/k8s/deployment.yaml).
 WORKDIR /var/lib/k2
 USER 10001:10001
+# Flat memory over weeks (README, Memory): Arrow's bundled jemalloc instead of its default mimalloc,
+# whose pages freed across threads stay resident (+6.5 MiB/min at 4,000 ev/s), and two glibc arenas
+# instead of 8 per core, which each keep freed memory of their own.
 ENV PATH=/opt/k2-app/bin:/opt/k2/bin:$PATH \
     PYTHONPATH=/opt/k2-app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    ARROW_DEFAULT_MEMORY_POOL=jemalloc \
+    MALLOC_ARENA_MAX=2 \
     K2_WEB_HOST=0.0.0.0 \
     K2_VAR_DIR=/var/lib/k2
 EXPOSE 6066

@@ -7,6 +7,8 @@
 #                            (bench/compare.py; BENCH_ARGS="--events 100000" to vary): results in
 #                            bench/results/<date>.json and README's Performance section regenerated from them
 #   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events; also in `make test`)
+#   make soak                one K2 worker on live input for 60 minutes (bench/soak.py; SOAK_ARGS to vary): its RSS
+#                            every 10 s, the second half's growth (at most 0.5 MiB/min, else exit 1) and the peak
 #   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
 #                            an image registry answers, else on Debian's packages with a wheelhouse made here
 #   make test-image          build it (or reuse it, by content hash) and run it against the local stack
@@ -33,7 +35,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short soak venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -110,6 +112,14 @@ bench-short: venv
 	$(STACK) up
 	$(PY) bench/compare.py --events 20000 --instruments 4 --systems floor,faust-bare,k2 --no-kill --no-freshness --no-soak --no-maintain \
 	  --out var/bench/short.json $(BENCH_ARGS)
+
+# A worker's memory over an hour of live input (bench/soak.py): `k2 replay --rate` into fresh topics, the
+# worker's RSS sampled every 10 s; fails when the second half grows faster than 0.5 MiB/min. Results in
+# var/bench/soak/<run>.json. `--variant NAME:KEY=VALUE,...` soaks workers with other settings beside it.
+SOAK_ARGS ?=
+soak: venv
+	$(STACK) up
+	$(PY) bench/soak.py --rate 10000 --seconds 3600 $(SOAK_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------
 

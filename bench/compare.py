@@ -55,7 +55,7 @@ from bench.lakecheck import exactness, file_stats, freshness, produced_times  # 
 from bench.maintenance import maintenance_phase  # noqa: E402
 from bench.procs import Timeout, wait_until  # noqa: E402
 from bench.runners import LAKE_SYSTEMS, SYSTEMS, Source, System, SystemFailed, base_env, k2_command, make  # noqa: E402
-from bench.soak import soak  # noqa: E402
+from bench.soak import soak_many  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 EVENTS_PER_PASS = 2243 + 2609  # trades + quotes in data/sample (reference data is sent once)
@@ -377,8 +377,8 @@ def main() -> int:
             system = make("k2", soaked, {}, work / "k2-soak", args.flush_interval)
             results["systems"]["k2"]["soak"] = attempt(
                 "k2 soak",
-                lambda s: soak(
-                    s,
+                lambda s: soak_many(
+                    [s],
                     lambda passes: replay_args(passes, args.instruments),
                     load_env,
                     lambda: end_offsets(soaked),
@@ -386,7 +386,7 @@ def main() -> int:
                     args.soak_s,
                     EVENTS_PER_PASS * args.instruments,
                     args.timeout,
-                ),
+                )[s.name],
                 system,
             )
     except (Timeout, SystemFailed, subprocess.SubprocessError) as exc:

@@ -240,8 +240,9 @@ def findings(results: Mapping[str, Any]) -> list[str]:
         out.append(
             f"- Soak: {soaked['events']:,} events produced at {soaked['rate']:,.0f}/s for {soaked['seconds'] / 60:.0f} "
             f"minutes; worker RSS peak {soaked['first_half_peak_mib']:,.0f} MiB in the first half and "
-            f"{soaked['second_half_peak_mib']:,.0f} MiB in the second, growing "
-            f"{soaked['second_half_growth_mib_per_min']:+.1f} MiB/min over the second half; "
+            f"{soaked['second_half_peak_mib']:,.0f} MiB in the second"
+            + (f" ({soaked['rss_peak_mib']:,.0f} MiB at most)" if "rss_peak_mib" in soaked else "")
+            + f", growing {soaked['second_half_growth_mib_per_min']:+.1f} MiB/min over the second half; "
             f"{soaked.get('missing', '?')} missing, {soaked.get('doubled', '?')} doubled."
         )
     return out

@@ -36,6 +36,10 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 Ends = Mapping[tuple[str, int], int]
 
+#: K2 workers run with the image's allocators (Dockerfile; README, Memory) unless the driver's
+#: environment or a system's ``extra_env`` says otherwise (an empty value unsets one).
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "MALLOC_ARENA_MAX": "2"}
+
 
 class SystemFailed(RuntimeError):
     """A system's process exited or reported a failure while the benchmark waited for it."""
@@ -264,10 +268,15 @@ class K2(_Procs):
     workers: int = 1
     app_id: str = ""
     ports: list[int] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Added to each worker's environment (an allocator setting under test, say)."""
+    probe: bool = False
+    """Run each worker under ``bench/memprobe.py``: its memory's parts, as JSON lines in ``workerN.mem.jsonl``."""
 
     def env(self, port: int) -> dict[str, str]:
-        return (
-            base_env()
+        env = (
+            ALLOCATOR_ENV
+            | base_env()
             | self.source.k2_env()
             | {
                 "K2_APP_ID": self.app_id,
@@ -275,7 +284,9 @@ class K2(_Procs):
                 "K2_WEB_PORT": str(port),
                 "K2_FLUSH_INTERVAL_S": str(self.flush_interval_s),
             }
+            | self.extra_env
         )
+        return {k: v for k, v in env.items() if v != ""}
 
     def prepare(self) -> None:
         super().prepare()
@@ -285,8 +296,12 @@ class K2(_Procs):
 
     def start(self) -> None:
         for i, port in enumerate(self.ports):
+            env = self.env(port)
             cmd = [str(BIN / "faust"), "-A", "k2.app", "worker", "-l", "info"]
-            self.procs.append(spawn(cmd, self.env(port), self.workdir / f"worker{i}.log", self.workdir, self.meter))
+            if self.probe:
+                cmd[:1] = [sys.executable, "-m", "bench.memprobe"]
+                env["BENCH_MEMPROBE_OUT"] = str(self.workdir / f"worker{i}.mem.jsonl")
+            self.procs.append(spawn(cmd, env, self.workdir / f"worker{i}.log", self.workdir, self.meter))
 
     def catalog(self) -> Catalog:
         from k2.catalog import default_catalog_properties

@@ -26,6 +26,8 @@ LOG = VAR / "log" / "worker.log"
 HOST = os.environ.get("K2_WEB_HOST", "127.0.0.1")
 PORT = int(os.environ.get("K2_WEB_PORT", "6066"))
 FAUST = Path(os.environ.get("K2_FAUST", ROOT / ".venv" / "bin" / "faust"))
+#: The image's allocators (Dockerfile; README, Memory), unless the environment says otherwise.
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "MALLOC_ARENA_MAX": "2"}
 
 
 def _running() -> int | None:
@@ -77,7 +79,7 @@ def start(timeout_s: float) -> int:
         return 1
     LOG.parent.mkdir(parents=True, exist_ok=True)
     PID.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "K2_VAR_DIR": str(VAR)}
+    env = {**ALLOCATOR_ENV, **os.environ, "K2_VAR_DIR": str(VAR)}
     with LOG.open("ab") as log:
         proc = subprocess.Popen(
             [str(FAUST), "-A", "k2.app", "worker", "-l", "info"],

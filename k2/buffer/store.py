@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
@@ -27,9 +26,6 @@ from k2.buffer.chunks import ChunkKey, to_ipc
 
 __all__ = ["ChunkStore"]
 
-#: Keys are parsed after every batch to count buffered rows; each key is parsed once.
-_parse_key = lru_cache(maxsize=1 << 16)(ChunkKey.decode)
-
 
 class ChunkStore:
     """Chunks of one source topic, over a Faust table (``key: str``, ``value: bytes`` raw)."""
@@ -38,6 +34,9 @@ class ChunkStore:
         self.table = table
         self.topic = topic
         self.changelog = ChangelogWriter(table)
+        # Keys are parsed after every batch to count buffered rows: each once, and remembered only while
+        # its chunk is here (a cache of every key ever seen grows with uptime: one per batch and partition).
+        self._parsed: dict[str, ChunkKey] = {}
 
     @property
     def _data(self) -> Any:
@@ -65,16 +64,21 @@ class ChunkStore:
         """Forget the local copies of ``partitions``' chunks (no tombstones: their changelog stays); rows dropped."""
         data = self._data
         rows = 0
-        for text in list(data.keys()):
-            key = _parse_key(text)
+        for key in self.iter_keys():
             if key.partition in partitions:
                 rows += key.rows
-                del data[text]
+                del data[key.encode()]
         return rows
 
     def iter_keys(self) -> list[ChunkKey]:
-        """Chunk keys held here, unordered (for counting: read after every batch)."""
-        return [_parse_key(text) for text in list(self._data.keys())]
+        """Chunk keys held here, unordered (for counting: read after every batch).
+
+        The table's data changes outside this class too (a restore from the changelog), so what is
+        parsed is matched to the keys present at each call, and a key gone is forgotten.
+        """
+        known = self._parsed
+        self._parsed = {text: known.get(text) or ChunkKey.decode(text) for text in list(self._data.keys())}
+        return list(self._parsed.values())
 
     def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:
         """Chunk keys held here, in (kind, partition, offset) order, limited to ``partitions`` if given."""

@@ -85,3 +85,17 @@ def test_soak_trend_reads_growth_from_the_second_half_only() -> None:
     assert trend(growing)["second_half_growth_mib_per_min"] == 6.0
     with pytest.raises(ValueError):
         trend(growing[:3])
+
+
+def test_soak_variants_name_a_worker_and_what_its_environment_adds() -> None:
+    from bench.soak import parse_variant
+
+    assert parse_variant("k2") == ("k2", {})
+    assert parse_variant("arenas-2:MALLOC_ARENA_MAX=2,ARROW_DEFAULT_MEMORY_POOL=system") == (
+        "arenas-2",
+        {"MALLOC_ARENA_MAX": "2", "ARROW_DEFAULT_MEMORY_POOL": "system"},
+    )
+    assert parse_variant("empty:K2_X=") == ("empty", {"K2_X": ""})
+    for bad in ("", ":A=1", "a b", "x:NOVALUE", "x:=1"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)

@@ -65,6 +65,7 @@ def test_findings_state_the_targets_figures() -> None:
         "first_half_peak_mib": 410.0,
         "second_half_peak_mib": 415.0,
         "second_half_growth_mib_per_min": 0.4,
+        "rss_peak_mib": 431.0,
         "missing": 0,
         "doubled": 0,
     }
@@ -72,6 +73,7 @@ def test_findings_state_the_targets_figures() -> None:
     assert lines[0] == "- One K2 worker lands 12% of the floor's rate and 0.50x Quix Streams'."
     assert lines[1] == "- Two K2 workers in one group: 1.70x one."
     assert "growing +0.4 MiB/min" in lines[2] and "0 missing, 0 doubled" in lines[2]
+    assert "415 MiB in the second (431 MiB at most)," in lines[2]
     assert report.findings({"systems": {}}) == []
 
 

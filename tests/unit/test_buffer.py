@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pyarrow as pa
 import pytest
 
@@ -58,3 +60,25 @@ async def test_dropping_local_copies_sends_nothing() -> None:
     sent = len(table.changelog)
     assert store.drop_local({1}) == 10
     assert len(table.changelog) == sent and store.chunk_keys() == [ChunkKey(ROWS, 2, 0, 4, 5)]
+
+
+async def test_a_store_keeps_no_parsed_key_of_chunks_it_no_longer_holds() -> None:
+    """Keys are parsed after every batch; what is remembered of them goes with their chunk (a worker runs for weeks)."""
+    table = RecordingTable()
+    store = ChunkStore(table, "market.trades.raw")
+    chunk = pa.table({"x": [1]})
+
+    def parsed_keys() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is ChunkKey)
+
+    before = parsed_keys()
+    for batch in range(200):
+        keys = [ChunkKey(ROWS, p, batch, batch, 1) for p in range(6)]
+        for key in keys:
+            await store.put(key, chunk)
+        assert store.buffered_rows() == 6  # parses every key held
+        await store.remove(keys)
+        del keys, key
+    assert store.buffered_rows() == 0
+    assert parsed_keys() - before < 10

@@ -152,3 +152,24 @@ def test_the_image_runs_what_the_manifests_and_compose_expect() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     for name in ("k2-init", "k2-worker"):
         assert services[name]["image"] == "k2:latest" and services[name]["build"] == "."
+
+
+def test_every_worker_runs_with_the_allocators_that_keep_its_memory_flat() -> None:
+    """Arrow's jemalloc pool and two glibc arenas (README, Memory): the image, the Deployment, compose,
+    `make run`'s worker and the benchmark's all start workers with the same settings."""
+    import importlib.util
+
+    from bench.runners import ALLOCATOR_ENV
+
+    spec = importlib.util.spec_from_file_location("local_worker", ROOT / "deploy" / "local" / "worker.py")
+    assert spec is not None and spec.loader is not None
+    local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local)
+    expected = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "MALLOC_ARENA_MAX": "2"}
+    assert ALLOCATOR_ENV == local.ALLOCATOR_ENV == expected
+    assert expected.items() <= image_config()["ENV"].items()
+    worker = one("Deployment", "k2-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert expected.items() <= {e["name"]: e.get("value") for e in worker["env"]}.items()
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("k2-init", "k2-worker"):
+        assert expected.items() <= services[name]["environment"].items()
