@@ -3,10 +3,10 @@
 #   make test   set up, start the local stack, run every test (the fault suite in its short version)
 #   make test-faults         the fault suite's long version (K2_FAULTS_LONG=1; an hour or so)
 #   make test-faults-short   the fault suite's short version alone (it is also part of `make test`)
-#   make bench               K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect, one run
-#                            (bench/compare.py; BENCH_ARGS="--events 100000" to vary): results in
-#                            bench/results/<date>.json and README's Performance section regenerated from them
-#   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events; also in `make test`)
+#   make bench               K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect, in three
+#                            interleaved rounds (bench/compare.py; BENCH_ARGS="--events 100000 --rounds 5" to vary):
+#                            results in bench/results/<date>.json and README's Performance section regenerated from them
+#   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events, 2 rounds; also in `make test`)
 #   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
 #                            an image registry answers, else on Debian's packages with a wheelhouse made here
 #   make test-image          build it (or reuse it, by content hash) and run it against the local stack
@@ -100,7 +100,7 @@ test-interop: venv interop-deps
 	K2_INTEROP_FULL=1 $(PY) -m pytest tests/interop -s $(PYTEST_ARGS)
 
 # The benchmark (bench/compare.py): Quix Streams gets its own venv under var/bench and Kafka Connect
-# its jars from Maven Central on first use. One full run (2M events) takes the best part of an hour.
+# its jars from Maven Central on first use. One full run (1M events, three rounds) takes about an hour.
 BENCH_ARGS ?=
 bench: venv
 	$(STACK) up
@@ -108,8 +108,8 @@ bench: venv
 
 bench-short: venv
 	$(STACK) up
-	$(PY) bench/compare.py --events 20000 --instruments 4 --systems floor,faust-bare,k2 --no-kill --no-freshness --no-soak --no-maintain \
-	  --out var/bench/short.json $(BENCH_ARGS)
+	$(PY) bench/compare.py --events 20000 --rounds 2 --once '' --instruments 4 --systems floor,faust-bare,k2 \
+	  --no-kill --no-freshness --no-soak --no-maintain --out var/bench/short.json $(BENCH_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------
 
