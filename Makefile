@@ -7,6 +7,8 @@
 #                            interleaved rounds (bench/compare.py; BENCH_ARGS="--events 100000 --rounds 5" to vary):
 #                            results in bench/results/<date>.json and README's Performance section regenerated from them
 #   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events, 2 rounds; also in `make test`)
+#   make bench-scaleout      1, 3 and 6 K2 workers on 12 partitions per topic and the REST catalog (bench/scaleout.py;
+#                            SCALEOUT_ARGS to vary): bench/results/scaleout/<date>.json and README's Scale-out part
 #   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
 #                            an image registry answers, else on Debian's packages with a wheelhouse made here
 #   make test-image          build it (or reuse it, by content hash) and run it against the local stack
@@ -33,7 +35,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short bench-scaleout venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -110,6 +112,12 @@ bench-short: venv
 	$(STACK) up
 	$(PY) bench/compare.py --events 20000 --rounds 2 --once '' --instruments 4 --systems floor,faust-bare,k2 \
 	  --no-kill --no-freshness --no-soak --no-maintain --out var/bench/short.json $(BENCH_ARGS)
+
+# Scale-out (bench/scaleout.py): K2 workers in one group on the REST catalog; about 20 minutes.
+SCALEOUT_ARGS ?=
+bench-scaleout: venv
+	$(STACK) up --profile rest
+	$(PY) bench/scaleout.py --readme $(SCALEOUT_ARGS)
 
 # --- pieces -----------------------------------------------------------------------------
 

@@ -252,7 +252,7 @@ def main() -> int:
         print()
     log(f"results in {out} ({results['duration_s'] / 60:.1f} min)")
     if args.readme and not attempt.failed:
-        report.update_readme(results)
+        report.update_readme(results, scaleout=report.newest_scaleout())
         log("README.md: Performance section regenerated")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True) if not attempt.failed else log(f"kept {work} (something failed)")

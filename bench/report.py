@@ -3,7 +3,8 @@
 
 ``bench/compare.py`` prints :func:`table` and :func:`round_table` and writes the JSON; this module
 (run as a script, or ``compare.py --readme``) regenerates the README section between the two
-marker comments from the newest ``bench/results/*.json``, so the figures there are always
+marker comments from the newest ``bench/results/*.json`` (and the newest scale-out results,
+``bench/results/scaleout/*.json``, when there are any), so the figures there are always
 generated, never typed. Everything is computed from the rounds' own figures (``bench/rounds.py``).
 
     python bench/report.py            # README.md's Performance section from the newest results
@@ -24,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import rounds as rounds_  # noqa: E402
+from bench import scaleout_report  # noqa: E402
 from bench.provenance import k2_commit, machine, python_versions  # noqa: E402
 
 __all__ = [
@@ -342,12 +344,14 @@ def _disturbed_lines(results: Mapping[str, Any], figures: Sequence[rounds_.Round
     ]
 
 
-def section(results: Mapping[str, Any]) -> str:
+def section(results: Mapping[str, Any], scaleout: Mapping[str, Any] | None = None) -> str:
     cfg = results.get("config", {})
     notes = NOTES.format(deviation=cfg.get("deviation", rounds_.DEVIATION), kill_at=cfg.get("kill_at", 0.4))
     parts = ["## Performance", "", describe(results), "", table(results, markdown=True), ""]
     parts += ["Per round, steady events/s / CPU s per million events:", "", round_table(results, markdown=True), ""]
     parts += [*findings(results), "", notes]
+    if scaleout is not None:
+        parts += ["", scaleout_report.section(scaleout)]
     return "\n".join(parts)
 
 
@@ -360,10 +364,15 @@ def newest(folder: Path = RESULTS, required: bool = True) -> Path | None:
     return files[-1]
 
 
-def update_readme(results: Mapping[str, Any], readme: Path = README) -> None:
+def newest_scaleout() -> dict[str, Any] | None:
+    path = newest(scaleout_report.RESULTS, required=False)
+    return None if path is None else dict(json.loads(path.read_text()))
+
+
+def update_readme(results: Mapping[str, Any], readme: Path = README, scaleout: Mapping[str, Any] | None = None) -> None:
     """Replace the Performance section between the markers (added before ``## Configuration`` if absent)."""
     text = readme.read_text()
-    block = f"{BEGIN}\n{section(results)}\n{END}"
+    block = f"{BEGIN}\n{section(results, scaleout)}\n{END}"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
@@ -391,7 +400,7 @@ def main() -> int:
         print()
         print(round_table(results))
     else:
-        update_readme(results)
+        update_readme(results, scaleout=newest_scaleout())
         print(f"README.md: Performance section regenerated from {path.relative_to(ROOT)}")
     return 0
 

@@ -145,3 +145,21 @@ def test_a_results_file_of_one_run_from_before_rounds_reads_as_one_round() -> No
     assert "10.0k" in _line(text, "k2") and "3.2/6.1" in _line(text, "k2") and "8.00" in _line(text, "floor")
     assert "(" not in _line(text, "k2").split("3.2/6.1")[0]  # one round: no ranges
     assert "1 interleaved round in" in report.section(old)
+
+
+def test_the_scaleout_results_go_in_the_same_section(tmp_path: Path) -> None:
+    from tests.unit.test_bench_scaleout import _run
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# K2\n")
+    scaleout = {
+        "date": "2026-01-02",
+        "duration_s": 900,
+        "machine": {"nproc": 2},
+        "config": {"workers": [1, 6], "partitions": 12, "rate_per_worker": 500, "seconds": 120, "warmup_s": 10},
+        "runs": [_run(1, 5.0, 100), _run(6, 5.5, 110)],
+    }
+    report.update_readme(_results(), readme, scaleout=scaleout)
+    text = readme.read_text()
+    assert text.index("## Performance") < text.index("### Scale-out") < text.index(report.END)
+    assert "the goal (both within 20% of one worker's) met" in text
