@@ -3,10 +3,12 @@
 #   make test   set up, start the local stack, run every test (the fault suite in its short version)
 #   make test-faults         the fault suite's long version (K2_FAULTS_LONG=1; an hour or so)
 #   make test-faults-short   the fault suite's short version alone (it is also part of `make test`)
-#   make bench               K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect, one run
-#                            (bench/compare.py; BENCH_ARGS="--events 100000" to vary): results in
-#                            bench/results/<date>.json and README's Performance section regenerated from them
-#   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events; also in `make test`)
+#   make bench               K2 beside the floor, a bare Faust agent, Quix Streams and Kafka Connect, in three
+#                            interleaved rounds (bench/compare.py; BENCH_ARGS="--events 100000 --rounds 5" to vary):
+#                            results in bench/results/<date>.json and README's Performance section regenerated from them
+#   make bench-short         its short version (floor, faust-bare, k2 on 20,000 events, 2 rounds; also in `make test`)
+#   make bench-scaleout      1, 3 and 6 K2 workers on 12 partitions per topic and the REST catalog (bench/scaleout.py;
+#                            SCALEOUT_ARGS to vary): bench/results/scaleout/<date>.json and README's Scale-out part
 #   make soak                one K2 worker on live input for 60 minutes (bench/soak.py; SOAK_ARGS to vary): its RSS
 #                            every 10 s, the second half's growth (at most 0.5 MiB/min, else exit 1) and the peak
 #   make image               the image from Dockerfile, k2:latest (deploy/image/build.py): as users build it where
@@ -35,7 +37,7 @@ comma := ,
 HAVE_PROMETHEUS := $(shell command -v prometheus >/dev/null 2>&1 && echo yes)
 RUN_PROFILE := $(strip $(PROFILE)$(if $(HAVE_PROMETHEUS),$(if $(strip $(PROFILE)),$(comma))prometheus))
 
-.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short soak venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
+.PHONY: run test test-faults test-faults-short test-image test-interop image bench bench-short bench-scaleout soak venv interop-deps lint system-deps worker worker-stop stack-up stack-down stack-status clean
 
 # --- the two commands -----------------------------------------------------------------
 
@@ -102,7 +104,7 @@ test-interop: venv interop-deps
 	K2_INTEROP_FULL=1 $(PY) -m pytest tests/interop -s $(PYTEST_ARGS)
 
 # The benchmark (bench/compare.py): Quix Streams gets its own venv under var/bench and Kafka Connect
-# its jars from Maven Central on first use. One full run (2M events) takes the best part of an hour.
+# its jars from Maven Central on first use. One full run (1M events, three rounds) takes about an hour.
 BENCH_ARGS ?=
 bench: venv
 	$(STACK) up
@@ -110,8 +112,14 @@ bench: venv
 
 bench-short: venv
 	$(STACK) up
-	$(PY) bench/compare.py --events 20000 --instruments 4 --systems floor,faust-bare,k2 --no-kill --no-freshness --no-soak --no-maintain \
-	  --out var/bench/short.json $(BENCH_ARGS)
+	$(PY) bench/compare.py --events 20000 --rounds 2 --once '' --instruments 4 --systems floor,faust-bare,k2 \
+	  --no-kill --no-freshness --no-soak --no-maintain --out var/bench/short.json $(BENCH_ARGS)
+
+# Scale-out (bench/scaleout.py): K2 workers in one group on the REST catalog; about 20 minutes.
+SCALEOUT_ARGS ?=
+bench-scaleout: venv
+	$(STACK) up --profile rest
+	$(PY) bench/scaleout.py --readme $(SCALEOUT_ARGS)
 
 # A worker's memory over an hour of live input (bench/soak.py): `k2 replay --rate` into fresh topics, the
 # worker's RSS sampled every 10 s; fails when the second half grows faster than 0.5 MiB/min. Results in

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -121,11 +120,6 @@ def file_stats(catalog: Catalog, tables: Sequence[str]) -> dict[str, float]:
     }
 
 
-def _local(path: str) -> str:
-    parts = urlsplit(path)
-    return unquote(parts.path) if parts.scheme in ("file", "") else path
-
-
 def visible_times(catalog: Catalog, lineage: Lineage) -> pa.Table:
     """(p, o, visible_ms) of every row: the commit time of the snapshot that added its data file."""
     empty = pa.table(
@@ -148,7 +142,8 @@ def visible_times(catalog: Catalog, lineage: Lineage) -> pa.Table:
     ):
         if status == 2 or data_file["content"] != 0 or snapshot_id not in commit_ms:
             continue
-        data = pq.read_table(_local(data_file["file_path"]), columns=[lineage.partition_column, lineage.offset_column])
+        with table.io.new_input(data_file["file_path"]).open() as stream:  # a local file or an object store's
+            data = pq.read_table(stream, columns=[lineage.partition_column, lineage.offset_column])
         out.append(
             pa.table(
                 {

@@ -59,6 +59,7 @@ class Meter:
 
     sessions: set[int] = field(default_factory=set)
     last: dict[int, Sample] = field(default_factory=dict)
+    session_of: dict[int, int] = field(default_factory=dict)
 
     def watch(self, leader_pid: int) -> None:
         self.sessions.add(leader_pid)
@@ -74,12 +75,17 @@ class Meter:
             got = _read(int(entry))
             if got is not None and got[0] in self.sessions:
                 self.last[int(entry)] = got[1]
+                self.session_of[int(entry)] = got[0]
                 resident += got[1].rss_mib
         return resident
 
     @property
     def cpu_s(self) -> float:
         return sum(s.cpu_s for s in self.last.values())
+
+    def cpu_s_of(self, leader_pid: int) -> float:
+        """CPU seconds of one session's processes (as :attr:`cpu_s`, for the session ``leader_pid`` leads)."""
+        return sum(s.cpu_s for pid, s in self.last.items() if self.session_of.get(pid) == leader_pid)
 
     @property
     def rss_max_mib(self) -> float:

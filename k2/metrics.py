@@ -97,6 +97,14 @@ class K2Metrics:
             buckets=_COMMIT_BUCKETS,
             registry=registry,
         )
+        self.commit_attempts = Counter(
+            "k2_iceberg_commit_attempts_total",
+            "Attempts of the commits k2_flushes_total counts, the first included: the difference is the commits "
+            "retried because another worker committed to the table first (CommitFailedException) or the answer was "
+            "lost.",
+            ["table"],
+            registry=registry,
+        )
         self.commit_failures = Counter(
             "k2_iceberg_commit_failures_total",
             "Commits that failed after their retries.",
@@ -226,7 +234,13 @@ class K2Metrics:
             self.ingest_stopped.labels(topic)
             self.not_consuming.labels(topic)
         for table in tables:
-            for metric in (self.flushes, self.rows_written, self.rows_skipped, self.commit_failures):
+            for metric in (
+                self.flushes,
+                self.commit_attempts,
+                self.rows_written,
+                self.rows_skipped,
+                self.commit_failures,
+            ):
                 metric.labels(table)
             self.buffered_rows.labels(table)
 

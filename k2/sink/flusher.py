@@ -190,6 +190,7 @@ class Flusher:
     def _count(self, result: CommitResult) -> None:
         table = result.table_name
         self.metrics.flushes.labels(table).inc()
+        self.metrics.commit_attempts.labels(table).inc(result.attempts)
         self.metrics.rows_written.labels(table).inc(result.rows_written)
         self.metrics.rows_skipped.labels(table).inc(result.rows_dropped)
         if result.snapshot_id is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from pyiceberg.table import Table
 
 from k2.avro.codec import encode, parse_schema
 from k2.avro.registry import WriterSchema, WriterSchemaCache
@@ -25,18 +26,20 @@ from k2.avro.schemas import CONTRACTS
 from k2.buffer.store import ChunkStore
 from k2.ingest.frames import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas
-from k2.lake.arrow import arrow_schema
+from k2.lake.arrow import arrow_schema, events_to_arrow
 from k2.lake.records import RejectRecord
 from k2.lake.schemas import QUOTES, TRADES
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.lake.state import LakeState
+from k2.lake.writer import IcebergWriter
 from k2.metrics import K2Metrics
 from k2.models import Reject
 from k2.observe.lag import partition_lags
 from k2.web.prometheus import faust_metrics
 from tests.unit.buffer_helpers import RecordingTable
 from tests.unit.ingest_helpers import process, sent_reject, source
-from tests.unit.lake_helpers import QUOTES_TOPIC, T0, TRADES_TOPIC, quote, trade
+from tests.unit.lake_helpers import QUOTES_TOPIC, T0, TOPICS, TRADES_TOPIC, quote, sqlite_catalog, trade, trade_events
+from tests.unit.test_lake_writer import offsets_of
 from tests.unit.test_registry import FakeAsyncRegistry
 from tests.unit.test_sink import Harness
 
@@ -190,6 +193,30 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     assert h.metric("k2_iceberg_commit_duration_seconds_count", table=TRADES) == 2
     assert h.metric("k2_iceberg_last_commit_timestamp_seconds", table=TRADES) == 2000.0
     assert h.metric("k2_iceberg_commit_failures_total", table=TRADES) == 0
+
+
+async def test_commit_attempts_count_the_retries_after_a_conflict(tmp_path: Path) -> None:
+    # Another worker commits to the table between this flush's read of it and its append: one retry.
+    h = Harness(tmp_path)
+    other = IcebergWriter(sqlite_catalog(tmp_path), TOPICS, "other:2", sleep=lambda _: None)
+    real = h.writer.table
+    fired = []
+
+    def table(name: str, *, refresh: bool = False) -> Table:
+        loaded = real(name, refresh=refresh)
+        if refresh and name == TRADES and not fired:
+            fired.append(name)
+            theirs = trade_events(2, range(3))
+            other.commit(TRADES, events_to_arrow(TRADES, theirs), offsets_of(theirs), "other-1")
+        return loaded
+
+    h.writer.table = table  # type: ignore[method-assign]
+    await h.put_trades(0, range(0, 10))
+    await h.flusher.flush({(TRADES_TOPIC, 0): 10**9})
+    assert fired == [TRADES]
+    assert h.metric("k2_flushes_total", table=TRADES) == 1
+    assert h.metric("k2_iceberg_commit_attempts_total", table=TRADES) == 2
+    assert h.metric("k2_rows_written_total", table=TRADES) == 10
 
 
 async def test_commit_failure_is_counted_and_rows_stay_buffered(tmp_path: Path) -> None:
