@@ -155,7 +155,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 def main() -> int:
     from bench import compare
-    from bench.runners import K2
+    from bench.loading import EVENTS_PER_PASS, delete_topics, end_offsets, loader_env, replay_args, topics
+    from bench.provenance import k2_commit
+    from bench.runners import K2, k2_command
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=5000, help="events/s produced live")
@@ -185,25 +187,25 @@ def main() -> int:
     run = uuid.uuid4().hex[:8]
     work = ROOT / "var" / "bench" / "soak" / run
     prefix = f"soak{run}"
-    source = compare.topics(f"{prefix}.live")
-    load_env = compare.loader_env(source, work / "load")
-    compare.k2_command(["init"], load_env, timeout_s=300)
+    source = topics(f"{prefix}.live")
+    load_env = loader_env(source, work / "load")
+    k2_command(["init"], load_env, timeout_s=300)
     systems = [
         K2(name, source, {}, work / name, args.flush_interval, workers=1, extra_env=env, probe=args.probe)
         for name, env in variants
     ]
     compare.log(f"soak {run}: {', '.join(s.name for s in systems)} at {args.rate:,.0f} ev/s for {args.seconds:.0f}s")
-    results: dict[str, Any] = {"run": run, "k2_commit": compare.report.k2_commit(), "variants": dict(variants)}
+    results: dict[str, Any] = {"run": run, "k2_commit": k2_commit(), "variants": dict(variants)}
     failed = False
     try:
         results["systems"] = soak_many(
             systems,
-            lambda passes: compare.replay_args(passes, args.instruments),
+            lambda passes: replay_args(passes, args.instruments),
             load_env,
-            lambda: compare.end_offsets(source),
+            lambda: end_offsets(source),
             args.rate,
             args.seconds,
-            compare.EVENTS_PER_PASS * args.instruments,
+            EVENTS_PER_PASS * args.instruments,
             args.timeout,
             args.every,
         )
@@ -233,7 +235,7 @@ def main() -> int:
     compare.log(f"results in {out}")
     if not args.keep and not failed:
         shutil.rmtree(work, ignore_errors=True)
-        compare.delete_topics(source.broker, prefix)
+        delete_topics(source.broker, prefix)
     return 2 if lost else 1 if failed else 0
 
 
