@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
-from k2.errors import K2Error
+from k2.errors import K2Error, RegistryUnavailable, ServiceUnavailable, describe, is_unavailable
 from k2.settings import Settings, get_settings
 
 
@@ -23,6 +24,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-topics", action="store_true", help="do not touch Kafka topics")
     p.add_argument("--skip-schemas", action="store_true", help="do not touch the schema registry")
     p.add_argument("--skip-tables", action="store_true", help="do not touch the Iceberg catalog")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait out a catalog that does not answer (timeouts, refused connections) before giving up "
+        "(default 120)",
+    )
     p.set_defaults(func=run)
 
 
@@ -68,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         warnings += len(report.mismatches) + len(aligned.refused)
     if not args.skip_schemas:
         from k2.avro.registry import register_contracts, registry_client
-        from k2.errors import RegistryUnavailable, ServiceUnavailable
 
         try:
             registrations = register_contracts(registry_client(settings), settings)
@@ -83,10 +91,22 @@ def run(args: argparse.Namespace) -> int:
         from k2.catalog import describe_catalog, load_k2_catalog
         from k2.lake.schemas import TABLES
         from k2.lake.tables import ensure_table
+        from k2.retry import wait_out
 
         catalog = load_k2_catalog(settings)
         for name, table_def in TABLES.items():
-            _, created = ensure_table(catalog, table_def)
+            try:
+                # Idempotent: a create that timed out but landed is found by the next attempt.
+                _, created = wait_out(
+                    functools.partial(ensure_table, catalog, table_def), what=f"table {name}", give_up_after_s=args.wait
+                )
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                raise ServiceUnavailable(
+                    f"table {name}: the catalog did not answer within {args.wait:g}s ({describe(exc)}); is it up "
+                    f"(`make stack-up`)? Run k2 init again, or give it longer with --wait."
+                ) from exc
             print(f"table    {name}: {'created' if created else 'exists'}")
         print(f"catalog  {describe_catalog(catalog)}")
     if warnings:

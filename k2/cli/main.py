@@ -19,7 +19,7 @@ from k2.cli import rejects as rejects_cmd
 from k2.cli import replay as replay_cmd
 from k2.cli import status as status_cmd
 from k2.cli import tables as tables_cmd
-from k2.errors import K2Error
+from k2.errors import K2Error, describe, is_unavailable
 from k2.secrets import Redactor, install_log_redaction, redactor_for
 from k2.settings import get_settings
 
@@ -84,6 +84,17 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"k2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        print(
+            redact(
+                f"k2 {args.command}: a service K2 needs did not answer ({describe(exc)}); check that it is up "
+                "(`make stack-status`) and run the command again"
+            ),
+            file=sys.stderr,
+        )
+        return 2
     return code
 
 

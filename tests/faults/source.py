@@ -16,14 +16,15 @@ import io
 import json
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 __all__ = [
     "TP",
@@ -40,6 +41,7 @@ __all__ = [
     "with_records",
 ]
 
+T = TypeVar("T")
 TP = tuple[str, int]
 Position = tuple[str, int, int]
 
@@ -188,23 +190,41 @@ def with_records(bootstrap: str, starts: Mapping[TP, int], ends: Mapping[TP, int
         consumer.close()
 
 
+def _asked(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()`` to the registry, asked again after a failure that is not an answer (a timeout, a refused
+    connection, a 5xx) with a growing pause: a loaded machine's slow registry is not a verdict on the frames.
+    The registry's own answers (a 404: no such subject or id) are raised at once."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except SchemaRegistryError as exc:
+            if (exc.http_status_code is not None and 0 < exc.http_status_code < 500) or attempt == attempts - 1:
+                raise
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 class Registry:
     """The schema registry as the suite sees it: schemas by id, ids by subject, cached."""
 
     def __init__(self, url: str) -> None:
-        self.client = SchemaRegistryClient({"url": url})
+        self.client = SchemaRegistryClient({"url": url, "timeout": 30})
         self._schemas: dict[int, Any] = {}
         self._subject_ids: dict[str, set[int]] = {}
 
     def subject_ids(self, subject: str) -> set[int]:
         """Every schema id registered under ``subject`` (empty when the subject does not exist)."""
         if subject not in self._subject_ids:
-            ids: set[int] = set()
             try:
-                for version in self.client.get_versions(subject):
-                    ids.add(self.client.get_version(subject, version).schema_id)
-            except Exception:  # an unknown subject; anything else shows up as undecodable frames
-                ids = set()
+                versions = _asked(lambda: self.client.get_versions(subject))
+                ids = {_asked(lambda v=v: self.client.get_version(subject, v)).schema_id for v in versions}
+            except SchemaRegistryError as exc:
+                if exc.http_status_code != 404:
+                    raise
+                ids = set()  # an unknown subject
             self._subject_ids[subject] = ids
         return self._subject_ids[subject]
 
@@ -219,9 +239,12 @@ class Registry:
             parsed = None
             if 0 <= schema_id < 2**31:
                 try:
-                    parsed = fastavro.parse_schema(json.loads(self.client.get_schema(schema_id).schema_str))
-                except Exception:  # unknown id: the frame is not decodable
-                    parsed = None
+                    text = _asked(lambda: self.client.get_schema(schema_id)).schema_str
+                    parsed = fastavro.parse_schema(json.loads(text))
+                except SchemaRegistryError as exc:
+                    if exc.http_status_code != 404:
+                        raise
+                    parsed = None  # an unknown id: the frame is not decodable
             self._schemas[schema_id] = parsed
         return self._schemas[schema_id]
 

@@ -199,3 +199,28 @@ def test_a_takeover_is_bounded_by_twice_the_buffer() -> None:
     assert Takeover("w0", "w1", 300.0, bound, restored_records=4000).bounded
     assert not Takeover("w0", "w1", 300.0, bound, restored_records=4001).bounded
     assert Takeover("w0", "w1", 300.0, bound).bounded is None  # not counted: the scenario fails on that
+
+
+def test_a_registry_that_is_slow_is_asked_again_and_its_own_answers_are_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout once made every frame of a run "undecodable" (the subject's ids read as none): the suite
+    then reported every landed row as a bad event. Only the registry's answers decide; failures are asked again."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from tests.faults import source
+
+    monkeypatch.setattr(source.time, "sleep", lambda s: None)
+    answers: list[Any] = [TimeoutError("read timed out"), SchemaRegistryError(503, 50301, "busy"), [1, 2]]
+
+    def call() -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert source._asked(call) == [1, 2] and answers == []
+    answers[:] = [SchemaRegistryError(404, 40401, "Subject not found"), [1]]
+    with pytest.raises(SchemaRegistryError):
+        source._asked(call)
+    answers[:] = [TimeoutError()] * 5
+    with pytest.raises(TimeoutError):
+        source._asked(call)
