@@ -264,7 +264,9 @@ class Registry:
             return None
         body = io.BytesIO(value[_HEADER.size :])
         try:
-            record = fastavro.schemalessreader(body, schema, None)
+            record = fastavro.schemaless_reader(body, schema, None)
+        except (AttributeError, NameError):  # the suite's own bug, never a verdict on the frame
+            raise
         except Exception:  # truncated or garbled body
             return None
         if body.tell() != len(value) - _HEADER.size or not isinstance(record, dict):

@@ -224,3 +224,24 @@ def test_a_registry_that_is_slow_is_asked_again_and_its_own_answers_are_final(mo
     answers[:] = [TimeoutError()] * 5
     with pytest.raises(TimeoutError):
         source._asked(call)
+
+
+def test_the_suite_decodes_a_clean_frame_and_only_a_clean_frame() -> None:
+    """The suite's decoder once called a function fastavro does not have, and read that as "undecodable" for
+    every frame of every run. A clean frame decodes; a truncated one or a wrong id does not."""
+    import fastavro
+
+    from tests.faults.source import Registry, encode
+
+    schema = fastavro.parse_schema(
+        {"type": "record", "name": "T", "fields": [{"name": "symbol", "type": "string"}, {"name": "n", "type": "long"}]}
+    )
+    registry = Registry("http://127.0.0.1:9")  # never asked: its caches answer
+    registry._subject_ids["t-value"] = {7}
+    registry._schemas[7] = schema
+    frame = encode(7, schema, {"symbol": "BHP", "n": 42})
+    decoded = registry.decode(frame, "t-value")
+    assert decoded is not None and decoded.schema_id == 7 and decoded.record == {"symbol": "BHP", "n": 42}
+    assert registry.decode(frame[:-1], "t-value") is None
+    assert registry.decode(frame + b"\x00", "t-value") is None
+    assert registry.decode(encode(8, schema, {"symbol": "BHP", "n": 42}), "t-value") is None
