@@ -33,6 +33,8 @@ from pyiceberg.table.sorting import NullOrder, SortDirection
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.utils.properties import property_as_bool
 
+from k2.lake.txn import transaction
+
 __all__ = ["append", "sort_order_id", "write_data_files"]
 
 
@@ -71,11 +73,14 @@ def write_data_files(
 def append(table: Table, rows: pa.Table, snapshot_properties: dict[str, str]) -> None:
     """``table.append(rows, snapshot_properties=...)``, the data files saying whether they are sorted.
 
+    Through :func:`k2.lake.txn.transaction`: the transaction's metadata is not deep-copied on
+    every read, so the commit does not cost more with every snapshot the table keeps.
+
     Raises:
         ValueError: ``rows`` do not fit the table's schema (pyiceberg's own check and message).
         CommitFailedException, CommitStateUnknownException: as ``Table.append``.
     """
-    with table.transaction() as txn:
+    with transaction(table) as txn:
         metadata = txn.table_metadata
         _check_pyarrow_schema_compatible(metadata.schema(), rows.schema, format_version=metadata.format_version)
         update = txn.update_snapshot(snapshot_properties=snapshot_properties)

@@ -59,6 +59,7 @@ from k2.lake.records import TopicPartition
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES, TableDef
 from k2.lake.state import LakeState
 from k2.lake.tables import ensure_table, missing_properties
+from k2.lake.txn import transaction
 from k2.settings import Settings
 
 __all__ = ["CommitResult", "IcebergWriter", "LakeRegressed", "TableRecreated", "default_worker_id"]
@@ -322,7 +323,8 @@ class IcebergWriter:
                         latest = keep_last(rows, table_def.upsert_keys)
                         superseded = rows.num_rows - latest.num_rows
                         rows = latest
-                        table.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
+                        with transaction(table) as txn:  # as table.upsert, without a copy per metadata read
+                            txn.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
                     else:
                         files.append(table, rows, properties)  # as table.append, files saying if sorted
                 except _RETRYABLE as exc:
