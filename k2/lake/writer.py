@@ -45,6 +45,7 @@ from pyiceberg.types import NestedField
 from k2.errors import K2Error
 from k2.lake import files
 from k2.lake.arrow import keep_last
+from k2.lake.laps import Laps
 from k2.lake.offsets import (
     COMMIT_ID_KEY,
     batch_offsets,
@@ -129,6 +130,10 @@ class CommitResult:
     """The cumulative marks the table records after this call."""
     rows_superseded: int = 0
     """Upsert tables only: older versions of a key in the same batch, replaced by the newest."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per step of the commit (:data:`k2.lake.laps.STEPS`), its attempts summed."""
+    snapshots: int = 0
+    """Snapshots the table's metadata lists after the commit (what each commit reads and writes)."""
 
 
 class IcebergWriter:
@@ -300,9 +305,11 @@ class IcebergWriter:
         table_def = TABLES[table_name]
         topic = self._topic_of(table_def, source_offsets)
         start = time.perf_counter()
+        laps = Laps()
         with self._locks[table_name]:
             for attempt in range(1, self.max_attempts + 1):
                 table = self.table(table_name, refresh=True)
+                laps.lap("refresh")
                 previous = latest_k2_snapshot(table)
                 summary = {} if previous is None or previous.summary is None else previous.summary.additional_properties
                 committed = offsets_from_summary(summary)
@@ -318,6 +325,7 @@ class IcebergWriter:
                 )
                 properties = summary_properties(marks, commit_id, self.worker_id)
                 superseded = 0
+                laps.lap("plan")
                 try:
                     if table_def.upsert_keys:
                         latest = keep_last(rows, table_def.upsert_keys)
@@ -325,9 +333,12 @@ class IcebergWriter:
                         rows = latest
                         with transaction(table) as txn:  # as table.upsert, without a copy per metadata read
                             txn.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
+                            laps.lap("write")  # its manifests included
+                        laps.lap("catalog")
                     else:
-                        files.append(table, rows, properties)  # as table.append, files saying if sorted
+                        files.append(table, rows, properties, laps)  # as table.append, files saying if sorted
                 except _RETRYABLE as exc:
+                    laps.lap("catalog")
                     if _recreated(exc):
                         raise TableRecreated(
                             f"{table_name} was dropped and created again under this worker ({exc})"
@@ -348,6 +359,8 @@ class IcebergWriter:
                     attempt,
                     marks,
                     superseded,
+                    laps.seconds,
+                    len(table.metadata.snapshots),
                 )
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
