@@ -1,6 +1,6 @@
 """What one commit costs as a table's history grows, with and without K2's transaction (k2.lake.txn).
 
-    .venv/bin/python bench/commit_cost.py [--catalog sqlite|rest] [--commits 1500] [--block 50]
+    .venv/bin/python bench/commit_cost.py [--catalog sqlite|rest] [--commits 1500] [--block 50] [--plain-block N]
         [--rows 300] [--merge] [--json FILE]
 
 Commits ``--commits`` small appends of trades, through :class:`k2.lake.writer.IcebergWriter`
@@ -10,11 +10,12 @@ catalog (a temporary folder) or on the local stack's REST catalog over S3 (``--c
 again). The commits go in blocks of ``--block``, alternating between K2's transaction ("fixed")
 and pyiceberg's own ``Table.transaction()`` ("plain", what K2 did before), in ABBA order so that
 drift on a shared machine falls on both alike; both variants commit to the same table, so at any
-point they carry the same history. ``--merge`` sets ``commit.manifest-merge.enabled`` on the
-table (pyiceberg's merge-append), to see whether the manifest list is what still grows.
+point they carry the same history. ``--plain-block`` makes pyiceberg's blocks shorter (its
+commits are the slow ones). ``--merge`` sets ``commit.manifest-merge.enabled`` on the table
+(pyiceberg's merge-append), to see whether the manifest list is what still grows.
 
-Prints, per pair of blocks, the median commit time of each variant, the fixed variant's median
-per step (k2_iceberg_commit_step_seconds), and the table's snapshots, manifests and metadata
+Prints, per block, the median commit time and the median per step
+(k2_iceberg_commit_step_seconds), and the table's snapshots, manifests and metadata
 file size; then the same at the 10th, 100th, 500th, 1000th and 1500th commit. Figures depend
 on the machine: they are for comparing the variants, not promises.
 """
@@ -86,7 +87,7 @@ def shape(table: Table) -> dict[str, int]:
     }
 
 
-def run(catalog: Catalog, commits: int, block: int, rows: int, merge: bool) -> list[dict[str, Any]]:
+def run(catalog: Catalog, commits: int, blocks: dict[str, int], rows: int, merge: bool) -> list[dict[str, Any]]:
     table, _ = ensure_table(catalog, TABLES[TRADES])
     if merge:
         with table.transaction() as txn:
@@ -99,7 +100,7 @@ def run(catalog: Catalog, commits: int, block: int, rows: int, merge: bool) -> l
         order = ("fixed", "plain") if pair % 2 == 0 else ("plain", "fixed")
         for variant in order:
             files.transaction = VARIANTS[variant]  # type: ignore[attr-defined]  # the path under test, per block
-            for _ in range(min(block, commits - n)):
+            for _ in range(min(blocks[variant], commits - n)):
                 events = trades(rows, first_offset=n * rows, partitions=PARTITIONS)
                 marks: dict[tuple[str, int], int] = {}
                 for event in events:
@@ -162,20 +163,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", choices=("sqlite", "rest"), default="sqlite")
     parser.add_argument("--commits", type=int, default=1500)
-    parser.add_argument("--block", type=int, default=50, help="commits per block of one variant")
+    parser.add_argument("--block", type=int, default=50, help="commits per block of K2's transaction")
+    parser.add_argument(
+        "--plain-block", type=int, help="commits per block of pyiceberg's (default --block; fewer: a shorter run)"
+    )
     parser.add_argument("--rows", type=int, default=300, help="trades per commit")
     parser.add_argument("--merge", action="store_true", help="set commit.manifest-merge.enabled on the table")
     parser.add_argument("--json", type=Path, help="write every commit's figures here")
     args = parser.parse_args()
-    if args.commits < 1 or args.block < 1 or args.rows < PARTITIONS:
-        parser.error(f"--commits and --block must be positive, --rows at least {PARTITIONS}")
+    blocks = {"fixed": args.block, "plain": args.block if args.plain_block is None else args.plain_block}
+    if args.commits < 1 or min(blocks.values()) < 1 or args.rows < PARTITIONS:
+        parser.error(f"--commits, --block and --plain-block must be positive, --rows at least {PARTITIONS}")
     print(
-        f"commit cost: {args.commits} commits of {args.rows} trades, {args.catalog} catalog, blocks of {args.block}"
+        f"commit cost: {args.commits} commits of {args.rows} trades, {args.catalog} catalog, blocks of {blocks}"
         f"{', manifest merge on' if args.merge else ''} (pid {os.getpid()})",
         flush=True,
     )
     with catalog_for(args.catalog) as catalog:
-        out = run(catalog, args.commits, args.block, args.rows, args.merge)
+        out = run(catalog, args.commits, blocks, args.rows, args.merge)
     print("\ncommit   fixed s   plain s   snapshots  manifests  metadata KiB")
     for row in checkpoints(out):
         fixed, plain = row["fixed"], row["plain"]
