@@ -181,7 +181,8 @@ def main() -> None:
     )
     with catalog_for(args.catalog) as catalog:
         out = run(catalog, args.commits, blocks, args.rows, args.merge)
-    print("\ncommit   fixed s   plain s   snapshots  manifests  metadata KiB")
+    print("\nmedian commit time of each variant's block holding the commit; the table after that pair of blocks")
+    print("commit   fixed s   plain s   snapshots  manifests  metadata KiB")
     for row in checkpoints(out):
         fixed, plain = row["fixed"], row["plain"]
         print(
