@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["CommitAgeCollector", "K2Metrics"]
 
 _COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, *_COMMIT_BUCKETS)
 
 
 class K2Metrics:
@@ -95,6 +96,21 @@ class K2Metrics:
             "Time to commit one batch to an Iceberg table.",
             ["table"],
             buckets=_COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.commit_steps = Histogram(
+            "k2_iceberg_commit_step_seconds",
+            "Time one commit spent in each step: refresh (reading the table), plan (marks and filter), "
+            "write (data files), manifests (manifests and manifest list), catalog (the metadata swap).",
+            ["table", "step"],
+            buckets=_STEP_BUCKETS,
+            registry=registry,
+        )
+        self.table_snapshots = Gauge(
+            "k2_iceberg_table_snapshots",
+            "Snapshots the table's metadata lists after this worker's last commit (each commit reads and writes "
+            "them all).",
+            ["table"],
             registry=registry,
         )
         self.commit_attempts = Counter(

@@ -53,6 +53,7 @@ from k2.lake.files import write_data_files
 from k2.lake.offsets import COMMIT_ID_KEY, OFFSET_KEY_PREFIX, WORKER_ID_KEY, latest_k2_snapshot
 from k2.lake.rewrite import replace_files
 from k2.lake.schemas import TableDef
+from k2.lake.txn import transaction
 from k2.settings import Settings
 
 __all__ = ["MAINTENANCE_KEY", "MaintainPolicy", "TableMaintenance", "maintain_table"]
@@ -200,7 +201,7 @@ def _compact_day(
         properties = carried_marks(table) | {MAINTENANCE_KEY: f"compact {label}"}
         target = str(policy.target_file_bytes)
         try:
-            with table.transaction() as txn:
+            with transaction(table) as txn:
                 if table.properties.get(_TARGET_SIZE) != target:  # what pyiceberg's writer cuts files at
                     txn.set_properties({_TARGET_SIZE: target})
                 written = write_data_files(txn.table_metadata, table.io, rows)

@@ -45,6 +45,7 @@ from pyiceberg.types import NestedField
 from k2.errors import K2Error
 from k2.lake import files
 from k2.lake.arrow import keep_last
+from k2.lake.laps import Laps
 from k2.lake.offsets import (
     COMMIT_ID_KEY,
     batch_offsets,
@@ -59,6 +60,7 @@ from k2.lake.records import TopicPartition
 from k2.lake.schemas import COMPANIES, COMPANY_VERSIONS, QUOTES, TABLES, TRADES, TableDef
 from k2.lake.state import LakeState
 from k2.lake.tables import ensure_table, missing_properties
+from k2.lake.txn import transaction
 from k2.settings import Settings
 
 __all__ = ["CommitResult", "IcebergWriter", "LakeRegressed", "TableRecreated", "default_worker_id"]
@@ -128,6 +130,10 @@ class CommitResult:
     """The cumulative marks the table records after this call."""
     rows_superseded: int = 0
     """Upsert tables only: older versions of a key in the same batch, replaced by the newest."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per step of the commit (:data:`k2.lake.laps.STEPS`), its attempts summed."""
+    snapshots: int = 0
+    """Snapshots the table's metadata lists after the commit (what each commit reads and writes)."""
 
 
 class IcebergWriter:
@@ -299,9 +305,11 @@ class IcebergWriter:
         table_def = TABLES[table_name]
         topic = self._topic_of(table_def, source_offsets)
         start = time.perf_counter()
+        laps = Laps()
         with self._locks[table_name]:
             for attempt in range(1, self.max_attempts + 1):
                 table = self.table(table_name, refresh=True)
+                laps.lap("refresh")
                 previous = latest_k2_snapshot(table)
                 summary = {} if previous is None or previous.summary is None else previous.summary.additional_properties
                 committed = offsets_from_summary(summary)
@@ -317,15 +325,20 @@ class IcebergWriter:
                 )
                 properties = summary_properties(marks, commit_id, self.worker_id)
                 superseded = 0
+                laps.lap("plan")
                 try:
                     if table_def.upsert_keys:
                         latest = keep_last(rows, table_def.upsert_keys)
                         superseded = rows.num_rows - latest.num_rows
                         rows = latest
-                        table.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
+                        with transaction(table) as txn:  # as table.upsert, without a copy per metadata read
+                            txn.upsert(rows, join_cols=list(table_def.upsert_keys), snapshot_properties=properties)
+                            laps.lap("write")  # its manifests included
+                        laps.lap("catalog")
                     else:
-                        files.append(table, rows, properties)  # as table.append, files saying if sorted
+                        files.append(table, rows, properties, laps)  # as table.append, files saying if sorted
                 except _RETRYABLE as exc:
+                    laps.lap("catalog")
                     if _recreated(exc):
                         raise TableRecreated(
                             f"{table_name} was dropped and created again under this worker ({exc})"
@@ -346,6 +359,8 @@ class IcebergWriter:
                     attempt,
                     marks,
                     superseded,
+                    laps.seconds,
+                    len(table.metadata.snapshots),
                 )
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

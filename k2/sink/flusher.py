@@ -195,6 +195,9 @@ class Flusher:
         self.metrics.rows_skipped.labels(table).inc(result.rows_dropped)
         if result.snapshot_id is not None:
             self.metrics.commit_duration.labels(table).observe(result.duration_s)
+            for step, seconds in result.steps.items():
+                self.metrics.commit_steps.labels(table, step).observe(seconds)
+            self.metrics.table_snapshots.labels(table).set(result.snapshots)
             self.metrics.record_commit(table, self.clock())
 
     def publish_buffered_rows(self, partitions: Mapping[str, set[int]] | None = None) -> dict[str, int]:

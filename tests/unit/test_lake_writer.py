@@ -21,6 +21,7 @@ from k2.errors import TableSchemaMismatch
 from k2.lake import files
 from k2.lake.arrow import companies_to_arrow, events_to_arrow, rejects_to_arrow
 from k2.lake.evolution import new_optional_fields
+from k2.lake.laps import STEPS, Laps
 from k2.lake.offsets import COMMIT_ID_KEY, WORKER_ID_KEY, read_offsets
 from k2.lake.records import BufferedEvent
 from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TABLES, TRADES
@@ -172,6 +173,30 @@ def test_commit_writes_rows_and_offsets_in_one_snapshot(writer: IcebergWriter) -
     assert len(got) == 15
     assert got[0]["price"] == Decimal("36.667000")
     assert got[3]["exchange_timestamp"].timestamp() * 1000 == T0 + 3
+
+
+def test_a_commit_says_what_each_step_took_and_how_many_snapshots_the_table_lists(writer: IcebergWriter) -> None:
+    for n in range(2):
+        events = trade_events(0, range(n * 5, n * 5 + 5))
+        result = writer.commit(TRADES, events_to_arrow(TRADES, events), offsets_of(events), f"c{n}")
+    assert list(result.steps) == list(STEPS)
+    assert all(seconds >= 0 for seconds in result.steps.values())
+    assert sum(result.steps.values()) <= result.duration_s
+    assert result.snapshots == 2
+    # The upsert table too (its data files and manifests are one step: pyiceberg's upsert stages both).
+    versions = [BufferedEvent(REFERENCE_TOPIC, 0, 0, company())]
+    upserted = writer.commit(COMPANIES, companies_to_arrow(versions, updated_at=T0), offsets_of(versions), "u1")
+    assert list(upserted.steps) == ["refresh", "plan", "write", "catalog"] and upserted.snapshots == 1
+
+
+def test_laps_give_each_step_the_time_since_the_previous_one() -> None:
+    ticks = iter([10.0, 10.5, 11.0, 13.0, 13.25])
+    laps = Laps(clock=lambda: next(ticks))
+    laps.lap("refresh")
+    laps.lap("plan")
+    laps.lap("refresh")  # a second attempt adds to the same step
+    laps.lap("catalog")
+    assert laps.seconds == {"refresh": 2.5, "plan": 0.5, "catalog": 0.25}
 
 
 def test_the_same_batch_twice_lands_once(writer: IcebergWriter) -> None:
@@ -377,8 +402,8 @@ def test_a_lost_answer_that_had_landed_is_recognised(writer: IcebergWriter, monk
     real_append = files.append
     calls = {"n": 0}
 
-    def append_then_lose_the_answer(table: Table, df: pa.Table, properties: dict[str, str]) -> None:
-        real_append(table, df, properties)
+    def append_then_lose_the_answer(table: Table, df: pa.Table, properties: dict[str, str], laps: Any = None) -> None:
+        real_append(table, df, properties, laps)
         calls["n"] += 1
         if calls["n"] == 1:
             raise CommitStateUnknownException("gateway timeout")

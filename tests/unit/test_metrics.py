@@ -27,6 +27,7 @@ from k2.buffer.store import ChunkStore
 from k2.ingest.frames import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema, events_to_arrow
+from k2.lake.laps import STEPS
 from k2.lake.records import RejectRecord
 from k2.lake.schemas import QUOTES, TRADES
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
@@ -180,6 +181,9 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     assert h.metric("k2_rows_skipped_already_committed_total", table=TRADES) == 0
     assert h.metric("k2_iceberg_commit_duration_seconds_count", table=TRADES) == 1
     assert h.metric("k2_iceberg_commit_duration_seconds_sum", table=TRADES) > 0
+    for step in STEPS:
+        assert h.metric("k2_iceberg_commit_step_seconds_count", table=TRADES, step=step) == 1
+    assert h.metric("k2_iceberg_table_snapshots", table=TRADES) == 1
     assert h.metric("k2_iceberg_last_commit_timestamp_seconds", table=TRADES) == 1000.0
     assert h.metric("k2_buffered_rows", table=TRADES) == 0
 
@@ -191,6 +195,8 @@ async def test_flush_moves_sink_metrics_per_table(tmp_path: Path) -> None:
     assert h.metric("k2_rows_written_total", table=TRADES) == 17
     assert h.metric("k2_rows_skipped_already_committed_total", table=TRADES) == 5
     assert h.metric("k2_iceberg_commit_duration_seconds_count", table=TRADES) == 2
+    assert h.metric("k2_iceberg_commit_step_seconds_count", table=TRADES, step="catalog") == 2
+    assert h.metric("k2_iceberg_table_snapshots", table=TRADES) == 2
     assert h.metric("k2_iceberg_last_commit_timestamp_seconds", table=TRADES) == 2000.0
     assert h.metric("k2_iceberg_commit_failures_total", table=TRADES) == 0
 
