@@ -99,3 +99,16 @@ def test_soak_variants_name_a_worker_and_what_its_environment_adds() -> None:
     for bad in ("", ":A=1", "a b", "x:NOVALUE", "x:=1"):
         with pytest.raises(ValueError):
             parse_variant(bad)
+
+
+def test_the_baseline_system_runs_the_k2_of_another_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare.py --baseline: k2-base is K2 from that checkout (its k2 package first on the path), k2 this one's."""
+    from bench.runners import BASELINE_VAR, Source, make
+
+    source = Source("127.0.0.1:1", "http://127.0.0.1:2", "t", "q", "r", "x")
+    monkeypatch.setenv(BASELINE_VAR, str(tmp_path / "base"))
+    base = make("k2-base", source, {}, tmp_path / "b", 5.0)
+    mine = make("k2", source, {}, tmp_path / "k", 5.0)
+    assert base.env(1)["PYTHONPATH"] == str(tmp_path / "base")  # type: ignore[attr-defined]
+    assert mine.env(1)["PYTHONPATH"] == str(ROOT)  # type: ignore[attr-defined]
+    assert base.env(1)["K2_TRADES_TOPIC"] == mine.env(1)["K2_TRADES_TOPIC"] == "t"  # type: ignore[attr-defined]
