@@ -36,9 +36,7 @@ class FetchedBatch:
     end: int
     """The position after it: where the next batch of this partition must start."""
     records: Sequence[Any]
-    """aiokafka's records, in offset order: with ``offset``, ``key``, ``value``, ``timestamp``,
-    ``timestamp_type`` and ``headers`` (``DefaultRecord``s as parsed, see
-    :func:`k2.kafka.consumer.read_as_stored`, or ``ConsumerRecord``s)."""
+    """aiokafka ``ConsumerRecord``s, in offset order (``offset``, ``key``, ``value``, ``timestamp``)."""
     generation: int
     """The consumer group generation the fetch belongs to (a batch of an older one is stale)."""
 
@@ -79,7 +77,7 @@ def batch_message(batch: FetchedBatch) -> Message:
         batch,  # type: ignore[arg-type]  # faust types the value as bytes; here it is the batch
         None,
         0,
-        sum(len(r.value) for r in batch.records if r.value is not None),
+        sum(r.serialized_value_size for r in batch.records),
         batch.tp,
         generation_id=batch.generation,
     )

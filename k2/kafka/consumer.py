@@ -21,10 +21,8 @@ Private faust/aiokafka names used here (pinned by ``tests/unit/test_kafka_consum
 so an upgrade that changes them fails loudly): ``Consumer._new_offset``,
 ``Consumer._filter_tps_with_pending_acks``, ``Consumer._read_offset``, ``Consumer._committed_offset``,
 ``AIOKafkaConsumerThread._fetch_records`` (and the ``_fetcher``, ``_subscriptions`` and
-``_create_fetch_waiter`` it reaches, as faust's own version does), aiokafka's
-``AIOKafkaConsumer._isolation_level`` (set before the consumer starts: read committed data only),
-and, for :func:`read_as_stored`, ``Fetcher._records``, ``FetchResult._partition_records`` and
-``PartitionRecords._consumer_record``.
+``_create_fetch_waiter`` it reaches, as faust's own version does), and aiokafka's
+``AIOKafkaConsumer._isolation_level`` (set before the consumer starts: read committed data only).
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, Protocol, cast
 
 from aiokafka import TopicPartition
-from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.errors import ConsumerStoppedError
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -43,15 +40,7 @@ from faust.types.tuples import Message
 
 from k2.kafka.batches import FetchedBatch, batch_message
 
-__all__ = [
-    "ISOLATION_LEVEL",
-    "BatchSink",
-    "K2Consumer",
-    "K2ConsumerThread",
-    "PositionedRecords",
-    "positions_of",
-    "read_as_stored",
-]
+__all__ = ["ISOLATION_LEVEL", "BatchSink", "K2Consumer", "K2ConsumerThread", "PositionedRecords", "positions_of"]
 
 
 class BatchSink(Protocol):
@@ -109,31 +98,6 @@ def positions_of(subscriptions: Any, tps: Iterable[TP]) -> dict[TP, int]:
     return out
 
 
-def _as_stored(tp: Any, record: Any) -> Any:
-    return record
-
-
-def read_as_stored(fetcher: Any, tps: Iterable[TP]) -> None:
-    """Have the fetcher hand over ``tps``' records as it parsed them, not as ``ConsumerRecord``s.
-
-    aiokafka builds a ``ConsumerRecord`` (a dataclass of eleven fields, the key and value
-    sizes measured, the headers copied) for every record it drains, on the consumer thread:
-    about half of what draining a record costs. K2 reads six of those fields once, into
-    columns (:meth:`k2.ingest.frames.Frames.of`), so for its batch topics the fetched
-    partition's records are handed over as the record batch's own records (aiokafka's
-    ``DefaultRecord``: ``offset``, ``timestamp``, ``timestamp_type``, ``key``, ``value``,
-    ``headers``). Only the last step changes: which records are returned, the transaction
-    and control-batch filtering and the position they move the consumer to are aiokafka's.
-    Results fetched after this call (a drain that waits) come as ``ConsumerRecord``s, which
-    have the same fields.
-    """
-    pending = fetcher._records
-    for tp in tps:
-        result = pending.get(tp)
-        if type(result) is FetchResult and result._partition_records is not None:
-            result._partition_records._consumer_record = _as_stored
-
-
 #: K2 reads what producers committed only: records of aborted transactions never land, and a
 #: transaction still open holds back what follows it (its end is the last stable offset).
 ISOLATION_LEVEL = "read_committed"
@@ -187,7 +151,6 @@ class K2ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if subscriptions.reassignment_in_progress:
             return out
         before = positions_of(subscriptions, watched)
-        read_as_stored(fetcher, watched)
         records = await fetcher.fetched_records(active_partitions, timeout=0, max_records=max_records)
         after = positions_of(subscriptions, before)
         for tp, recs in records.items():

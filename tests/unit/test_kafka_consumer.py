@@ -15,7 +15,7 @@ from typing import Any
 import aiokafka
 import faust
 import pytest
-from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.subscription_state import Assignment, SubscriptionState, TopicPartitionState
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -23,9 +23,8 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from k2.app import create_app
-from k2.ingest.frames import Frames
 from k2.kafka.batches import BATCH_SCHEMA, FetchedBatch, batch_message
-from k2.kafka.consumer import K2Consumer, K2ConsumerThread, PositionedRecords, positions_of, read_as_stored
+from k2.kafka.consumer import K2Consumer, K2ConsumerThread, PositionedRecords, positions_of
 from k2.settings import Settings
 
 
@@ -66,13 +65,6 @@ def test_aiokafka_fetcher_internals_k2_reads_are_still_there() -> None:
     assert isinstance(TopicPartitionState.position, property)
     assert isinstance(TopicPartitionState.has_valid_position, property)
     assert aiokafka.__version__.startswith("0.14."), "re-check k2.kafka.consumer against this aiokafka version"
-    # read_as_stored: the fetcher keeps a FetchResult per partition, whose PartitionRecords makes
-    # each record it yields through _consumer_record(tp, record), looked up on the instance.
-    assert "self._records = collections.OrderedDict()" in inspect.getsource(Fetcher.__init__)
-    assert "res_or_error = self._records[tp]" in inspect.getsource(Fetcher.fetched_records)
-    assert "self._partition_records = partition_records" in inspect.getsource(FetchResult.__init__)
-    assert params(PartitionRecords._consumer_record) == ["self", "tp", "record"]
-    assert "self._consumer_record(tp, record)" in inspect.getsource(PartitionRecords._unpack_records)
 
 
 @dataclass
@@ -209,7 +201,6 @@ class MovingFetcher:
 
     def __init__(self, subscriptions: FakeSubscriptions, tp: TP, to: int) -> None:
         self.subscriptions, self.tp, self.to = subscriptions, tp, to
-        self._records: dict[TP, Any] = {}
 
     async def fetched_records(self, partitions: Any, timeout: float = 0, max_records: Any = None) -> dict[TP, Any]:  # noqa: ASYNC109
         self.subscriptions.assignment.positions[self.tp] = self.to
@@ -256,57 +247,3 @@ async def test_the_worker_consumer_reads_committed_data_only(consumer: K2Consume
     thread = consumer._new_consumer_thread()
     made = thread._create_worker_consumer(consumer.app.transport)  # type: ignore[attr-defined]
     assert made._isolation_level == "read_committed"
-
-
-def _fetched(tp: TP, records: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> FetchResult:
-    """A FetchResult of real record-batch bytes, as aiokafka's fetcher builds it from a fetch response."""
-    from aiokafka.record.default_records import DefaultRecordBatchBuilder
-    from aiokafka.record.memory_records import MemoryRecords
-
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for offset, key, value, headers in records:
-        builder.append(offset, timestamp=1_700_000_000_000 + offset, key=key, value=value, headers=headers)
-    parsed = PartitionRecords(
-        aiokafka.TopicPartition(tp.topic, tp.partition),
-        MemoryRecords(bytes(builder.build())),
-        [],
-        0,
-        None,
-        None,
-        True,
-        "read_committed",
-    )
-    return FetchResult(tp, assignment=None, partition_records=parsed, backoff=0)
-
-
-def test_batch_partitions_are_read_as_stored_with_the_fields_k2_reads() -> None:
-    """Seen: aiokafka's ConsumerRecord per record was about half of a drain's CPU; K2 reads six fields of it."""
-    from aiokafka.record._crecords.default_records import DefaultRecord  # type: ignore[import-untyped]
-
-    mine, other = TP("src", 0), TP("other", 0)
-    records = [(0, b"k0", b"\x00v0", []), (1, None, None, [("h", b"1"), ("h", b"2")]), (2, b"k2", b"", [])]
-
-    class Pending:
-        _records = {mine: _fetched(mine, records), other: _fetched(other, records)}
-
-    read_as_stored(Pending, [mine, TP("src", 9)])  # a partition with nothing fetched is left alone
-    stored = list(Pending._records[mine]._partition_records)  # type: ignore[arg-type]
-    usual = list(Pending._records[other]._partition_records)  # type: ignore[arg-type]
-    assert [type(r) for r in stored] == [DefaultRecord] * 3
-    assert [type(r) for r in usual] == [aiokafka.ConsumerRecord] * 3
-    fields = ("offset", "key", "value", "timestamp", "timestamp_type")
-    assert [tuple(getattr(r, f) for f in fields) for r in stored] == [
-        tuple(getattr(r, f) for f in fields) for r in usual
-    ]
-    assert [tuple(r.headers) for r in stored] == [r.headers for r in usual]
-    batch = FetchedBatch(mine, 0, 3, stored, generation=1)
-    assert Frames.of(0, stored) == Frames.of(0, usual)
-    assert batch_message(batch).value is batch and batch_message(batch).offset == 2
