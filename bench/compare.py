@@ -82,7 +82,11 @@ def _names(text: str) -> list[str]:
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="at least this many trades + quotes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma separated, of {', '.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems",
+        default=",".join(n for n in SYSTEMS if n != "k2-base"),
+        help=f"comma separated, of {', '.join(SYSTEMS)} (k2-base with --baseline)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every system, interleaved (at least 1)")
     parser.add_argument("--once", default="faust-bare", help="systems run in the first round only ('' for none)")
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -112,3 +113,20 @@ def test_the_baseline_system_runs_the_k2_of_another_checkout(tmp_path: Path, mon
     assert base.env(1)["PYTHONPATH"] == str(tmp_path / "base")  # type: ignore[attr-defined]
     assert mine.env(1)["PYTHONPATH"] == str(ROOT)  # type: ignore[attr-defined]
     assert base.env(1)["K2_TRADES_TOPIC"] == mine.env(1)["K2_TRADES_TOPIC"] == "t"  # type: ignore[attr-defined]
+
+
+def test_k2_base_runs_only_when_asked_for_with_a_baseline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench.compare import arguments
+
+    monkeypatch.setattr(sys, "argv", ["compare.py"])
+    assert "k2-base" not in arguments().names  # make bench, as before
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--systems", "floor,k2-base,k2"])
+    with pytest.raises(SystemExit) as usage:
+        arguments()
+    assert usage.value.code == 2
+    (tmp_path / "k2").mkdir()
+    (tmp_path / "k2" / "app.py").write_text("")
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--systems", "floor,k2-base,k2", "--baseline", str(tmp_path)])
+    monkeypatch.delenv("BENCH_K2_BASELINE", raising=False)
+    assert arguments().names == ["floor", "k2-base", "k2"]
+    assert os.environ["BENCH_K2_BASELINE"] == str(tmp_path.resolve())
