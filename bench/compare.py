@@ -65,10 +65,10 @@ from bench.loading import (  # noqa: E402
 from bench.maintenance import maintenance_phase  # noqa: E402
 from bench.phases import fresh_run, kill_run, throughput  # noqa: E402
 from bench.procs import Timeout  # noqa: E402
-from bench.runners import LAKE_SYSTEMS, SYSTEMS, System, SystemFailed, k2_command, make  # noqa: E402
+from bench.runners import BASELINE_VAR, LAKE_SYSTEMS, SYSTEMS, System, SystemFailed, k2_command, make  # noqa: E402
 from bench.soak import soak_many  # noqa: E402
 
-EXACTLY_ONCE = ("k2", "k2x2")
+EXACTLY_ONCE = ("k2", "k2x2", "k2-base")
 
 
 def log(message: str) -> None:
@@ -82,7 +82,11 @@ def _names(text: str) -> list[str]:
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="at least this many trades + quotes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma separated, of {', '.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems",
+        default=",".join(n for n in SYSTEMS if n != "k2-base"),
+        help=f"comma separated, of {', '.join(SYSTEMS)} (k2-base with --baseline)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every system, interleaved (at least 1)")
     parser.add_argument("--once", default="faust-bare", help="systems run in the first round only ('' for none)")
     parser.add_argument(
@@ -114,6 +118,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/<date>.json)")
     parser.add_argument("--readme", action="store_true", help="regenerate README's Performance section from it")
     parser.add_argument("--keep", action="store_true", help="keep the work folders and topics")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of K2 (e.g. `git archive main | tar -x -C var/base`), run as the system k2-base "
+        "in the same rounds as this one's k2 (throughput rounds only)",
+    )
     args = parser.parse_args()
     args.names = _names(args.systems)
     args.once_names = _names(args.once)
@@ -122,6 +132,10 @@ def arguments() -> argparse.Namespace:
         parser.error(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if "k2-base" in args.names:
+        if args.baseline is None or not (args.baseline / "k2" / "app.py").is_file():
+            parser.error("k2-base runs the K2 of --baseline DIR, a checkout holding k2/app.py")
+        os.environ[BASELINE_VAR] = str(args.baseline.resolve())
     return args
 
 

@@ -261,11 +261,20 @@ class FaustBare(Counter):
         self.procs.append(spawn(cmd, env, self.workdir / "faust-bare.log", self.workdir, self.meter))
 
 
+#: Another checkout of K2 (a directory holding its ``k2`` package) that the ``k2-base`` system runs.
+BASELINE_VAR = "BENCH_K2_BASELINE"
+
+
 @dataclass
 class K2(_Procs):
-    """``faust -A k2.app worker`` of this checkout, ``workers`` of them in one group, one lake."""
+    """``faust -A k2.app worker`` of this checkout, ``workers`` of them in one group, one lake.
+
+    With ``baseline`` set, K2 of the checkout in ``$BENCH_K2_BASELINE`` instead (``compare.py
+    --baseline``): a change and what it changes run in the same rounds, on the same venv.
+    """
 
     workers: int = 1
+    baseline: bool = False
     app_id: str = ""
     ports: list[int] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -286,6 +295,8 @@ class K2(_Procs):
             }
             | self.extra_env
         )
+        if self.baseline:
+            env["PYTHONPATH"] = os.environ[BASELINE_VAR]  # its k2 package before this checkout's (editable) one
         return {k: v for k, v in env.items() if v != ""}
 
     def prepare(self) -> None:
@@ -485,6 +496,7 @@ SYSTEMS: dict[str, tuple[type[System], dict[str, int]]] = {
     "faust-bare": (FaustBare, {}),
     "k2": (K2, {"workers": 1}),
     "k2x2": (K2, {"workers": 2}),
+    "k2-base": (K2, {"workers": 1, "baseline": True}),
     "quix": (Quix, {}),
     "connect": (Connect, {}),
 }

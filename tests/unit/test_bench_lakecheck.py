@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -99,3 +100,33 @@ def test_soak_variants_name_a_worker_and_what_its_environment_adds() -> None:
     for bad in ("", ":A=1", "a b", "x:NOVALUE", "x:=1"):
         with pytest.raises(ValueError):
             parse_variant(bad)
+
+
+def test_the_baseline_system_runs_the_k2_of_another_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare.py --baseline: k2-base is K2 from that checkout (its k2 package first on the path), k2 this one's."""
+    from bench.runners import BASELINE_VAR, Source, make
+
+    source = Source("127.0.0.1:1", "http://127.0.0.1:2", "t", "q", "r", "x")
+    monkeypatch.setenv(BASELINE_VAR, str(tmp_path / "base"))
+    base = make("k2-base", source, {}, tmp_path / "b", 5.0)
+    mine = make("k2", source, {}, tmp_path / "k", 5.0)
+    assert base.env(1)["PYTHONPATH"] == str(tmp_path / "base")  # type: ignore[attr-defined]
+    assert mine.env(1)["PYTHONPATH"] == str(ROOT)  # type: ignore[attr-defined]
+    assert base.env(1)["K2_TRADES_TOPIC"] == mine.env(1)["K2_TRADES_TOPIC"] == "t"  # type: ignore[attr-defined]
+
+
+def test_k2_base_runs_only_when_asked_for_with_a_baseline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench.compare import arguments
+
+    monkeypatch.setattr(sys, "argv", ["compare.py"])
+    assert "k2-base" not in arguments().names  # make bench, as before
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--systems", "floor,k2-base,k2"])
+    with pytest.raises(SystemExit) as usage:
+        arguments()
+    assert usage.value.code == 2
+    (tmp_path / "k2").mkdir()
+    (tmp_path / "k2" / "app.py").write_text("")
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--systems", "floor,k2-base,k2", "--baseline", str(tmp_path)])
+    monkeypatch.delenv("BENCH_K2_BASELINE", raising=False)
+    assert arguments().names == ["floor", "k2-base", "k2"]
+    assert os.environ["BENCH_K2_BASELINE"] == str(tmp_path.resolve())
