@@ -111,8 +111,19 @@ class Sink:
         return self._writer.state.marks() if self._writer is not None else {}
 
     async def read_marks(self) -> dict[TopicPartition, int]:
-        """The lake's marks, read now (raises :class:`LakeRegressed` when a table records less than it did)."""
-        return await asyncio.wait_for(asyncio.to_thread(self.writer().lake_marks), self.settings.catalog_timeout_s * 2)
+        """The lake's marks, read now (raises :class:`LakeRegressed` when a table records less than it did).
+
+        A table found dropped and created again (:class:`TableRecreated`) is handled here, wherever the
+        marks are read (positioning, the idle lake check): every table is forgotten, the consuming
+        partitions are positioned again, and the marks are read afresh. A table recreated after this
+        worker last committed to it, on a topic with nothing more to send, is noticed only so.
+        """
+        read = self.writer().lake_marks
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read), self.settings.catalog_timeout_s * 2)
+        except TableRecreated as exc:
+            await self.tables_recreated(exc)
+            return await asyncio.wait_for(asyncio.to_thread(read), self.settings.catalog_timeout_s * 2)
 
     # -- flushing -------------------------------------------------------------------------------
 

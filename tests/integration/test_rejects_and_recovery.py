@@ -256,6 +256,28 @@ def test_an_evolved_column_survives_its_table_being_created_again(env: K2Env) ->
     assert_law(env)
 
 
+def test_tables_created_again_after_their_last_commit_are_landed_again(env: K2Env) -> None:
+    """Seen in the fault suite (j, once in a loaded run): the reference tables were dropped and created again
+    after the worker had last committed to them, and their topic had nothing more to send. Only the worker's
+    idle lake check could notice; it met the recreation (a table UUID that changed) as an unexpected error,
+    logged it at debug level and went on, so the reference records never landed again."""
+    env.start_worker()
+    env.k2("replay", str(SAMPLE), "--no-progress")
+    env.wait_landed()
+
+    def versions() -> int:
+        return env.catalog().load_table("reference_data.company_versions").scan().to_arrow().num_rows
+
+    landed = versions()
+    assert landed > 0
+    for name in ("reference_data.companies", "reference_data.company_versions"):
+        env.catalog().drop_table(name)
+    env.k2("init", "--skip-topics", "--skip-schemas")
+    assert versions() == 0
+    env.wait_landed(timeout_s=120, until=lambda: versions() == landed)
+    assert_law(env)
+
+
 def test_two_workers_share_the_load_and_survive_losing_one(stack: Any, tmp_path: Path) -> None:
     """Scale-out is the consumer group: a second worker joins mid-stream, then the first dies.
 
