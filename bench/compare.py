@@ -34,7 +34,6 @@ or doubled an event.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -194,11 +193,7 @@ def main() -> int:
     source = topics(f"{prefix}.load")
     began = time.time()
     results: dict[str, Any] = {
-        "date": dt.date.today().isoformat(),
-        "run": run,
-        "k2_commit": provenance.k2_commit(),
-        "machine": provenance.machine(),
-        "versions": {"python": provenance.python_versions()},
+        **provenance.header(run),
         "rounds": [],
         "systems": {},
     }

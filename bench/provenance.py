@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import subprocess
@@ -9,9 +10,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["k2_commit", "machine", "python_versions"]
+__all__ = ["header", "k2_commit", "machine", "python_versions"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def header(run: str) -> dict[str, Any]:
+    """The first keys of every results file: the date, the run's id, K2's commit, the machine, the packages."""
+    return {
+        "date": dt.date.today().isoformat(),
+        "run": run,
+        "k2_commit": k2_commit(),
+        "machine": machine(),
+        "versions": {"python": python_versions()},
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import math
 import os
@@ -373,11 +372,7 @@ def main() -> int:
     prefix = f"scale{run}"
     began = time.time()
     results: dict[str, Any] = {
-        "date": dt.date.today().isoformat(),
-        "run": run,
-        "k2_commit": provenance.k2_commit(),
-        "machine": provenance.machine(),
-        "versions": {"python": provenance.python_versions()},
+        **provenance.header(run),
         "config": {
             "workers": counts,
             "flush_intervals_s": flushes,
