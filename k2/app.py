@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         stream_buffer_maxsize=4,
         producer_acks=-1,
         producer_max_request_size=s.max_message_bytes,
-        # Chunks (Arrow IPC) and rejects go out compressed; consumers read any codec.
+        # No producer compression: chunks are Arrow IPC with LZ4-compressed buffers already (k2.buffer.chunks).
         producer_compression_type=None,
         web_bind=s.web_host,
         web_port=s.web_port,
