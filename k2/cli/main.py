@@ -84,6 +84,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"k2 {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly, as Unix tools do
     except Exception as exc:
         if not is_unavailable(exc):
             raise
