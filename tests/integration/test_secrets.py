@@ -52,6 +52,7 @@ def test_no_output_surface_shows_a_planted_secret(stack: Any, tmp_path: Path) ->
         env.close()
     text = "\n".join(seen)
     # The surfaces were really read: the worker logs its settings and catalog configuration at start.
-    assert "Worker ready" in text and "Iceberg catalog 'k2'" in text and "127.0.0.1:9" in text
+    for surface in ("Worker ready", "Iceberg catalog 'k2'", "127.0.0.1:9"):
+        assert surface in text, f"{surface!r} was never printed: the surfaces were not all read\n{text[-3000:]}"
     for what, secret in PLANTED.items():
         assert secret not in text, f"the {what} secret was printed"
