@@ -45,6 +45,7 @@ def test_no_output_surface_shows_a_planted_secret(stack: Any, tmp_path: Path) ->
         env.env["PYICEBERG_CATALOG__K2__URI"] = f"http://k2:{PLANTED['uri']}@127.0.0.1:9/"
         done = env.k2("tables", check=False)
         assert done.returncode != 0
+        assert "Iceberg catalog 'k2'" in done.stderr and "port=9)" in done.stderr, done.stderr
         seen += [done.stdout, done.stderr]
         env.close()
         seen.append(worker.log.read_text(errors="replace"))
@@ -52,7 +53,7 @@ def test_no_output_surface_shows_a_planted_secret(stack: Any, tmp_path: Path) ->
         env.close()
     text = "\n".join(seen)
     # The surfaces were really read: the worker logs its settings and catalog configuration at start.
-    for surface in ("Worker ready", "Iceberg catalog 'k2'", "127.0.0.1:9"):
+    for surface in ("Worker ready", "Iceberg catalog 'k2'"):
         assert surface in text, f"{surface!r} was never printed: the surfaces were not all read\n{text[-3000:]}"
     for what, secret in PLANTED.items():
         assert secret not in text, f"the {what} secret was printed"
