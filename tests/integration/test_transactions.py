@@ -383,9 +383,12 @@ def test_a_worker_fed_in_transactions_is_judged_by_the_committed_records(stack: 
         assert txn.flush(30) == 0
         txn.abort_transaction(30) if n % 3 == 2 else txn.commit_transaction(30)
     env.start_worker()
-    with contextlib.suppress(AssertionError):  # judged as it is, landed or not
-        env.wait_landed(timeout_s=120)
-    report = audit(s, env.catalog(), to_end=True, settle_s=5)
+    try:
+        with contextlib.suppress(AssertionError):  # judged as it is, landed or not
+            env.wait_landed(timeout_s=120)
+        report = audit(s, env.catalog(), to_end=True, settle_s=5)
+    finally:
+        env.close()  # the worker must not outlive the test (it did, for the rest of the suite)
 
     committed = _read(stack.kafka_bootstrap, s.trades_topic, s.trades_partitions, "read_committed")
     everything = _read(stack.kafka_bootstrap, s.trades_topic, s.trades_partitions, "read_uncommitted")
