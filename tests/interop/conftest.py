@@ -53,7 +53,10 @@ def lake(
     """A lake K2 laid down on one catalog (see :meth:`Lake.lay`); its workers stopped at the end."""
     kind: str = request.param
     if kind == "rest" and "rest" not in stack.profiles:
-        pytest.skip("the rest profile is not in K2_TEST_PROFILES")
+        pytest.fail(  # planned (K2_INTEROP_FULL=1) but not reachable: a skip here would hide a catalog never read
+            "the full interop run reads the REST catalog, and the stack has no rest profile: start it with "
+            "`python3 deploy/local/stack.py up --profile rest` (make test-interop does) or unset K2_INTEROP_FULL"
+        )
     workdir: Path = tmp_path_factory.mktemp(f"interop-{kind}")
     env = K2Env(stack, workdir, kind, K2_MAINTAIN_MIN_FILES="2")
     lake = Lake(env, spark, plan(), workdir)
