@@ -15,13 +15,13 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from k2.errors import ServiceUnavailable
 from k2.kafka.security import security_conf
 from k2.settings import Settings
 
-__all__ = ["LIBRDKAFKA_LOG", "ConnectErrors", "client_conf", "cluster_metadata"]
+__all__ = ["LIBRDKAFKA_LOG", "ConnectErrors", "client_conf", "cluster_metadata", "log_reader"]
 
 LIBRDKAFKA_LOG = logging.getLogger("k2.librdkafka")
 
@@ -105,3 +105,21 @@ def client_conf(settings: Settings, *, errors: ConnectErrors | None = None, **ex
     if errors is not None:
         conf["error_cb"] = errors
     return conf
+
+
+def log_reader(settings: Settings, *, group: str, isolation: str, errors: ConnectErrors, **extra: Any) -> Consumer:
+    """A consumer that reads partitions by assignment, from their start, and never joins ``group`` or commits.
+
+    ``group`` is required by librdkafka only. Each partition reports its end (``_PARTITION_EOF``); a range
+    that retention deleted meanwhile restarts at the new log start. ``extra``: more librdkafka settings.
+    """
+    conf = {
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "isolation.level": isolation,
+        "auto.offset.reset": "earliest",
+        **extra,
+    }
+    return Consumer(client_conf(settings, errors=errors, **conf))

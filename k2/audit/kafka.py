@@ -26,7 +26,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafka
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
+from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata, log_reader
 from k2.admin.watermarks import FirstRecord, LogEnds, log_ends, partitions_of
 from k2.audit.ranges import Ranges, coalesce
 from k2.errors import NotInitialised, ServiceUnavailable
@@ -100,23 +100,10 @@ class KafkaLog:
     def _consumer(self, isolation: str = "read_committed") -> Consumer:
         """The reader of one isolation level, made on first use."""
         if isolation not in self._consumers:
-            self._consumers[isolation] = Consumer(
-                client_conf(
-                    self._settings,
-                    errors=self._errors,
-                    **{
-                        "group.id": "k2-audit",  # required by librdkafka; never joined, nothing committed
-                        "enable.auto.commit": False,
-                        "enable.auto.offset.store": False,
-                        "enable.partition.eof": True,
-                        "isolation.level": isolation,
-                        # A range that retention deleted meanwhile restarts at the new log start.
-                        "auto.offset.reset": "earliest",
-                        # librdkafka logs every failed connection attempt (20 a second while the broker is down);
-                        # the error the audit raises says it once.
-                        "logger": _QUIET,
-                    },
-                )
+            # librdkafka logs every failed connection attempt (20 a second while the broker is down);
+            # the error the audit raises says it once.
+            self._consumers[isolation] = log_reader(
+                self._settings, group="k2-audit", isolation=isolation, errors=self._errors, logger=_QUIET
             )
         return self._consumers[isolation]
 

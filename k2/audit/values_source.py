@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata
+from k2.admin.clients import ConnectErrors, client_conf, cluster_metadata, log_reader
 from k2.audit.values_decode import WriterPlan
 from k2.avro.registry import fetch_schema_text, registry_client
 from k2.avro.schemas import subject_for_topic
@@ -80,25 +80,19 @@ class SourceLog:
         self.timeout_s = timeout_s
         self._settings = settings
         self._errors = ConnectErrors()
-        self._consumer = Consumer(
-            client_conf(
-                settings,
-                errors=self._errors,
-                **{
-                    "group.id": "k2-audit-values",  # required by librdkafka; never joined, nothing committed
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "enable.partition.eof": True,
-                    "isolation.level": isolation_level,
-                    "auto.offset.reset": "earliest",
-                    # librdkafka prefetches up to 64 MiB a partition by default: a few buckets' worth is enough.
-                    "queued.max.messages.kbytes": 16 * 1024,
-                    "fetch.max.bytes": 8 * 1024 * 1024,
-                    "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                    # At a partition's end the broker holds a fetch this long before saying so (default 500).
-                    "fetch.wait.max.ms": 50,
-                },
-            )
+        self._consumer = log_reader(
+            settings,
+            group="k2-audit-values",
+            isolation=isolation_level,
+            errors=self._errors,
+            # librdkafka prefetches up to 64 MiB a partition by default: a few buckets' worth is enough.
+            **{
+                "queued.max.messages.kbytes": 16 * 1024,
+                "fetch.max.bytes": 8 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                # At a partition's end the broker holds a fetch this long before saying so (default 500).
+                "fetch.wait.max.ms": 50,
+            },
         )
         self._admin = AdminClient(client_conf(settings, errors=self._errors))
         self._isolation = _ISOLATION_LEVELS[isolation_level]

@@ -61,7 +61,7 @@ class FakeConsumer:
 
 @pytest.fixture
 def log(monkeypatch: pytest.MonkeyPatch) -> values_source.SourceLog:
-    monkeypatch.setattr(values_source, "Consumer", FakeConsumer)
+    monkeypatch.setattr(values_source, "log_reader", lambda settings, **conf: FakeConsumer(conf))
     monkeypatch.setattr(values_source, "AdminClient", lambda conf: None)
     FakeConsumer.seeks = []
     return values_source.SourceLog(Settings())
