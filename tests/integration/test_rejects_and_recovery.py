@@ -84,7 +84,7 @@ def test_bad_messages_land_in_rejects_with_reasons_and_good_ones_are_unaffected(
     good_trade = encode(ids["trade"], t_schema, trade())
     s = env.settings
     corpus: list[tuple[str, str, bytes | None]] = [
-        (s.trades_topic, "not_confluent_framed", os.urandom(40)),
+        (s.trades_topic, "not_confluent_framed", b"\x01" + os.urandom(39)),  # a first byte 0x00 is the magic byte
         (s.trades_topic, "not_confluent_framed", b"\x07" + good_trade[1:]),
         (s.trades_topic, "unknown_schema_id", b"\x00" + (2**31 - 7).to_bytes(4, "big") + good_trade[5:]),
         (s.trades_topic, "undecodable", good_trade[:-6]),
