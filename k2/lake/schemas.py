@@ -57,6 +57,7 @@ __all__ = [
     "REQUIRED_PROPERTIES",
     "SEQUENCE_GAPS",
     "SEQUENCE_GAPS_SCHEMA",
+    "STREAMING_PROPERTIES",
     "TABLES",
     "TABLE_PROPERTIES",
     "TRADES",
@@ -88,15 +89,26 @@ REQUIRED_PROPERTIES: Mapping[str, str] = {
 }
 """Table properties exactly-once depends on; :func:`k2.lake.tables.ensure_table` enforces them."""
 
+STREAMING_PROPERTIES: Mapping[str, str] = {
+    # Every commit writes a manifest, and every manifest list names all the live ones: merged
+    # once there are 100 (pyiceberg's merge append, `commit.manifest.min-count-to-merge`), the
+    # list a commit writes stays short however long the sink has run.
+    "commit.manifest-merge.enabled": "true",
+}
+"""Properties K2 sets on a table that does not set them itself (a table's own choice is left alone)."""
+
 TABLE_PROPERTIES: Mapping[str, str] = {
     "write.format.default": "parquet",
     "write.parquet.compression-codec": "zstd",
     # A streaming sink commits every few seconds: keep the last 100 metadata.json files, not all.
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "100",
+    **STREAMING_PROPERTIES,
     **REQUIRED_PROPERTIES,
 }
-"""Properties of a table K2 creates (only :data:`REQUIRED_PROPERTIES` are enforced afterwards)."""
+"""Properties of a table K2 creates.
+
+Afterwards :data:`REQUIRED_PROPERTIES` are enforced and :data:`STREAMING_PROPERTIES` set where absent."""
 
 PRICE = DecimalType(18, 6)
 

@@ -6,7 +6,8 @@ of a create race catches ``TableAlreadyExistsError`` and loads the winner's tabl
 Existing tables are checked against :mod:`k2.lake.schemas` so a drifted lake fails
 at start-up with one clear error instead of at the first commit, and the properties
 exactly-once depends on (:data:`~k2.lake.schemas.REQUIRED_PROPERTIES`) are set on
-them if missing: one metadata change the first time, none after.
+them if missing, as are the streaming ones (:data:`~k2.lake.schemas.STREAMING_PROPERTIES`)
+the table does not set itself: one metadata change the first time, none after.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pyiceberg.table import Table
 from pyiceberg.types import IcebergType, ListType, NestedField, StructType
 
 from k2.errors import TableSchemaMismatch
-from k2.lake.schemas import REQUIRED_PROPERTIES, TABLES, TableDef
+from k2.lake.schemas import REQUIRED_PROPERTIES, STREAMING_PROPERTIES, TABLES, TableDef
 
 __all__ = ["ensure_table", "ensure_tables", "missing_optional_columns", "missing_properties", "schema_problems"]
 
@@ -66,8 +67,10 @@ def schema_problems(expected: Schema, actual: Schema) -> list[str]:
 
 
 def missing_properties(table: Table) -> dict[str, str]:
-    """The :data:`~k2.lake.schemas.REQUIRED_PROPERTIES` that ``table`` lacks or sets otherwise."""
-    return {k: v for k, v in REQUIRED_PROPERTIES.items() if table.properties.get(k) != v}
+    """The :data:`~k2.lake.schemas.REQUIRED_PROPERTIES` that ``table`` lacks or sets otherwise, and the
+    :data:`~k2.lake.schemas.STREAMING_PROPERTIES` it does not set at all."""
+    absent = {k: v for k, v in STREAMING_PROPERTIES.items() if k not in table.properties}
+    return absent | {k: v for k, v in REQUIRED_PROPERTIES.items() if table.properties.get(k) != v}
 
 
 def _enforce_properties(table: Table) -> None:
@@ -81,7 +84,7 @@ def _enforce_properties(table: Table) -> None:
             return
         except CommitFailedException:
             table.refresh()
-    raise CommitFailedException(f"could not set {sorted(REQUIRED_PROPERTIES)} on {table.name()}: too many conflicts")
+    raise CommitFailedException(f"could not set {sorted(missing)} on {table.name()}: too many conflicts")
 
 
 def ensure_table(catalog: Catalog, table_def: TableDef) -> tuple[Table, bool]:

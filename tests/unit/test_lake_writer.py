@@ -541,3 +541,32 @@ def test_an_existing_table_gains_the_optional_columns_a_newer_k2_defines(catalog
     writer.commit(REJECTS, rows, {}, "c1")
     landed = writer.table(REJECTS, refresh=True).scan().to_arrow().to_pylist()
     assert landed[0]["headers"] == [{"key": "trace", "value": b"t"}]
+
+
+def test_ensure_tables_merges_manifests_unless_the_table_says_otherwise(catalog: SqlCatalog) -> None:
+    """A sink commits every second: without merging, every commit adds a manifest the next ones all list."""
+    catalog.create_namespace("market_data")
+    for name in (TRADES, QUOTES):
+        spec = TABLES[name]
+        catalog.create_table(TABLES[name].name, spec.schema, partition_spec=spec.partition_spec)  # made earlier
+    with catalog.load_table(TABLES[QUOTES].name).transaction() as txn:
+        txn.set_properties({"commit.manifest-merge.enabled": "false"})  # the owner's own choice
+    tables = ensure_tables(catalog)
+    assert tables[TRADES].properties["commit.manifest-merge.enabled"] == "true"
+    assert tables[QUOTES].properties["commit.manifest-merge.enabled"] == "false"
+    assert ensure_tables(catalog)[TRADES].metadata_location == tables[TRADES].metadata_location  # once
+
+
+def test_commits_to_a_table_that_merges_manifests_keep_the_manifest_list_short(catalog: SqlCatalog) -> None:
+    (table,) = (t for name, t in ensure_tables(catalog).items() if name == TRADES)
+    with table.transaction() as txn:
+        txn.set_properties({"commit.manifest.min-count-to-merge": "3"})
+    writer = IcebergWriter(catalog, TOPICS, "w")
+    for n in range(8):
+        events = trade_events(0, range(n * 10, n * 10 + 10))
+        writer.commit(TRADES, events_to_arrow(TRADES, events), offsets_of(events), f"c{n}")
+    table = catalog.load_table(TABLES[TRADES].name)
+    snapshot = table.current_snapshot()
+    assert snapshot is not None and len(table.snapshots()) == 8
+    assert len(snapshot.manifests(table.io)) < 3
+    assert len(table.scan().to_arrow()) == 80

@@ -1,0 +1,139 @@
+"""Whether a commit costs the same after hours at a short flush interval: commit time against history, per policy.
+
+    .venv/bin/python bench/commit_history.py [--commits 3000] [--block 100] [--rows 300]
+        [--variant fast] [--variant merge] [--variant merge,keep=600] [--json FILE]
+
+Each variant is its own ``market_data.trades`` on its own embedded SQLite catalog (a temporary
+folder), and the variants commit in turn, one commit each per round, so that drift on a shared
+machine falls on all alike. A commit is what a worker's flush does (:class:`k2.lake.writer.IcebergWriter`,
+``--rows`` trades over 6 partitions). A variant is a comma-separated list of:
+
+* ``fast``: pyiceberg's fast append, one new manifest per commit (K2's tables before manifest merging);
+* ``merge``: ``commit.manifest-merge.enabled`` (pyiceberg's merge append: small manifests merged
+  once there are ``commit.manifest-merge.min-count-to-merge``, 100 by default);
+* ``keep=N``: every ``--block`` commits, the worker's maintenance expiry (:func:`k2.lake.maintain.maintain_table`)
+  keeps the newest N snapshots: the steady state of a retention of N flush intervals.
+
+Prints per block of ``--block`` rounds each variant's median commit time and the median per step
+(``k2_iceberg_commit_step_seconds``), with the table's snapshots, manifests and metadata size at
+the end of the block. Figures depend on the machine: compare the variants of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.commit_cost import PARTITIONS, catalog_for, shape
+from bench.lake_bench import TOPIC, trades
+from k2.lake.arrow import events_to_arrow
+from k2.lake.laps import STEPS
+from k2.lake.maintain import MaintainPolicy, maintain_table
+from k2.lake.schemas import TABLES, TRADES
+from k2.lake.tables import ensure_table
+from k2.lake.writer import IcebergWriter
+
+_MERGE = "commit.manifest-merge.enabled"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    merge: bool
+    keep: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        merge, keep = False, None
+        for part in text.split(","):
+            if part == "fast":
+                merge = False
+            elif part == "merge":
+                merge = True
+            elif part.startswith("keep=") and part[5:].isdigit() and int(part[5:]) > 0:
+                keep = int(part[5:])
+            else:
+                raise ValueError(f"--variant {text!r}: {part!r} is none of fast, merge, keep=N")
+        return cls(text, merge, keep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=3000, help="commits per variant")
+    parser.add_argument("--block", type=int, default=100, help="rounds per reported block (and per expiry)")
+    parser.add_argument("--rows", type=int, default=300, help="trades per commit")
+    parser.add_argument("--variant", action="append", help="fast | merge, and keep=N (repeatable)")
+    parser.add_argument("--json", type=Path, help="write every commit's figures here")
+    args = parser.parse_args()
+    try:
+        variants = [Variant.parse(v) for v in args.variant or ("fast", "merge", "merge,keep=600")]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.commits < 1 or args.block < 1 or args.rows < PARTITIONS:
+        parser.error(f"--commits and --block must be positive, --rows at least {PARTITIONS}")
+    print(
+        f"commit history: {args.commits} commits of {args.rows} trades per variant, SQLite catalogs, "
+        f"variants {[v.name for v in variants]} (pid {os.getpid()})",
+        flush=True,
+    )
+    out: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    with ExitStack() as stack:
+        catalogs = {v.name: stack.enter_context(catalog_for("sqlite")) for v in variants}
+        writers = {}
+        for v in variants:
+            table, _ = ensure_table(catalogs[v.name], TABLES[TRADES])
+            if v.merge:
+                with table.transaction() as txn:
+                    txn.set_properties({_MERGE: "true"})
+            elif table.properties.get(_MERGE) == "true":
+                with table.transaction() as txn:
+                    txn.set_properties({_MERGE: "false"})
+            writers[v.name] = IcebergWriter(catalogs[v.name], {TRADES: TOPIC}, "bench:history", sleep=lambda _: None)
+        for n in range(args.commits):
+            events = trades(args.rows, first_offset=n * args.rows, partitions=PARTITIONS)
+            marks: dict[tuple[str, int], int] = {}
+            for event in events:
+                marks[(TOPIC, event.partition)] = max(event.offset, marks.get((TOPIC, event.partition), -1))
+            batch = events_to_arrow(TRADES, events)
+            for v in variants:
+                start = time.perf_counter()
+                result = writers[v.name].commit(TRADES, batch, marks, f"history-{n}")
+                seconds = time.perf_counter() - start
+                out[v.name].append({"n": n + 1, "seconds": seconds, "steps": result.steps})
+            if (n + 1) % args.block == 0 or n + 1 == args.commits:
+                for v in variants:
+                    if v.keep is not None:
+                        policy = MaintainPolicy(snapshot_retention_s=0, keep_snapshots=v.keep, min_files=2**31,
+                                                orphan_min_age_s=1e12)  # fmt: skip
+                        maintain_table(catalogs[v.name], TABLES[TRADES], policy)
+                    now = shape(catalogs[v.name].load_table(TABLES[TRADES].name))
+                    report_block(v.name, out[v.name][-args.block :], now)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "commits": out}))
+
+
+def report_block(name: str, rows: list[dict[str, Any]], table_shape: dict[str, int]) -> None:
+    steps = "  ".join(f"{s} {statistics.median(r['steps'].get(s, 0.0) for r in rows) * 1000:6.1f}" for s in STEPS)
+    seconds = [r["seconds"] for r in rows]
+    p90 = statistics.quantiles(seconds, n=10)[-1] if len(seconds) > 1 else seconds[0]
+    print(
+        f"commits {rows[0]['n']:>5}-{rows[-1]['n']:<5} {name:16} median {statistics.median(seconds):.3f} s"
+        f"  p90 {p90:.3f} s"
+        f"  [ms: {steps}]  snapshots {table_shape['snapshots']}  manifests {table_shape['manifests']}"
+        f"  metadata {table_shape['metadata_bytes'] / 1024:.0f} KiB",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
