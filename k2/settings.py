@@ -137,12 +137,25 @@ class Settings(BaseSettings):
         "also how many gap/duplicate decisions per key a re-delivery after a crash can find again.",
     )
 
-    # Table maintenance (`k2 maintain`, and the workers' timer when K2_MAINTAIN_INTERVAL_S > 0)
+    # Table maintenance (`k2 maintain`, and the group's leader worker on two timers)
     maintain_interval_s: float = Field(
-        0.0, ge=0, description="Run maintenance this often in the group's leader worker (0: only `k2 maintain`)."
+        3600.0,
+        ge=0,
+        description="Run the whole maintenance (compaction, expiry, orphan files) this often in the group's leader "
+        "worker (0: only `k2 maintain`).",
+    )
+    maintain_expire_interval_s: float = Field(
+        300.0,
+        ge=0,
+        description="Expire snapshots this often in the group's leader worker (0: with the whole maintenance only). "
+        "Metadata only: it keeps what every commit reads and writes near the retention, however long K2 runs.",
     )
     maintain_snapshot_retention_s: float = Field(
-        5 * 86_400.0, ge=0, description="Snapshots older than this are expired (the newest ones are kept anyway)."
+        3600.0,
+        ge=0,
+        description="Snapshots older than this are expired (the newest ones are kept anyway): how far a reader that "
+        "follows a table may fall behind. Each snapshot kept adds about 1 KiB to the metadata every commit reads "
+        "and writes.",
     )
     maintain_keep_snapshots: int = Field(50, ge=1, description="The newest snapshots kept whatever their age.")
     maintain_orphan_min_age_s: float = Field(

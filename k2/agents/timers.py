@@ -8,8 +8,9 @@ import faust
 
 from k2.observe.watch import LagWatch
 from k2.pipeline.service import Pipeline
+from k2.settings import Settings
 
-__all__ = ["register_timers"]
+__all__ = ["maintenance_timers", "register_timers"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,13 @@ def register_timers(app: faust.App, pipeline: Pipeline, lag: LagWatch) -> None:
     app.timer(interval=pipeline.settings.flush_interval_s, name="k2.flush.timer")(flush_timer)
     app.timer(interval=min(10.0, pipeline.settings.metadata_refresh_s), name="k2.topics.timer")(topics_timer)
     app.timer(interval=lag.interval_s, name="k2.lag.timer")(refresh_lag)
-    if pipeline.settings.maintain_interval_s > 0:
-        # One worker of the group maintains the tables (faust runs on_leader timers in the leader only).
-        app.timer(interval=pipeline.settings.maintain_interval_s, on_leader=True, name="k2.maintain.timer")(
-            pipeline.maintain
-        )
+    # One worker of the group maintains the tables (faust runs on_leader timers in the leader only).
+    for name, interval in maintenance_timers(pipeline.settings).items():
+        task = pipeline.maintain if name == "k2.maintain.timer" else pipeline.expire_snapshots
+        app.timer(interval=interval, on_leader=True, name=name)(task)
+
+
+def maintenance_timers(settings: Settings) -> dict[str, float]:
+    """The leader's maintenance timers and their intervals: the whole maintenance, and snapshot expiry alone."""
+    timers = {"k2.maintain.timer": settings.maintain_interval_s, "k2.expire.timer": settings.maintain_expire_interval_s}
+    return {name: interval for name, interval in timers.items() if interval > 0}

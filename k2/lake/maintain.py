@@ -56,7 +56,7 @@ from k2.lake.schemas import TableDef
 from k2.lake.txn import transaction
 from k2.settings import Settings
 
-__all__ = ["MAINTENANCE_KEY", "MaintainPolicy", "TableMaintenance", "maintain_table"]
+__all__ = ["MAINTENANCE_KEY", "MaintainPolicy", "TableMaintenance", "expire_table", "maintain_table"]
 
 MAINTENANCE_KEY = "k2.maintenance"
 """Snapshot-summary key naming what a maintenance commit did (``compact <day>``)."""
@@ -69,7 +69,7 @@ _CONFLICTS = (CommitFailedException, CommitStateUnknownException, ValidationExce
 
 @dataclass(frozen=True)
 class MaintainPolicy:
-    snapshot_retention_s: float = 5 * 86_400.0
+    snapshot_retention_s: float = 3600.0
     keep_snapshots: int = 50
     orphan_min_age_s: float = 86_400.0
     target_file_bytes: int = 128 * 2**20
@@ -122,6 +122,15 @@ def maintain_table(
     _expire(table, policy, now(), out, dry_run)
     table = catalog.load_table(table_def.name)
     _remove_orphans(table, policy, now(), out, dry_run)
+    return out
+
+
+def expire_table(
+    catalog: Catalog, table_def: TableDef, policy: MaintainPolicy, *, now: Callable[[], float] = time.time
+) -> TableMaintenance:
+    """Snapshot expiry alone: the table's metadata only, no data file read or written (see the module docstring)."""
+    out = TableMaintenance(table_def.name)
+    _expire(catalog.load_table(table_def.name), policy, now(), out, dry_run=False)
     return out
 
 

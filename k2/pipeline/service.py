@@ -442,6 +442,9 @@ class Pipeline(Service):
     async def maintain(self) -> None:
         await self.sink.maintain()
 
+    async def expire_snapshots(self) -> None:
+        await self.sink.maintain(expire_only=True)
+
     def publish_buffered_rows(self) -> dict[str, int]:
         by_topic: dict[str, set[int]] = {}
         for tp in self.ledger.owned():

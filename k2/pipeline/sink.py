@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from faust.types import TP
 
 from k2.catalog import load_k2_catalog
-from k2.lake.maintain import MaintainPolicy, maintain_table
+from k2.lake.maintain import MaintainPolicy, expire_table, maintain_table
 from k2.lake.records import TopicPartition
 from k2.lake.schemas import TABLES
 from k2.lake.status import TableStatus, table_status
@@ -220,8 +220,10 @@ class Sink:
 
     # -- maintenance -----------------------------------------------------------------------------
 
-    async def maintain(self) -> None:
+    async def maintain(self, *, expire_only: bool = False) -> None:
         """Compact, expire and remove orphans in every table (``K2_MAINTAIN_*``; see :mod:`k2.lake.maintain`).
+
+        ``expire_only``: snapshot expiry alone (metadata only, cheap: the frequent timer's job).
 
         Concurrent commits of this worker's flush and of other workers make a compaction
         conflict and plan again; they are never dropped.
@@ -232,7 +234,8 @@ class Sink:
         policy = MaintainPolicy.from_settings(self.settings)
         for table_def in TABLES.values():
             try:
-                result = await asyncio.to_thread(maintain_table, catalog, table_def, policy)
+                job = expire_table if expire_only else maintain_table
+                result = await asyncio.to_thread(job, catalog, table_def, policy)
             except Exception as exc:  # the next round tries again; the flush does not depend on it
                 log.warning("maintenance of %s failed: %s: %s", table_def.name, type(exc).__name__, exc)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from pyiceberg.table import Table, Transaction
 
 from k2.lake import maintain as maintain_module
 from k2.lake.arrow import events_to_arrow
-from k2.lake.maintain import MAINTENANCE_KEY, MaintainPolicy, maintain_table
+from k2.lake.maintain import MAINTENANCE_KEY, MaintainPolicy, expire_table, maintain_table
 from k2.lake.offsets import COMMIT_ID_KEY, latest_k2_snapshot, offsets_from_summary, read_offsets
 from k2.lake.schemas import TABLES, TRADES
 from k2.lake.tables import ensure_tables
@@ -185,3 +186,24 @@ def test_a_compaction_whose_answer_was_lost_is_not_done_again(catalog: SqlCatalo
     assert [s.summary.operation.value for s in history(table) if s.summary is not None].count("replace") == 1
     assert data_files(catalog) == 1 and len(offsets(catalog)) == 30
     assert result.compacted == [] and result.notes == ["compact 2025-06-15: found compacted when planned again"]
+
+
+def test_expiry_alone_keeps_the_newest_snapshots_and_touches_no_file(catalog: SqlCatalog) -> None:
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(6):  # six small files of past days: compaction would rewrite them
+        land(writer, 0, range(i * 10, i * 10 + 10), day=i % 2)
+    table = catalog.load_table(TABLES[TRADES].name)
+    newest = sorted(s.snapshot_id for s in table.snapshots()[-2:])
+    marks, files = read_offsets(table), data_files(catalog)
+
+    young = expire_table(catalog, TABLES[TRADES], MaintainPolicy(snapshot_retention_s=3600, keep_snapshots=2))
+    assert young.expired == 0 and len(catalog.load_table(TABLES[TRADES].name).snapshots()) == 6
+
+    later = time.time() + 7200
+    result = expire_table(catalog, TABLES[TRADES], MaintainPolicy(snapshot_retention_s=3600, keep_snapshots=2),
+                          now=lambda: later)  # fmt: skip
+    table = catalog.load_table(TABLES[TRADES].name)
+    assert result.expired == 4 and result.compacted == [] and result.orphans == 0
+    assert sorted(s.snapshot_id for s in table.snapshots()) == newest
+    assert read_offsets(table) == marks and data_files(catalog) == files
+    assert offsets(catalog) == list(range(60))
