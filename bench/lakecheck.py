@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -205,10 +206,15 @@ def produced_times(broker: str, ends: Ends, timeout_s: float = 120.0) -> pa.Tabl
 
 
 def freshness(
-    catalog: Catalog, lineages: Sequence[Lineage], produced: pa.Table, since_ms: int
-) -> dict[str, float | int | None]:
-    """Produced -> visible latency (s) of every row produced at or after ``since_ms``: p50, p99, max, n."""
-    latencies = []
+    catalog: Catalog, lineages: Sequence[Lineage], produced: pa.Table, since_ms: int, slices: int = 5
+) -> dict[str, Any]:
+    """Produced -> visible latency (s) of every row produced at or after ``since_ms``: p50, p99, max, n.
+
+    ``p99_by_slice_s``: the p99 of the rows produced in each of ``slices`` equal spans of time, in
+    order: whether freshness holds as the run goes on (commits that cost more with history would
+    show as a p99 that grows from slice to slice).
+    """
+    latencies, made_at = [], []
     for lineage in lineages:
         rows = visible_times(catalog, lineage)
         if rows.num_rows == 0:
@@ -219,9 +225,10 @@ def freshness(
         joined = first.join(made, keys=["p", "o"], join_type="inner")
         joined = joined.filter(pc.greater_equal(joined["produced_ms"], since_ms))
         latencies.append(pc.subtract(joined["visible_ms_min"], joined["produced_ms"]).combine_chunks())
+        made_at.append(joined["produced_ms"].combine_chunks())
     values = pa.concat_arrays(latencies) if latencies else pa.array([], pa.int64())
     if len(values) == 0:
-        return {"p50_s": None, "p99_s": None, "max_s": None, "n": 0}
+        return {"p50_s": None, "p99_s": None, "max_s": None, "n": 0, "p99_by_slice_s": []}
     seconds = pc.divide(values.cast(pa.float64()), 1000.0)
     p50, p99 = pc.quantile(seconds, q=[0.5, 0.99]).to_pylist()
     return {
@@ -229,4 +236,17 @@ def freshness(
         "p99_s": round(p99, 2),
         "max_s": round(pc.max(seconds).as_py(), 2),
         "n": len(values),
+        "p99_by_slice_s": _p99_by_slice(seconds, pa.concat_arrays(made_at), slices),
     }
+
+
+def _p99_by_slice(seconds: pa.Array, made_ms: pa.Array, slices: int) -> list[float | None]:
+    start, end = pc.min(made_ms).as_py(), pc.max(made_ms).as_py()
+    width = max(1, end - start + 1) / slices
+    out: list[float | None] = []
+    for i in range(slices):
+        low, high = start + i * width, start + (i + 1) * width
+        mask = pc.and_(pc.greater_equal(made_ms, low), pc.less(made_ms, high))
+        part = seconds.filter(mask)
+        out.append(round(pc.quantile(part, q=0.99).to_pylist()[0], 2) if len(part) else None)
+    return out

@@ -135,12 +135,19 @@ def fresh_run(
     since_ms = int((time.time() + warmup_s) * 1000)
     passes = passes_for(rate * seconds, instruments)
     replay = [*replay_args(passes, instruments), "--rate", f"{rate:g}"]
+    started = time.monotonic()
     k2_command(replay, loader_env(source, system.workdir / "load"), timeout_s=seconds * 4 + 120)
     system.ends = end_offsets(source)
     wait_landed(system, "live events", timeout_s)
+    hours = (time.monotonic() - started) / 3600
     system.stop()
     produced = produced_times(source.broker, system.ends)
     market = [lineage for lineage in system.lineages() if lineage.topic_column is None]  # not K2's rejects
-    return {"rate": rate, "events": system.total, "warmup_s": warmup_s} | freshness(
-        system.catalog(), market, produced, since_ms
+    catalog = system.catalog()
+    per_hour = {}  # what the run left per table, per hour of the run (snapshots kept: expiry may have run)
+    for lineage in market:
+        stats = file_stats(catalog, [lineage.table])
+        per_hour[lineage.table] = {k: round(stats[k] / hours) for k in ("data_files", "snapshots")}
+    return {"rate": rate, "events": system.total, "warmup_s": warmup_s, "per_hour": per_hour} | freshness(
+        catalog, market, produced, since_ms
     )

@@ -69,6 +69,9 @@ def test_freshness_is_commit_time_minus_create_time(tmp_path: Path) -> None:
     fresh = freshness(catalog, [Lineage("ns.rows", "topic")], produced, since_ms=0)
     assert fresh["n"] == 3 and fresh["max_s"] == 3.0
     assert fresh["p50_s"] == 2.0
+    # By span of produce time: the first half made only the row 3 s late; the second, those 2 s and 1 s late.
+    halves = freshness(catalog, [Lineage("ns.rows", "topic")], produced, since_ms=0, slices=2)["p99_by_slice_s"]
+    assert halves == [3.0, 1.99]
     # Rows produced before since_ms are not counted (the warm-up).
     assert freshness(catalog, [Lineage("ns.rows", "topic")], produced, since_ms=first - 2500)["n"] == 2
 
