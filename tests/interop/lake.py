@@ -3,7 +3,8 @@
 The lake is what users get: ``k2 init``, a ``faust -A k2.app worker`` process, ``k2 replay``
 of the bundled sample over several passes (several days, several files a day), injected
 gaps and duplicates (rows in ``sequence_gaps`` and ``rejects``), ``k2 rejects replay``
-(rows in ``redrives``); later ``k2 maintain`` and more rows. The worker runs only while
+(rows in ``redrives``); later ``k2 maintain`` and more rows. The tables merge their manifests
+from two (K2's merge from 100 by default), so the readers meet merged manifests. The worker runs only while
 something lands, so nothing commits while the two readers are compared.
 
 Compaction is watched by followers: Spark Structured Streaming queries and incremental
@@ -47,6 +48,7 @@ SPARK_CATALOG = "k2"
 # sequence numbers are its own, so none of them is taken for a duplicate.
 FIRST_SYMBOLS = "BHP,MWR"
 LATER_SYMBOLS = "DVN"
+MIN_TO_MERGE = "commit.manifest.min-count-to-merge"
 
 
 @dataclass(frozen=True)
@@ -191,10 +193,17 @@ class Lake:
         if self.env.catalog_kind == "rest":
             self.env.drop_tables()  # the stack's REST catalog is shared by every test of the session
         self.env.k2("init")
+        for name in TABLES:  # K2's tables merge manifests from 100 (pyiceberg's default): here from 2
+            with self.table(name).transaction() as txn:
+                txn.set_properties({MIN_TO_MERGE: "2"})
         faults = ("--inject-gaps", "3", "--inject-duplicates", "3", "--seed", "7")
         self._land(self._replay(FIRST_SYMBOLS, *faults), ("rejects", "replay", "--reason", "duplicate", "--yes"))
         for name in TABLES:
             assert self.table(name).scan().count() > 0, f"{name} is empty: the lake must hold rows in every table"
+        trades = self.table(TRADES)
+        snapshot = trades.current_snapshot()
+        assert snapshot is not None and len(trades.snapshots()) > 2
+        assert len(snapshot.manifests(trades.io)) < len(trades.snapshots()), "the readers must meet merged manifests"
 
     def compact(self) -> list[dict[str, Any]]:
         """``k2 maintain``, once, between a first and a second run of every follower; then more rows land."""
