@@ -45,7 +45,7 @@ from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import FileScanTask, Table
-from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.snapshots import Operation, Snapshot
 from pyiceberg.transforms import DayTransform
 
 from k2.lake.arrow import sort_for_table
@@ -237,6 +237,35 @@ def carried_marks(table: Table) -> dict[str, str]:
 
 
 def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMaintenance, dry_run: bool) -> None:
+    for attempt in range(1, policy.max_attempts + 1):
+        expired = _expirable(table, policy, now_s)
+        if not expired or dry_run:
+            break
+        try:
+            table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
+            break
+        except (*_CONFLICTS, ValueError):
+            # Another expiry (the leader's timer, `k2 maintain`) or a commit came first: plan again. A
+            # snapshot removed meanwhile is a ValueError where the catalog applies the removal to what
+            # it holds ("Snapshot with snapshot id ... does not exist"; pyiceberg's SQL catalog).
+            if attempt == policy.max_attempts:
+                raise
+            table = table.refresh()
+    if not expired:
+        return
+    out.expired = len(expired)
+    out.expired_until = _utc(expired[0].timestamp_ms)
+    # A reader that follows the table resumes after the last snapshot it read: gone, it cannot.
+    out.notes.append(
+        f"{'would expire' if dry_run else 'expired'} {len(expired)} snapshot(s) committed "
+        f"{_utc(expired[-1].timestamp_ms)} to {out.expired_until}: a reader following the table "
+        f"(incremental or streaming) whose last snapshot read is one of them must start again"
+    )
+
+
+def _expirable(table: Table, policy: MaintainPolicy, now_s: float) -> list[Snapshot]:
+    """Snapshots older than the retention, newest first; never the newest ``keep_snapshots``, the current
+    one or the newest holding the marks."""
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
     keep = {s.snapshot_id for s in snapshots[: policy.keep_snapshots]}
     current = table.current_snapshot()
@@ -246,19 +275,7 @@ def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMainte
     if marked is not None:
         keep.add(marked.snapshot_id)
     cutoff_ms = (now_s - policy.snapshot_retention_s) * 1000
-    expired = [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
-    if not expired:
-        return
-    if not dry_run:
-        table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
-    out.expired = len(expired)
-    out.expired_until = _utc(expired[0].timestamp_ms)
-    # A reader that follows the table resumes after the last snapshot it read: gone, it cannot.
-    out.notes.append(
-        f"{'would expire' if dry_run else 'expired'} {len(expired)} snapshot(s) committed "
-        f"{_utc(expired[-1].timestamp_ms)} to {out.expired_until}: a reader following the table "
-        f"(incremental or streaming) whose last snapshot read is one of them must start again"
-    )
+    return [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
 
 
 def _utc(timestamp_ms: int) -> str:

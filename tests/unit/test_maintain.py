@@ -207,3 +207,22 @@ def test_expiry_alone_keeps_the_newest_snapshots_and_touches_no_file(catalog: Sq
     assert sorted(s.snapshot_id for s in table.snapshots()) == newest
     assert read_offsets(table) == marks and data_files(catalog) == files
     assert offsets(catalog) == list(range(60))
+
+
+def test_snapshots_expired_meanwhile_by_another_are_no_error(catalog: SqlCatalog, monkeypatch: Any) -> None:
+    """The leader's timer and `k2 maintain` may expire the same snapshots at once: the second plans again."""
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(6):
+        land(writer, 0, range(i * 10, i * 10 + 10), day=0)
+    stale = catalog.load_table(TABLES[TRADES].name)  # what the second one planned from
+    later = time.time() + 7200
+    policy = MaintainPolicy(snapshot_retention_s=3600, keep_snapshots=2)
+    assert expire_table(catalog, TABLES[TRADES], policy, now=lambda: later).expired == 4
+    land(writer, 0, range(60, 70), day=0)
+    loads = iter([stale])
+    real_load = catalog.load_table
+    monkeypatch.setattr(catalog, "load_table", lambda name: next(loads, None) or real_load(name))
+    result = expire_table(catalog, TABLES[TRADES], policy, now=lambda: later)
+    assert result.expired == 1  # planned again: only the one that aged past the newest two since
+    assert len(catalog.load_table(TABLES[TRADES].name).snapshots()) == 2
+    assert offsets(catalog) == list(range(70))
