@@ -847,6 +847,12 @@ class Registry(Service):
             "apicurio.storage.kind": "sql",
             "apicurio.storage.sql.kind": "h2",
             "apicurio.datasource.url": f"jdbc:h2:file:{self.datadir / 'registry'}",
+            # Apicurio opens 20 connections at start and waits 5 s for one: on a loaded machine a
+            # restart timed out ("Acquisition timeout while waiting for new connection"). One
+            # connection to start with, and a minute to get one, are plenty for a local registry.
+            "apicurio.datasource.jdbc.initial-size": "1",
+            "apicurio.datasource.jdbc.min-size": "1",
+            "quarkus.datasource.h2.jdbc.acquisition-timeout": "60S",
             # Confluent-like ids: one id per schema content, across subjects and whitespace variants.
             "apicurio.ccompat.legacy-id-mode.enabled": "false",
             "apicurio.ccompat.use-canonical-hash": "true",
