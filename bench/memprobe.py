@@ -13,7 +13,9 @@ faust's command line as ``faust`` does, plus a daemon thread that every
 * Arrow's pool (``pa.total_allocated_bytes()``, its backend);
 * with ``BENCH_MEMPROBE_TRACE=1``, Python's own heap (``tracemalloc``: traced bytes, and the 15
   source lines whose allocations grew most since the first probe after warm-up);
-* ``gc`` object counts of the 10 types that grew most since then.
+* ``gc`` object counts of the 10 types that grew most since then;
+* with ``BENCH_MEMPROBE_TRIM=1``, ``rss_after_trim_mib``: the RSS after glibc's ``malloc_trim(0)``,
+  called after each line (a probe of what glibc keeps free; it changes the worker it measures).
 
 Python's heap growing says a cache or a structure grows; RSS growing with neither Python's
 heap nor Arrow's pool is the allocator holding on to freed memory (fragmentation, arenas).
@@ -29,10 +31,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "probe"]
+__all__ = ["main", "mapping_kind", "probe", "smaps_by_kind"]
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -59,6 +62,10 @@ def _mallinfo() -> dict[str, float]:
     }
 
 
+def _malloc_trim() -> None:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _status() -> dict[str, float]:
     out: dict[str, float] = {}
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -70,41 +77,66 @@ def _status() -> dict[str, float]:
     return out
 
 
-def _maps() -> dict[str, float]:
-    """Resident MiB by kind of mapping: glibc's main heap, Arrow's mimalloc arena (the 1 GiB reservations),
-    Python's object arenas (1 MiB anonymous maps in 3.11), other anonymous memory, and files (code)."""
+def mapping_kind(start: int, end: int, perms: str, name: str, after_guard: bool) -> str:
+    """What one mapping of ``/proc/<pid>/smaps`` holds. Pure.
+
+    glibc's main heap; its thread arenas (heaps of at most 64 MiB at a 64 MiB boundary); thread stacks
+    (right above a one-page guard); Arrow's mimalloc arena (its 1 GiB reservations); Python's object
+    arenas (1 MiB anonymous maps in 3.11); other anonymous memory (jemalloc's: Arrow's and polars');
+    files (code); ``none`` for inaccessible reservations and guards.
+    """
+    size = end - start
+    if name == "[heap]":
+        return "heap"
+    if name.startswith("/"):
+        return "files"
+    if name:
+        return "other"
+    if perms.startswith("---"):
+        return "none"
+    if size >= 512 << 20:
+        return "mimalloc"
+    if size == 1 << 20:
+        return "pyarenas"
+    if start % (64 << 20) == 0 and size <= 64 << 20:
+        return "arenas"
+    return "stacks" if after_guard else "anon"
+
+
+def smaps_by_kind(lines: Iterable[str]) -> dict[str, float]:
+    """Resident MiB per :func:`mapping_kind` (``maps_<kind>_mib``), and ``maps_lazyfree_mib``: pages freed
+    with MADV_FREE, still resident until the kernel needs them. Pure (``lines`` of an smaps file)."""
     kinds: Counter[str] = Counter()
     kind = "files"
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
-                fields = line.split()
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                name = fields[5] if len(fields) > 5 else ""
-                size = end - start
-                if name == "[heap]":
-                    kind = "heap"
-                elif name.startswith("/"):
-                    kind = "files"
-                elif name:
-                    kind = "other"
-                elif size >= 512 << 20:
-                    kind = "mimalloc"
-                elif size == 1 << 20:
-                    kind = "pyarenas"
-                else:
-                    kind = "anon"
-            elif line.startswith("Rss:"):
-                kinds[kind] += int(line.split()[1])
+    guard_end = -1
+    for line in lines:
+        head = line.split(" ", 1)[0]
+        if "-" in head and head[0] in "0123456789abcdef":
+            fields = line.split()
+            start, end = (int(x, 16) for x in head.split("-"))
+            kind = mapping_kind(start, end, fields[1], fields[5] if len(fields) > 5 else "", start == guard_end)
+            if kind == "none" and end - start == 4096:
+                guard_end = end
+        elif line.startswith("Rss:"):
+            kinds[kind] += int(line.split()[1])
+        elif line.startswith("LazyFree:"):
+            kinds["lazyfree"] += int(line.split()[1])
+    kinds.pop("none", None)
     return {f"maps_{k}_mib": round(v / 1024, 1) for k, v in sorted(kinds.items())}
+
+
+def _maps() -> dict[str, float]:
+    with open("/proc/self/smaps") as f:
+        return smaps_by_kind(f)
 
 
 def _types() -> Counter[str]:
     return Counter(type(o).__name__ for o in gc.get_objects())
 
 
-def probe(out: Path, every_s: float, warmup_s: float, trace: bool) -> None:
-    """Append one JSON line to ``out`` every ``every_s`` seconds, for ever (a daemon thread)."""
+def probe(out: Path, every_s: float, warmup_s: float, trace: bool, trim: bool = False) -> None:
+    """Append one JSON line to ``out`` every ``every_s`` seconds, for ever (a daemon thread); with ``trim``,
+    glibc's ``malloc_trim(0)`` after each line, and the RSS it left (what glibc held free, given back)."""
     import tracemalloc
 
     import pyarrow as pa
@@ -134,6 +166,9 @@ def probe(out: Path, every_s: float, warmup_s: float, trace: bool) -> None:
                     line["lines_grown"] = [
                         [str(d.traceback[0]), round(d.size_diff / 1024, 1), d.count_diff] for d in diff[:15]
                     ]
+        if trim:
+            _malloc_trim()
+            line["rss_after_trim_mib"] = _status()["rss_mib"]
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -147,7 +182,8 @@ def main() -> None:
         tracemalloc.start(1)
     every = float(os.environ.get("BENCH_MEMPROBE_EVERY_S", "60"))
     warmup = float(os.environ.get("BENCH_MEMPROBE_WARMUP_S", "120"))
-    threading.Thread(target=probe, args=(out, every, warmup, trace), daemon=True, name="memprobe").start()
+    trim = os.environ.get("BENCH_MEMPROBE_TRIM") == "1"
+    threading.Thread(target=probe, args=(out, every, warmup, trace, trim), daemon=True, name="memprobe").start()
     from faust.cli.faust import cli
 
     sys.argv[0] = "faust"

@@ -131,6 +131,7 @@ def soak_many(
                 "seconds": round(produced_s, 1),
                 "events": system.total,
                 "rss_peak_mib": round(system.meter.rss_max_mib, 1),
+                "cpu_s": round(system.meter.cpu_s, 1),
                 "samples": [[round(t, 1), round(r, 1)] for t, r in samples[system.name]],
             }
             | trend(samples[system.name])
@@ -225,7 +226,7 @@ def main() -> int:
         compare.log(
             f"{name}: {r['events']:,} events at {r['rate']:,.0f}/s for {r['seconds'] / 60:.1f} min; RSS peak "
             f"{r['rss_peak_mib']:,.0f} MiB (first half {r['first_half_peak_mib']:,.0f}, second "
-            f"{r['second_half_peak_mib']:,.0f}); second half {slope:+.2f} MiB/min; "
+            f"{r['second_half_peak_mib']:,.0f}); second half {slope:+.2f} MiB/min; CPU {r['cpu_s']:,.0f} s; "
             f"missing {r['missing']}, doubled {r['doubled']}"
         )
         if slope > args.max_slope:
