@@ -240,7 +240,8 @@ NOTES = """\
   VmHWM of the largest process (its range) / of all of them (median).
 - A round is *disturbed* when its floor (aiokafka + fastavro decode: the same work every round)
   is more than {deviation:.0%} from the floor's median over the rounds, in rate or in CPU per event:
-  the machine was busy with something else then. Its figures stay in the medians and ranges.
+  the machine was not as it was in the other rounds (busier, or quieter). Its figures stay in the
+  medians and ranges.
 - Once per bench, after the rounds: *fresh*: produced (Kafka CreateTime) -> visible (commit time
   of the snapshot that added the row's data file), at a fixed rate below every system's capacity;
   *kill -9*: missing/doubled after a run killed at ~{kill_at:.0%} of the load and restarted (not for
@@ -340,8 +341,8 @@ def _disturbed_lines(results: Mapping[str, Any], figures: Sequence[rounds_.Round
         by_round.setdefault(d["round"], []).append(_disturbance(d))
     said = "; ".join(f"round {n}: {', '.join(parts)}" for n, parts in sorted(by_round.items()))
     return [
-        f"- **Disturbed rounds** (floor more than {tolerance:.0%} from its median): {said}. The machine was busy "
-        "with something else then; those rounds' figures are in the medians and ranges above."
+        f"- **Disturbed rounds** (floor more than {tolerance:.0%} from its median): {said}. The machine was not "
+        "as in the other rounds then (busier, or quieter); those rounds' figures are in the medians and ranges above."
     ]
 
 
@@ -402,7 +403,7 @@ def main() -> int:
         print(round_table(results))
     else:
         update_readme(results, scaleout=newest_scaleout())
-        print(f"README.md: Performance section regenerated from {path.relative_to(ROOT)}")
+        print(f"README.md: Performance section regenerated from {path.resolve().relative_to(ROOT)}")
     return 0
 
 

@@ -11,7 +11,7 @@ one. Here, pure functions over the rounds' figures (``[{system: figures}, ...]``
   minutes apart), then the median and range of those per-round ratios;
 - :func:`disturbed`: the rounds whose floor (aiokafka + fastavro decode, which does the same
   work every time) deviates from the floor's median over all rounds by more than a tolerance,
-  in rate or in CPU per event: the machine was busy with something else then.
+  in rate or in CPU per event: the machine was not as in the other rounds then (busier, or quieter).
 """
 
 from __future__ import annotations
