@@ -33,9 +33,9 @@ def register_timers(app: faust.App, pipeline: Pipeline, lag: LagWatch) -> None:
     app.timer(interval=min(10.0, pipeline.settings.metadata_refresh_s), name="k2.topics.timer")(topics_timer)
     app.timer(interval=lag.interval_s, name="k2.lag.timer")(refresh_lag)
     # One worker of the group maintains the tables (faust runs on_leader timers in the leader only).
+    tasks = {"k2.maintain.timer": pipeline.maintain, "k2.expire.timer": pipeline.expire_snapshots}
     for name, interval in maintenance_timers(pipeline.settings).items():
-        task = pipeline.maintain if name == "k2.maintain.timer" else pipeline.expire_snapshots
-        app.timer(interval=interval, on_leader=True, name=name)(task)
+        app.timer(interval=interval, on_leader=True, name=name)(tasks[name])
 
 
 def maintenance_timers(settings: Settings) -> dict[str, float]:
