@@ -5,12 +5,14 @@ Order matters and is the exactly-once argument:
 1. take the chunks of the partitions this worker owns that lie below each partition's
    durable frontier (see :mod:`k2.pipeline.ledger`): never a chunk above a record whose
    own write is not acknowledged, since its mark would later drop that record;
-2. commit each table's rows in a worker thread; the writer drops rows at or below the
-   offsets the table already records and records the new marks in the same snapshot;
+2. commit each table's rows, every table in a worker thread of its own at the same time; the
+   writer drops rows at or below the offsets the table already records and records the new
+   marks in the same snapshot;
 3. only then delete the chunks (tombstones), once every table a chunk feeds has it.
 
 A crash between 2 and 3 leaves chunks whose rows are in Iceberg: the next flush drops
-them by offset. A commit that fails leaves its chunks for the next flush; the other
+them by offset. Step 3 waits for every table of step 2, so a chunk that feeds two tables is
+forgotten only once both have it. A commit that fails leaves its chunks for the next flush; the other
 tables go ahead (each records its own marks).
 """
 
@@ -121,14 +123,22 @@ class Flusher:
         async with self._lock:
             report = FlushReport()
             done: dict[tuple[str, ChunkKey], int] = {}
-            for batch in self.plan(frontiers):
-                try:
-                    result = await asyncio.to_thread(self._commit, batch)
-                except (TableRecreated, LakeRegressed):
-                    raise  # marks are gone, not just this table's commit: the pipeline positions again
-                except Exception as exc:  # a failed table must not stop the others; chunks stay for the next flush
-                    self._failed(batch, exc)
-                    report.failed[batch.table_name] = f"{type(exc).__name__}: {exc}"
+            batches = self.plan(frontiers)
+            # Each table in its own thread, all at once: what a flush makes visible waits for the
+            # slowest table's commit, not for the sum of them (the writer serialises one table only).
+            outcomes = await asyncio.gather(
+                *(asyncio.to_thread(self._commit, batch) for batch in batches), return_exceptions=True
+            )
+            lost = [o for o in outcomes if isinstance(o, TableRecreated | LakeRegressed)]
+            if lost:
+                raise lost[0]  # marks are gone, not just this table's commit: the pipeline positions again
+            for batch, result in zip(batches, outcomes, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result  # cancelled, or the process is going down: nothing is acknowledged
+                    # A failed table must not stop the others; its chunks stay for the next flush.
+                    self._failed(batch, result)
+                    report.failed[batch.table_name] = f"{type(result).__name__}: {result}"
                     continue
                 if batch.table_name in self._failing:
                     log.info("commit to %s works again", batch.table_name)

@@ -12,6 +12,7 @@ from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.lake.arrow import events_to_arrow, rejects_to_arrow
 from k2.lake.offsets import read_offsets
+from k2.lake.records import BufferedEvent
 from k2.lake.schemas import QUOTES, TRADES
 from k2.lake.schemas import REJECTS as REJECTS_TABLE
 from k2.lake.tables import ensure_tables
@@ -20,7 +21,7 @@ from k2.metrics import K2Metrics
 from k2.sink.batches import PendingChunk, overlaps, source_offsets
 from k2.sink.flusher import Flusher, SourceBuffer
 from tests.unit.buffer_helpers import RecordingTable
-from tests.unit.lake_helpers import QUOTES_TOPIC, TOPICS, TRADES_TOPIC, reject, sqlite_catalog, trade_events
+from tests.unit.lake_helpers import QUOTES_TOPIC, TOPICS, TRADES_TOPIC, quote, reject, sqlite_catalog, trade_events
 
 
 class Harness:
@@ -262,3 +263,29 @@ def test_forgetting_a_table_forgets_its_schema_applied_writer_schemas_and_marks(
     fresh = h.writer.state.of(TRADES)
     assert fresh.table is None and fresh.applied == set() and fresh.marks == {}
     assert h.writer.state.marks() == {}
+
+
+async def test_the_tables_of_one_flush_commit_side_by_side(tmp_path: Path) -> None:
+    """A flush's freshness is its slowest table's commit, not the sum of them: each table commits in
+    its own thread. Two commits that each wait for the other finish only if they run at once."""
+    import threading
+
+    h = Harness(tmp_path)
+    await h.put_trades(0, range(3))
+    await h.stores[QUOTES_TOPIC].put(
+        ChunkKey(ROWS, 0, 0, 2, 3),
+        events_to_arrow(QUOTES, [BufferedEvent(QUOTES_TOPIC, 0, o, quote(sequence_number=o)) for o in range(3)]),
+    )
+    both_in = threading.Barrier(2, timeout=10)
+    commit = h.writer.commit
+
+    def meeting_commit(*args: object, **kwargs: object) -> object:
+        both_in.wait()  # raises BrokenBarrierError when the other table's commit never starts meanwhile
+        return commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    h.writer.commit = meeting_commit  # type: ignore[method-assign]
+    report = await h.flusher.flush(ALL)
+    assert report.failed == {}
+    assert sorted(r.table_name for r in report.results) == sorted([TRADES, QUOTES])
+    assert h.rows(TRADES) == [(0, 0), (0, 1), (0, 2)] and h.rows(QUOTES) == [(0, 0), (0, 1), (0, 2)]
+    assert h.stores[TRADES_TOPIC].chunk_keys() == [] and h.stores[QUOTES_TOPIC].chunk_keys() == []
