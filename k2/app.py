@@ -44,6 +44,8 @@ class K2App(faust.App):
 
     pipeline: Pipeline | None = None
     market: Market | None = None
+    k2_settings: Settings | None = None
+    """K2's own settings (what faust's configuration has no name for: the fetch's size and wait)."""
 
     @property
     def batch_sink(self) -> Pipeline | None:
@@ -108,7 +110,9 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         # A new consumer group starts at the beginning: the lake must hold every event.
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        # A member hears that the group rebalances at its next heartbeat: every takeover waits for
+        # the survivors' heartbeats (half an interval on average). One a second costs a request a second.
+        broker_heartbeat_interval=1.0,
         broker_max_poll_records=s.ingest_batch_max,
         # Each item of an ingest agent's queue is a whole fetched batch: a few are enough to keep it
         # busy, and the queue is what a worker holds in memory when the sink cannot keep up.
@@ -155,7 +159,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         for src in wanted
     }
     pipeline = Pipeline(app, s, metrics, Wiring(wanted, stores, market.stages, rejects, table_topics), worker_id)
-    app.pipeline, app.market = pipeline, market
+    app.pipeline, app.market, app.k2_settings = pipeline, market, s
     lag = LagWatch(
         app, pipeline, metrics, interval_s=min(5.0, max(2.0, s.flush_interval_s)), timeout_s=s.catalog_timeout_s
     )

@@ -85,6 +85,20 @@ class Settings(BaseSettings):
         description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records). "
         "Each partition's share is decoded and checked as one batch: larger batches cost less per event.",
     )
+    fetch_min_bytes: int = Field(
+        65_536,
+        ge=1,
+        description="Bytes the broker gathers before it answers a fetch (Kafka's fetch.min.bytes), unless "
+        "K2_FETCH_MAX_WAIT_MS passes first. At a live rate a fetch otherwise answers with the few records "
+        "that just arrived, and a batch of fewer than 32 records goes through the slow, one-by-one path.",
+    )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        le=1_500,
+        description="How long the broker may hold a fetch for K2_FETCH_MIN_BYTES (Kafka's fetch.max.wait.ms): "
+        "what it adds to freshness at most.",
+    )
     worker_id: str | None = Field(None, description="Identifier written into Iceberg commits; defaults to host:pid.")
     session_timeout_s: float = Field(
         15.0,

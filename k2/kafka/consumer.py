@@ -111,6 +111,12 @@ class K2ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # faust reads committed data only when it runs its own transactions (processing_guarantee
         # exactly_once), which K2 does not use; aiokafka takes the level when it starts, from this.
         consumer._isolation_level = ISOLATION_LEVEL
+        # faust passes no fetch.min.bytes (1: a fetch answers with whatever just arrived) and a
+        # fetch.max.wait.ms of 1.5 s; aiokafka builds its fetcher from these when it starts.
+        settings = getattr(self.consumer.app, "k2_settings", None)
+        if settings is not None:
+            consumer._fetch_min_bytes = settings.fetch_min_bytes
+            consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms
         return consumer
 
     async def _fetch_records(

@@ -247,3 +247,24 @@ async def test_the_worker_consumer_reads_committed_data_only(consumer: K2Consume
     thread = consumer._new_consumer_thread()
     made = thread._create_worker_consumer(consumer.app.transport)  # type: ignore[attr-defined]
     assert made._isolation_level == "read_committed"
+
+
+async def test_the_worker_consumer_fetches_in_batches_of_the_configured_size_and_wait() -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    # aiokafka builds its fetcher from these attributes when it starts; faust names neither.
+    source = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in source
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in source
+    app = create_app(Settings(trades_topic="src", fetch_min_bytes=4096, fetch_max_wait_ms=50), CollectorRegistry())
+    consumer = app.consumer
+    made = consumer._new_consumer_thread()._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (4096, 50)
+    default = Settings(trades_topic="src")
+    assert (default.fetch_min_bytes, default.fetch_max_wait_ms) == (65_536, 100)
+
+
+def test_a_worker_heartbeats_every_second_so_it_hears_of_a_rebalance_within_one() -> None:
+    app = create_app(Settings(trades_topic="src", session_timeout_s=45), CollectorRegistry())
+    assert app.conf.broker_heartbeat_interval == 1.0
+    assert app.conf.broker_session_timeout == 45
