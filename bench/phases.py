@@ -129,6 +129,8 @@ def fresh_run(
     source = system.source
     k2_command(["init"], loader_env(source, system.workdir / "load"), timeout_s=300)
     system.prepare()
+    system.meter.sample()
+    cpu_before = system.meter.cpu_s  # of this system's earlier runs, if any
     system.start()
     wait_until(f"{system.name} ready on empty topics", system.ready, 240, alive=[system.check])
     time.sleep(3)
@@ -140,6 +142,8 @@ def fresh_run(
     system.ends = end_offsets(source)
     wait_landed(system, "live events", timeout_s)
     hours = (time.monotonic() - started) / 3600
+    system.meter.sample()
+    cpu_s = system.meter.cpu_s - cpu_before  # its start-up included: a few seconds in a long run
     system.stop()
     produced = produced_times(source.broker, system.ends)
     market = [lineage for lineage in system.lineages() if lineage.topic_column is None]  # not K2's rejects
@@ -148,6 +152,11 @@ def fresh_run(
     for lineage in market:
         stats = file_stats(catalog, [lineage.table])
         per_hour[lineage.table] = {k: round(stats[k] / hours) for k in ("data_files", "snapshots")}
-    return {"rate": rate, "events": system.total, "warmup_s": warmup_s, "per_hour": per_hour} | freshness(
-        catalog, market, produced, since_ms
-    )
+    return {
+        "rate": rate,
+        "events": system.total,
+        "warmup_s": warmup_s,
+        "per_hour": per_hour,
+        "cpu_s": round(cpu_s, 1),
+        "cpu_s_per_million": round(cpu_s / max(1, system.total) * 1e6, 1),
+    } | freshness(catalog, market, produced, since_ms)
