@@ -39,6 +39,9 @@ __all__ = ["FlushReport", "Flusher", "SourceBuffer"]
 
 log = logging.getLogger(__name__)
 
+#: Tables one flush commits at the same time, each in a thread of its own (a flush names two to six).
+PARALLEL_COMMITS = 4
+
 #: Tables every source feeds, by chunk kind.
 SHARED_TABLES = {REJECTS: REJECTS_TABLE, GAPS: SEQUENCE_GAPS}
 
@@ -84,6 +87,7 @@ class Flusher:
         self.metrics = metrics
         self.clock = clock
         self._lock = asyncio.Lock()
+        self._threads = asyncio.Semaphore(PARALLEL_COMMITS)
         self._failing: dict[str, str] = {}
         """Tables whose last commit failed, and how (a failure is logged with its traceback once)."""
 
@@ -127,7 +131,7 @@ class Flusher:
             # Each table in its own thread, all at once: what a flush makes visible waits for the
             # slowest table's commit, not for the sum of them (the writer serialises one table only).
             outcomes = await asyncio.gather(
-                *(asyncio.to_thread(self._commit, batch) for batch in batches), return_exceptions=True
+                *(self._commit_in_thread(batch) for batch in batches), return_exceptions=True
             )
             lost = [o for o in outcomes if isinstance(o, TableRecreated | LakeRegressed)]
             if lost:
@@ -153,6 +157,12 @@ class Flusher:
                 owned.setdefault(topic, set()).add(partition)
             self.publish_buffered_rows(owned)
             return report
+
+    async def _commit_in_thread(self, batch: TableBatch) -> CommitResult:
+        """:meth:`_commit` in the loop's default executor, at most :data:`PARALLEL_COMMITS` at once: the
+        executor (cores + 4 threads) stays open to the worker's other blocking calls (marks, registry)."""
+        async with self._threads:
+            return await asyncio.to_thread(self._commit, batch)
 
     def _failed(self, batch: TableBatch, exc: BaseException) -> None:
         self.metrics.commit_failures.labels(batch.table_name).inc()
