@@ -36,7 +36,7 @@ from pyiceberg.utils.properties import property_as_bool
 from k2.lake.laps import Laps
 from k2.lake.txn import transaction
 
-__all__ = ["append", "sort_order_id", "write_data_files"]
+__all__ = ["Written", "append", "sort_order_id", "write_data_files"]
 
 
 def sort_order_id(metadata: TableMetadata, rows: pa.Table) -> int | None:
@@ -71,8 +71,40 @@ def write_data_files(
     return [_with_sort_order(f, order_id) for f in files]
 
 
-def append(table: Table, rows: pa.Table, snapshot_properties: dict[str, str], laps: Laps | None = None) -> None:
+class Written:
+    """The data files the attempts of one commit wrote, for a retry of the same rows to commit again.
+
+    A commit that loses a conflict to another worker's (other partitions) retries with the same
+    rows: the filter only drops rows, so the same count is the same rows. Their files are
+    committed again as they are: a retry costs its manifests and the catalog swap, not the
+    Parquet files again (and leaves no orphan of the lost attempt).
+    """
+
+    def __init__(self) -> None:
+        self._rows = -1
+        self._spec_id = -1
+        self._files: list[DataFile] = []
+
+    def reuse(self, table: Table, rows: pa.Table) -> list[DataFile] | None:
+        """The files written for ``rows`` under the table's current partition spec, if any."""
+        if rows.num_rows == self._rows and table.metadata.default_spec_id == self._spec_id:
+            return list(self._files)
+        return None
+
+    def keep(self, table: Table, rows: pa.Table, files: list[DataFile]) -> None:
+        self._rows, self._spec_id, self._files = rows.num_rows, table.metadata.default_spec_id, list(files)
+
+
+def append(
+    table: Table,
+    rows: pa.Table,
+    snapshot_properties: dict[str, str],
+    laps: Laps | None = None,
+    written: Written | None = None,
+) -> None:
     """``table.append(rows, snapshot_properties=...)``, the data files saying whether they are sorted.
+
+    ``written``: shared by the attempts of one commit (see :class:`Written`).
 
     Through :func:`k2.lake.txn.transaction`: the transaction's metadata is not deep-copied on
     every read, so the commit does not cost more with every snapshot the table keeps. The
@@ -93,9 +125,13 @@ def append(table: Table, rows: pa.Table, snapshot_properties: dict[str, str], la
         )
         appending = update.merge_append() if merge else update.fast_append()
         with appending as producer:
-            if rows.num_rows:
-                for data_file in write_data_files(metadata, table.io, rows, producer.commit_uuid):
-                    producer.append_data_file(data_file)
+            data_files = written.reuse(table, rows) if written is not None else None
+            if data_files is None:
+                data_files = write_data_files(metadata, table.io, rows, producer.commit_uuid) if rows.num_rows else []
+                if written is not None:
+                    written.keep(table, rows, data_files)
+            for data_file in data_files:
+                producer.append_data_file(data_file)
             laps.lap("write")
         laps.lap("manifests")
     laps.lap("catalog")

@@ -15,7 +15,9 @@ How a commit stays exactly-once (see :mod:`k2.lake.offsets`):
 4. on ``CommitFailedException`` (someone committed first) or
    ``CommitStateUnknownException`` (the answer was lost), back off and go to 1 with
    fresh metadata; step 2 then drops whatever the other commit, or our own lost
-   one, already landed.
+   one, already landed. When it drops nothing, the rows are those of the lost attempt
+   and so are its data files: they are committed again, not written again
+   (:class:`k2.lake.files.Written`). When it drops anything, the files are written anew.
 
 pyiceberg's own commit retry (``commit.retry.num-retries``) must be off for this to
 hold, as it replays a commit with its original rows and summary: K2's tables are
@@ -306,6 +308,7 @@ class IcebergWriter:
         topic = self._topic_of(table_def, source_offsets)
         start = time.perf_counter()
         laps = Laps()
+        written = files.Written()  # a retry of the same rows commits the files already written
         with self._locks[table_name]:
             for attempt in range(1, self.max_attempts + 1):
                 table = self.table(table_name, refresh=True)
@@ -336,7 +339,7 @@ class IcebergWriter:
                             laps.lap("write")  # its manifests included
                         laps.lap("catalog")
                     else:
-                        files.append(table, rows, properties, laps)  # as table.append, files saying if sorted
+                        files.append(table, rows, properties, laps, written)  # as table.append, files saying if sorted
                 except _RETRYABLE as exc:
                     laps.lap("catalog")
                     if _recreated(exc):

@@ -362,6 +362,24 @@ def test_a_conflicting_commit_is_retried_with_fresh_offsets(
     assert len(table.snapshots()) == 2
 
 
+def test_a_retry_after_a_conflict_commits_the_data_files_its_first_attempt_wrote(
+    tmp_path: Path, two_writers: tuple[IcebergWriter, IcebergWriter], monkeypatch: Any
+) -> None:
+    """Another worker's commit to other partitions costs a retry its manifests and catalog swap only:
+    the rows are the same, so the Parquet files written for them are committed, not written again."""
+    a, b = two_writers
+    mine, theirs = trade_events(0, range(10)), trade_events(1, range(4))
+    interleave(a, monkeypatch, lambda: b.commit(TRADES, events_to_arrow(TRADES, theirs), offsets_of(theirs), "b1"))
+
+    result = a.commit(TRADES, events_to_arrow(TRADES, mine), offsets_of(mine), "a1")
+
+    assert result.attempts == 2 and result.rows_written == 10
+    table = a.table(TRADES, refresh=True)
+    committed = {task.file.file_path.rsplit("/", 1)[-1] for task in table.scan().plan_files()}
+    on_disk = {p.name for p in (tmp_path / "warehouse").rglob("*.parquet")}
+    assert len(committed) == 2 and on_disk == committed  # b's file and a's one: no orphan of a's first attempt
+
+
 def test_a_conflict_on_the_same_offsets_writes_nothing_twice(
     two_writers: tuple[IcebergWriter, IcebergWriter], monkeypatch: Any
 ) -> None:
@@ -402,8 +420,10 @@ def test_a_lost_answer_that_had_landed_is_recognised(writer: IcebergWriter, monk
     real_append = files.append
     calls = {"n": 0}
 
-    def append_then_lose_the_answer(table: Table, df: pa.Table, properties: dict[str, str], laps: Any = None) -> None:
-        real_append(table, df, properties, laps)
+    def append_then_lose_the_answer(
+        table: Table, df: pa.Table, properties: dict[str, str], laps: Any = None, written: Any = None
+    ) -> None:
+        real_append(table, df, properties, laps, written)
         calls["n"] += 1
         if calls["n"] == 1:
             raise CommitStateUnknownException("gateway timeout")
