@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         "and writes.",
     )
     maintain_keep_snapshots: int = Field(50, ge=1, description="The newest snapshots kept whatever their age.")
+    maintain_max_snapshots: int = Field(
+        1000,
+        ge=1,
+        description="Snapshots a table keeps at most, however young (never fewer than K2_MAINTAIN_KEEP_SNAPSHOTS): "
+        "every commit reads and writes the table's metadata, which lists them all. At a 1 s flush an hour's "
+        "retention would be 3,600; a reader following the table must not fall further behind than this many.",
+    )
     maintain_orphan_min_age_s: float = Field(
         86_400.0,
         ge=0,

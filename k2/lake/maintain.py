@@ -15,8 +15,9 @@ commit, none of which may break exactly-once:
   snapshot it was planned from (pyiceberg's ``AssertRefSnapshotId``), so a worker that
   commits meanwhile makes it fail, and it is planned again from fresh metadata: rows
   committed concurrently are never dropped.
-* **expire**: snapshots older than the retention, beyond the newest ``keep_snapshots``,
-  are removed from the metadata; the current one and the newest one holding marks never.
+* **expire**: snapshots older than the retention, or beyond the newest ``max_snapshots``
+  however young, are removed from the metadata; the newest ``keep_snapshots``, the current
+  one and the newest one holding marks never.
   A reader following the table resumes after the last snapshot it read, so one whose last
   snapshot was expired must start again: what was expired is said (a note, and
   ``expired_until``), and the retention must exceed how far such a reader may fall behind.
@@ -71,6 +72,7 @@ _CONFLICTS = (CommitFailedException, CommitStateUnknownException, ValidationExce
 class MaintainPolicy:
     snapshot_retention_s: float = 3600.0
     keep_snapshots: int = 50
+    max_snapshots: int = 1000
     orphan_min_age_s: float = 86_400.0
     target_file_bytes: int = 128 * 2**20
     min_files: int = 4
@@ -82,6 +84,7 @@ class MaintainPolicy:
         return cls(
             snapshot_retention_s=settings.maintain_snapshot_retention_s,
             keep_snapshots=settings.maintain_keep_snapshots,
+            max_snapshots=settings.maintain_max_snapshots,
             orphan_min_age_s=settings.maintain_orphan_min_age_s,
             target_file_bytes=settings.maintain_target_file_mb * 2**20,
             min_files=settings.maintain_min_files,
@@ -264,8 +267,8 @@ def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMainte
 
 
 def _expirable(table: Table, policy: MaintainPolicy, now_s: float) -> list[Snapshot]:
-    """Snapshots older than the retention, newest first; never the newest ``keep_snapshots``, the current
-    one or the newest holding the marks."""
+    """Snapshots older than the retention or beyond the newest ``max_snapshots``, newest first; never the
+    newest ``keep_snapshots``, the current one or the newest holding the marks."""
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
     keep = {s.snapshot_id for s in snapshots[: policy.keep_snapshots]}
     current = table.current_snapshot()
@@ -275,7 +278,11 @@ def _expirable(table: Table, policy: MaintainPolicy, now_s: float) -> list[Snaps
     if marked is not None:
         keep.add(marked.snapshot_id)
     cutoff_ms = (now_s - policy.snapshot_retention_s) * 1000
-    return [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    return [
+        s
+        for i, s in enumerate(snapshots)
+        if s.snapshot_id not in keep and (s.timestamp_ms < cutoff_ms or i >= policy.max_snapshots)
+    ]
 
 
 def _utc(timestamp_ms: int) -> str:

@@ -209,6 +209,27 @@ def test_expiry_alone_keeps_the_newest_snapshots_and_touches_no_file(catalog: Sq
     assert offsets(catalog) == list(range(60))
 
 
+def test_a_table_keeps_at_most_max_snapshots_however_young(catalog: SqlCatalog) -> None:
+    """At a 1 s flush an hour's retention is 3,600 snapshots that every commit reads and writes: the
+    cap bounds them whatever their age (the newest ``keep_snapshots`` stay, whatever the cap)."""
+    writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
+    for i in range(7):
+        land(writer, 0, range(i * 10, i * 10 + 10), day=0)
+    table = catalog.load_table(TABLES[TRADES].name)
+    newest = sorted(s.snapshot_id for s in sorted(table.snapshots(), key=lambda s: s.timestamp_ms)[-3:])
+
+    capped = expire_table(
+        catalog, TABLES[TRADES], MaintainPolicy(snapshot_retention_s=3600, keep_snapshots=2, max_snapshots=3)
+    )
+    table = catalog.load_table(TABLES[TRADES].name)
+    assert capped.expired == 4 and sorted(s.snapshot_id for s in table.snapshots()) == newest
+    assert offsets(catalog) == list(range(70))
+    floor = expire_table(
+        catalog, TABLES[TRADES], MaintainPolicy(snapshot_retention_s=3600, keep_snapshots=3, max_snapshots=1)
+    )
+    assert floor.expired == 0  # keep_snapshots wins over the cap
+
+
 def test_snapshots_expired_meanwhile_by_another_are_no_error(catalog: SqlCatalog, monkeypatch: Any) -> None:
     """The leader's timer and `k2 maintain` may expire the same snapshots at once: the second plans again."""
     writer = IcebergWriter(catalog, TOPICS, "w:1", sleep=lambda _: None)
