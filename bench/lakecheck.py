@@ -10,6 +10,7 @@ time is when the row became visible) and with the record's Kafka CreateTime.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -121,8 +122,53 @@ def file_stats(catalog: Catalog, tables: Sequence[str]) -> dict[str, float]:
     }
 
 
-def visible_times(catalog: Catalog, lineage: Lineage) -> pa.Table:
-    """(p, o, visible_ms) of every row: the commit time of the snapshot that added its data file."""
+class SnapshotTimes:
+    """Commit times of the snapshots of some tables, read every ``interval_s`` while a run goes on.
+
+    A data file keeps the id of the snapshot that added it after that snapshot is expired, but the
+    snapshot's commit time goes with it: without these, the rows of expired snapshots (a worker
+    expiring by count at a 1 s flush) would drop out of the freshness figures.
+    """
+
+    def __init__(self, catalog: Catalog, tables: Sequence[str], interval_s: float = 20.0) -> None:
+        self.catalog, self.tables, self.interval_s = catalog, list(tables), interval_s
+        self.commit_ms: dict[int, int] = {}
+        self.summaries: dict[str, dict[int, tuple[int, dict[str, str]]]] = {name: {} for name in self.tables}
+        """Per table, per snapshot id: (commit time, operation and summary properties)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapshot-times", daemon=True)
+
+    def __enter__(self) -> SnapshotTimes:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self.read()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.read()
+
+    def read(self) -> None:
+        for name in self.tables:
+            try:
+                table = self.catalog.load_table(name)
+            except Exception:  # not created yet, or the catalog is busy: the next read
+                continue
+            for snap in table.snapshots():
+                self.commit_ms[snap.snapshot_id] = snap.timestamp_ms
+                summary = snap.summary
+                props = {"operation": summary.operation.value, **summary.additional_properties} if summary else {}
+                self.summaries[name][snap.snapshot_id] = (snap.timestamp_ms, props)
+
+
+def visible_times(catalog: Catalog, lineage: Lineage, known: Mapping[int, int] | None = None) -> pa.Table:
+    """(p, o, visible_ms) of every row: the commit time of the snapshot that added its data file.
+
+    ``known``: commit times of snapshots read earlier (:class:`SnapshotTimes`), expired since.
+    """
     empty = pa.table(
         {"p": pa.array([], pa.int64()), "o": pa.array([], pa.int64()), "visible_ms": pa.array([], pa.int64())}
     )
@@ -132,7 +178,7 @@ def visible_times(catalog: Catalog, lineage: Lineage) -> pa.Table:
         return empty
     if table.current_snapshot() is None:
         return empty
-    commit_ms = {s.snapshot_id: s.timestamp_ms for s in table.snapshots()}
+    commit_ms = dict(known or {}) | {s.snapshot_id: s.timestamp_ms for s in table.snapshots()}
     entries = table.inspect.entries()
     out = []
     for status, snapshot_id, data_file in zip(
@@ -206,7 +252,12 @@ def produced_times(broker: str, ends: Ends, timeout_s: float = 120.0) -> pa.Tabl
 
 
 def freshness(
-    catalog: Catalog, lineages: Sequence[Lineage], produced: pa.Table, since_ms: int, slices: int = 5
+    catalog: Catalog,
+    lineages: Sequence[Lineage],
+    produced: pa.Table,
+    since_ms: int,
+    slices: int = 5,
+    known: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """Produced -> visible latency (s) of every row produced at or after ``since_ms``: p50, p99, max, n.
 
@@ -216,7 +267,7 @@ def freshness(
     """
     latencies, made_at = [], []
     for lineage in lineages:
-        rows = visible_times(catalog, lineage)
+        rows = visible_times(catalog, lineage, known)
         if rows.num_rows == 0:
             continue
         # A row landed twice counts from when it first became visible.

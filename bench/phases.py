@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.lakecheck import exactness, file_stats, freshness, produced_times
+from bench.lakecheck import SnapshotTimes, exactness, file_stats, freshness, produced_times
 from bench.loading import end_offsets, loader_env, passes_for, replay_args
 from bench.procs import wait_until
 from bench.runners import System, k2_command
@@ -138,15 +138,16 @@ def fresh_run(
     passes = passes_for(rate * seconds, instruments)
     replay = [*replay_args(passes, instruments), "--rate", f"{rate:g}"]
     started = time.monotonic()
-    k2_command(replay, loader_env(source, system.workdir / "load"), timeout_s=seconds * 4 + 120)
-    system.ends = end_offsets(source)
-    wait_landed(system, "live events", timeout_s)
+    market = [lineage for lineage in system.lineages() if lineage.topic_column is None]  # not K2's rejects
+    with SnapshotTimes(system.catalog(), [lineage.table for lineage in market]) as times:
+        k2_command(replay, loader_env(source, system.workdir / "load"), timeout_s=seconds * 4 + 120)
+        system.ends = end_offsets(source)
+        wait_landed(system, "live events", timeout_s)
     hours = (time.monotonic() - started) / 3600
     system.meter.sample()
     cpu_s = system.meter.cpu_s - cpu_before  # its start-up included: a few seconds in a long run
     system.stop()
     produced = produced_times(source.broker, system.ends)
-    market = [lineage for lineage in system.lineages() if lineage.topic_column is None]  # not K2's rejects
     catalog = system.catalog()
     per_hour = {}  # what the run left per table, per hour of the run (snapshots kept: expiry may have run)
     for lineage in market:
@@ -159,4 +160,4 @@ def fresh_run(
         "per_hour": per_hour,
         "cpu_s": round(cpu_s, 1),
         "cpu_s_per_million": round(cpu_s / max(1, system.total) * 1e6, 1),
-    } | freshness(catalog, market, produced, since_ms)
+    } | freshness(catalog, market, produced, since_ms, known=times.commit_ms)

@@ -59,7 +59,7 @@ from pyiceberg.catalog import Catalog  # noqa: E402
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError  # noqa: E402
 
 from bench import provenance, scaleout_report  # noqa: E402
-from bench.lakecheck import Lineage, exactness, freshness, produced_times  # noqa: E402
+from bench.lakecheck import Lineage, SnapshotTimes, exactness, freshness, produced_times  # noqa: E402
 from bench.loading import EVENTS_PER_PASS, delete_topics, end_offsets, loader_env, replay_args, topics  # noqa: E402
 from bench.phases import wait_landed  # noqa: E402
 from bench.procs import TICKS, Meter, wait_until  # noqa: E402
@@ -243,20 +243,6 @@ def stack_pids() -> dict[str, int]:
     return out
 
 
-def _snapshots(catalog: Catalog, tables: Sequence[str]) -> dict[str, list[tuple[int, dict[str, str]]]]:
-    out = {}
-    for name in tables:
-        table = catalog.load_table(name)
-        out[name] = [
-            (
-                s.timestamp_ms,
-                {"operation": s.summary.operation.value, **s.summary.additional_properties} if s.summary else {},
-            )
-            for s in table.snapshots()
-        ]
-    return out
-
-
 def _worker_views(system: RestK2) -> list[dict[str, Any]]:
     return [json.loads(system.view(port, "/k2/partitions")) for port in system.ports]
 
@@ -291,11 +277,12 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
     instruments = instruments_for(rate * args.seconds)
     produce = [*replay_args(1, instruments), "--rate", f"{rate:g}"]
     log(f"{n} worker(s), flush {flush_s:g} s: producing {rate:g} events/s for about {args.seconds:g} s")
-    k2_command(produce, loader_env(source, system.workdir / "load", args.partitions), args.seconds * 4 + 300)
-    produced_s = time.time() - t0
-    system.ends = end_offsets(source)
-    wait_landed(system, "events", args.timeout)
-    busy1, t1 = _busy_jiffies(), time.time()
+    with SnapshotTimes(system.catalog(), [TRADES_TABLE, QUOTES_TABLE]) as times:  # expiry may run meanwhile
+        k2_command(produce, loader_env(source, system.workdir / "load", args.partitions), args.seconds * 4 + 300)
+        produced_s = time.time() - t0
+        system.ends = end_offsets(source)
+        wait_landed(system, "events", args.timeout)
+        busy1, t1 = _busy_jiffies(), time.time()
     system.meter.sample()
     services.sample()
     cpu1 = [system.meter.cpu_s_of(pid) for pid in leaders]
@@ -324,7 +311,7 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
         "window_s": round(t1 - t0, 1),
         "machine_busy_cores": round((busy1 - busy0) / TICKS / window_s, 2),
         "rebalances": max(g1 - g0 for g0, g1 in zip(gen0, gen1, strict=True)),
-        "tables": commit_stats(_snapshots(catalog, [TRADES_TABLE, QUOTES_TABLE]), t0_ms, t1_ms),
+        "tables": commit_stats({t: list(seen.values()) for t, seen in times.summaries.items()}, t0_ms, t1_ms),
         "commits": {
             "flushes": int(delta["k2_flushes_total"]),
             "attempts": int(delta["k2_iceberg_commit_attempts_total"]),
@@ -334,7 +321,11 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
             "mean_commit_s": round(delta["k2_iceberg_commit_duration_seconds_sum"] / commits, 3) if commits else None,
         },
         "freshness": freshness(
-            catalog, market, produced_times(source.broker, system.ends), t0_ms + int(args.warmup * 1000)
+            catalog,
+            market,
+            produced_times(source.broker, system.ends),
+            t0_ms + int(args.warmup * 1000),
+            known=times.commit_ms,
         ),
         "cpu": {
             "s_per_million": round(cpu_s / events * 1e6, 1) if events else None,

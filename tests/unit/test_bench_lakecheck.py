@@ -15,7 +15,7 @@ from pyiceberg.types import IntegerType, LongType, NestedField
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.lakecheck import Lineage, exactness, file_stats, freshness  # noqa: E402
+from bench.lakecheck import Lineage, SnapshotTimes, exactness, file_stats, freshness  # noqa: E402
 
 SCHEMA = Schema(
     NestedField(1, "kafka_partition", IntegerType(), required=False),
@@ -133,3 +133,25 @@ def test_k2_base_runs_only_when_asked_for_with_a_baseline(monkeypatch: pytest.Mo
     monkeypatch.delenv("BENCH_K2_BASELINE", raising=False)
     assert arguments().names == ["floor", "k2-base", "k2"]
     assert os.environ["BENCH_K2_BASELINE"] == str(tmp_path.resolve())
+
+
+def test_freshness_counts_the_rows_of_expired_snapshots_whose_times_were_read_during_the_run(tmp_path: Path) -> None:
+    catalog = _lake(tmp_path, [[(0, 0), (0, 1)], [(0, 2)]])
+    lineage = Lineage("ns.rows", "topic")
+    with SnapshotTimes(catalog, ["ns.rows"], interval_s=3600) as times:
+        pass  # read once on the way out
+    table = catalog.load_table("ns.rows")
+    first, second = sorted(table.snapshots(), key=lambda s: s.timestamp_ms)
+    produced = pa.table(
+        {
+            "topic": ["topic"] * 3,
+            "p": pa.array([0, 0, 0], pa.int64()),
+            "o": pa.array([0, 1, 2], pa.int64()),
+            "produced_ms": pa.array([first.timestamp_ms - 1000] * 2 + [second.timestamp_ms - 1000], pa.int64()),
+        }
+    )
+    table.maintenance.expire_snapshots().by_id(first.snapshot_id).commit()
+    assert freshness(catalog, [lineage], produced, since_ms=0)["n"] == 1  # the first snapshot's rows drop out
+    kept = freshness(catalog, [lineage], produced, since_ms=0, known=times.commit_ms)
+    assert kept["n"] == 3 and kept["max_s"] == 1.0
+    assert set(times.summaries["ns.rows"]) == {first.snapshot_id, second.snapshot_id}
