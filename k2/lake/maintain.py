@@ -47,6 +47,7 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import ManifestEntryStatus
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Operation, Snapshot
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.transforms import DayTransform
 
 from k2.lake.arrow import sort_for_table
@@ -245,7 +246,11 @@ def _expire(table: Table, policy: MaintainPolicy, now_s: float, out: TableMainte
         if not expired or dry_run:
             break
         try:
-            table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
+            # pyiceberg's own builder (table.maintenance.expire_snapshots()) reads its transaction's
+            # metadata twice per snapshot, each read a deep copy of every snapshot: through K2's
+            # transaction the metadata is computed once (k2.lake.txn).
+            with transaction(table) as txn:
+                ExpireSnapshots(txn).by_ids([s.snapshot_id for s in expired]).commit()
             break
         except (*_CONFLICTS, ValueError):
             # Another expiry (the leader's timer, `k2 maintain`) or a commit came first: plan again. A
