@@ -12,11 +12,15 @@ machine falls on all alike. A commit is what a worker's flush does (:class:`k2.l
 * ``merge``: ``commit.manifest-merge.enabled`` (pyiceberg's merge append: small manifests merged
   once there are ``commit.manifest-merge.min-count-to-merge``, 100 by default);
 * ``keep=N``: every ``--block`` commits, the worker's maintenance expiry (:func:`k2.lake.maintain.maintain_table`)
-  keeps the newest N snapshots: the steady state of a retention of N flush intervals.
+  keeps the newest N snapshots: the steady state of a retention of N flush intervals;
+* ``target=BYTES`` and ``count=N``: the table's ``commit.manifest.target-size-bytes`` and
+  ``commit.manifest.min-count-to-merge`` (pyiceberg's defaults: 8 MiB and 100). A merge rewrites a
+  whole bin of manifests up to the target size, inside the commit that triggers it.
 
-Prints per block of ``--block`` rounds each variant's median commit time and the median per step
-(``k2_iceberg_commit_step_seconds``), with the table's snapshots, manifests and metadata size at
-the end of the block. Figures depend on the machine: compare the variants of one run.
+Prints per block of ``--block`` rounds each variant's median, p99 and slowest commit, the median
+per step (``k2_iceberg_commit_step_seconds``) and the slowest manifests step (where a merge shows),
+with the table's snapshots, manifests, metadata size, live data files and largest manifest at the
+end of the block. Figures depend on the machine: compare the variants of one run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pyiceberg.table import Table
+
 from bench.commit_cost import PARTITIONS, catalog_for, shape
 from bench.lake_bench import TOPIC, trades
 from k2.lake.arrow import events_to_arrow
@@ -44,6 +50,7 @@ from k2.lake.tables import ensure_table
 from k2.lake.writer import IcebergWriter
 
 _MERGE = "commit.manifest-merge.enabled"
+_NUMERIC = {"target": "commit.manifest.target-size-bytes", "count": "commit.manifest.min-count-to-merge"}
 
 
 @dataclass(frozen=True)
@@ -51,20 +58,25 @@ class Variant:
     name: str
     merge: bool
     keep: int | None
+    properties: dict[str, str]
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        merge, keep = False, None
+        merge, keep, properties = False, None, {}
         for part in text.split(","):
+            key, _, value = part.partition("=")
             if part == "fast":
                 merge = False
             elif part == "merge":
                 merge = True
-            elif part.startswith("keep=") and part[5:].isdigit() and int(part[5:]) > 0:
-                keep = int(part[5:])
+            elif key in ("keep", *_NUMERIC) and value.isdigit() and int(value) > 0:
+                if key == "keep":
+                    keep = int(value)
+                else:
+                    properties[_NUMERIC[key]] = value
             else:
-                raise ValueError(f"--variant {text!r}: {part!r} is none of fast, merge, keep=N")
-        return cls(text, merge, keep)
+                raise ValueError(f"--variant {text!r}: {part!r} is none of fast, merge, keep=N, target=BYTES, count=N")
+        return cls(text, merge, keep, properties)
 
 
 def main() -> None:
@@ -92,12 +104,8 @@ def main() -> None:
         writers = {}
         for v in variants:
             table, _ = ensure_table(catalogs[v.name], TABLES[TRADES])
-            if v.merge:
-                with table.transaction() as txn:
-                    txn.set_properties({_MERGE: "true"})
-            elif table.properties.get(_MERGE) == "true":
-                with table.transaction() as txn:
-                    txn.set_properties({_MERGE: "false"})
+            with table.transaction() as txn:
+                txn.set_properties({_MERGE: "true" if v.merge else "false", **v.properties})
             writers[v.name] = IcebergWriter(catalogs[v.name], {TRADES: TOPIC}, "bench:history", sleep=lambda _: None)
         for n in range(args.commits):
             events = trades(args.rows, first_offset=n * args.rows, partitions=PARTITIONS)
@@ -116,21 +124,32 @@ def main() -> None:
                         policy = MaintainPolicy(snapshot_retention_s=0, keep_snapshots=v.keep, min_files=2**31,
                                                 orphan_min_age_s=1e12)  # fmt: skip
                         maintain_table(catalogs[v.name], TABLES[TRADES], policy)
-                    now = shape(catalogs[v.name].load_table(TABLES[TRADES].name))
+                    now = manifest_shape(catalogs[v.name].load_table(TABLES[TRADES].name))
                     report_block(v.name, out[v.name][-args.block :], now)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "commits": out}))
 
 
+def manifest_shape(table: Table) -> dict[str, int]:
+    """:func:`bench.commit_cost.shape`, with the live data files and the largest manifest's bytes."""
+    snapshot = table.current_snapshot()
+    manifests = [] if snapshot is None else snapshot.manifests(table.io)
+    files = sum((m.added_files_count or 0) + (m.existing_files_count or 0) for m in manifests)
+    return shape(table) | {"files": files, "largest_manifest": max((m.manifest_length for m in manifests), default=0)}
+
+
 def report_block(name: str, rows: list[dict[str, Any]], table_shape: dict[str, int]) -> None:
     steps = "  ".join(f"{s} {statistics.median(r['steps'].get(s, 0.0) for r in rows) * 1000:6.1f}" for s in STEPS)
     seconds = [r["seconds"] for r in rows]
-    p90 = statistics.quantiles(seconds, n=10)[-1] if len(seconds) > 1 else seconds[0]
+    p99 = statistics.quantiles(seconds, n=100, method="inclusive")[-1] if len(seconds) > 1 else seconds[0]
+    manifests_max = max(r["steps"].get("manifests", 0.0) for r in rows) * 1000
     print(
         f"commits {rows[0]['n']:>5}-{rows[-1]['n']:<5} {name:16} median {statistics.median(seconds):.3f} s"
-        f"  p90 {p90:.3f} s"
-        f"  [ms: {steps}]  snapshots {table_shape['snapshots']}  manifests {table_shape['manifests']}"
-        f"  metadata {table_shape['metadata_bytes'] / 1024:.0f} KiB",
+        f"  p99 {p99:.3f} s  max {max(seconds):.3f} s"
+        f"  [ms: {steps}; manifests max {manifests_max:.0f}]"
+        f"  snapshots {table_shape['snapshots']}  manifests {table_shape['manifests']}"
+        f"  metadata {table_shape['metadata_bytes'] / 1024:.0f} KiB  data files {table_shape['files']}"
+        f"  largest manifest {table_shape['largest_manifest'] / 1024:.0f} KiB",
         flush=True,
     )
 

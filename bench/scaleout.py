@@ -67,7 +67,7 @@ from bench.runners import K2, QUOTES_TABLE, TRADES_TABLE, k2_command  # noqa: E4
 from k2.catalog import bounded  # noqa: E402
 from k2.lake.rest import BoundedRestCatalog  # noqa: E402
 
-__all__ = ["RestK2", "commit_stats", "instruments_for", "metric_totals", "per_worker", "settled"]
+__all__ = ["RestK2", "commit_stats", "commit_steps", "instruments_for", "metric_totals", "per_worker", "settled"]
 
 METRICS = (
     "k2_events_consumed_total",
@@ -182,6 +182,36 @@ def metric_totals(text: str, names: Sequence[str] = METRICS) -> dict[str, float]
     return out
 
 
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]  # fmt: skip
+
+
+def commit_steps(before: Sequence[str], after: Sequence[str]) -> dict[str, Any]:
+    """Where a commit's time went over the window, from the workers' ``/metrics`` at both ends (all tables).
+
+    ``steps_ms``: mean milliseconds per commit of each step (``k2_iceberg_commit_step_seconds``);
+    ``commit_p99_le_s``: the histogram bucket (upper bound) that holds the 99th percentile of a
+    table's commit (``k2_iceberg_commit_duration_seconds``); ``None`` when nothing was committed.
+    """
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for sign, texts in ((-1.0, before), (1.0, after)):
+        for text in texts:
+            for labels, value in _samples(text, "k2_iceberg_commit_step_seconds_sum"):
+                sums[labels["step"]] = sums.get(labels["step"], 0.0) + sign * value
+            for labels, value in _samples(text, "k2_iceberg_commit_step_seconds_count"):
+                counts[labels["step"]] = counts.get(labels["step"], 0.0) + sign * value
+            for labels, value in _samples(text, "k2_iceberg_commit_duration_seconds_bucket"):
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sign * value
+    steps = {step: round(sums[step] / counts[step] * 1000, 1) for step in sums if counts.get(step)}
+    total = buckets.get(float("inf"), 0.0)
+    p99 = next((le for le, seen in sorted(buckets.items()) if seen >= 0.99 * total), None) if total else None
+    return {"steps_ms": steps, "commit_p99_le_s": p99}
+
+
 def per_worker(
     cpu: Sequence[tuple[float, float]], before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]]
 ) -> list[dict[str, Any]]:
@@ -267,7 +297,8 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
     system.meter.sample()
     leaders = [proc.pid for proc in system.procs]
     cpu0 = [system.meter.cpu_s_of(pid) for pid in leaders]
-    before = [metric_totals(system.view(port, "/metrics")) for port in system.ports]
+    texts_before = [system.view(port, "/metrics") for port in system.ports]
+    before = [metric_totals(text) for text in texts_before]
     gen0 = [v["generation"] for v in _worker_views(system)]
     stack = stack_pids()
     services = Meter(sessions=set(stack.values()))
@@ -286,7 +317,8 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
     system.meter.sample()
     services.sample()
     cpu1 = [system.meter.cpu_s_of(pid) for pid in leaders]
-    after = [metric_totals(system.view(port, "/metrics")) for port in system.ports]
+    texts_after = [system.view(port, "/metrics") for port in system.ports]
+    after = [metric_totals(text) for text in texts_after]
     gen1 = [v["generation"] for v in _worker_views(system)]
     system.stop()
 
@@ -319,7 +351,8 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
             "failures": int(delta["k2_iceberg_commit_failures_total"]),
             "snapshots": int(commits),
             "mean_commit_s": round(delta["k2_iceberg_commit_duration_seconds_sum"] / commits, 3) if commits else None,
-        },
+        }
+        | commit_steps(texts_before, texts_after),
         "freshness": freshness(
             catalog,
             market,

@@ -149,3 +149,32 @@ def test_one_pass_of_enough_instruments_lasts_the_run() -> None:
     assert instruments_for(500 * 120) == 13  # 4,852 events per instrument and pass
     assert instruments_for(3000 * 120) == 75
     assert instruments_for(1000) == 12  # never fewer than the partitions want
+
+
+def test_commit_steps_are_what_the_window_added_across_workers_and_tables() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.scaleout import commit_steps
+    from k2.metrics import K2Metrics
+
+    workers = [K2Metrics(CollectorRegistry()) for _ in range(2)]
+
+    def commit(m: K2Metrics, table: str, seconds: float, steps: dict[str, float]) -> None:
+        m.commit_duration.labels(table).observe(seconds)
+        for step, s in steps.items():
+            m.commit_steps.labels(table, step).observe(s)
+
+    commit(workers[0], "t", 9.0, {"catalog": 8.0, "write": 1.0})  # before the window: not counted
+    before = [generate_latest(m.registry).decode() for m in workers]
+    for n in range(99):
+        commit(workers[n % 2], "t" if n % 3 else "q", 0.2, {"catalog": 0.15, "write": 0.05})
+    commit(workers[1], "q", 3.0, {"catalog": 2.95, "write": 0.05})
+    after = [generate_latest(m.registry).decode() for m in workers]
+
+    out = commit_steps(before, after)
+    assert out["steps_ms"] == {"catalog": round((99 * 0.15 + 2.95) / 100 * 1000, 1), "write": 50.0}
+    assert out["commit_p99_le_s"] == 0.25  # 99 of the window's 100 commits at or below the 0.25 s bucket
+    commit(workers[0], "t", 3.0, {"catalog": 3.0})
+    later = [generate_latest(m.registry).decode() for m in workers]
+    assert commit_steps(before, later)["commit_p99_le_s"] == 5.0  # 2 of 101 slow: the p99 is in their bucket
+    assert commit_steps(after, after) == {"steps_ms": {}, "commit_p99_le_s": None}

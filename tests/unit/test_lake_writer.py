@@ -577,6 +577,42 @@ def test_ensure_tables_merges_manifests_unless_the_table_says_otherwise(catalog:
     assert ensure_tables(catalog)[TRADES].metadata_location == tables[TRADES].metadata_location  # once
 
 
+def _largest_rewrite(catalog: SqlCatalog, target: int, commits: int) -> tuple[int, int]:
+    """Commit ``commits`` times to trades with K2's merge settings but bins of ``target`` bytes: the most
+    manifest bytes one commit read and wrote again (manifests it dropped), and the manifests at the end."""
+    table = ensure_tables(catalog)[TRADES]
+    with table.transaction() as txn:
+        txn.set_properties({"commit.manifest.target-size-bytes": str(target)})
+    writer = IcebergWriter(catalog, TOPICS, "w")
+    before: dict[str, int] = {}
+    largest = 0
+    for n in range(commits):
+        events = trade_events(0, range(n * 10, n * 10 + 10))
+        writer.commit(TRADES, events_to_arrow(TRADES, events), offsets_of(events), f"c{n}")
+        table = catalog.load_table(TABLES[TRADES].name)
+        snapshot = table.current_snapshot()
+        assert snapshot is not None
+        now = {m.manifest_path: m.manifest_length for m in snapshot.manifests(table.io)}
+        largest = max(largest, sum(length for path, length in before.items() if path not in now))
+        before = now
+    assert len(table.scan().to_arrow()) == commits * 10
+    return largest, len(before)
+
+
+def test_a_merge_rewrites_at_most_the_target_however_long_the_table_has_grown(tmp_path: Path) -> None:
+    """A merge happens inside the commit that triggers it: with K2's bins it rewrites at most the target,
+    a manifest once full is never read again (here at 24 KiB so that 45 commits fill several: K2's is
+    256 KiB), and the list stays short. With pyiceberg's 8 MiB bins the same history rewrites the one
+    merged manifest, growing with every data file of the day, at every merge."""
+    assert TABLES[TRADES].properties["commit.manifest.min-count-to-merge"] == "10"
+    (tmp_path / "k2").mkdir()
+    (tmp_path / "default").mkdir()
+    bounded, manifests = _largest_rewrite(sqlite_catalog(tmp_path / "k2"), 24 * 1024, 45)
+    unbounded, _ = _largest_rewrite(sqlite_catalog(tmp_path / "default"), 8 * 2**20, 45)
+    assert 0 < bounded <= 24 * 1024 and manifests <= 20
+    assert unbounded > 48 * 1024
+
+
 def test_commits_to_a_table_that_merges_manifests_keep_the_manifest_list_short(catalog: SqlCatalog) -> None:
     (table,) = (t for name, t in ensure_tables(catalog).items() if name == TRADES)
     with table.transaction() as txn:
