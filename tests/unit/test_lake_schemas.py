@@ -96,8 +96,8 @@ def test_field_ids_are_explicit_and_in_order(table_def: Any) -> None:
         "write.metadata.delete-after-commit.enabled": "true",
         "write.metadata.previous-versions-max": "100",
         "commit.manifest-merge.enabled": "true",  # a commit's manifest list stays short after weeks
-        "commit.manifest.target-size-bytes": "262144",  # and a merge never rewrites more than 256 KiB
-        "commit.manifest.min-count-to-merge": "10",
+        "commit.manifest.target-size-bytes": "65536",  # and a merge never rewrites more than 64 KiB
+        "commit.manifest.min-count-to-merge": "4",
         "commit.retry.num-retries": "0",  # K2 retries with fresh offsets; pyiceberg must not replay stale ones
     }
 
