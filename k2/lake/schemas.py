@@ -95,14 +95,14 @@ STREAMING_PROPERTIES: Mapping[str, str] = {
     # has run.
     "commit.manifest-merge.enabled": "true",
     # A merge reads every manifest of its bin and writes them again as one, inside the commit
-    # that triggers it (~0.4 ms per data file it lists, in pyiceberg). pyiceberg's defaults
+    # that triggers it (0.2-0.4 ms per data file it lists, in pyiceberg). pyiceberg's defaults
     # (bins of 8 MiB, merged from 100 manifests) make that bin the day's one merged manifest
     # (~0.4 KiB per data file, ~5,500 files an hour per table at a 1 s flush) plus 100 small
-    # ones, so every 100th commit cost more as the day went on, and once that manifest neared
-    # 8 MiB it was rewritten by commit after commit (a small manifest weighs ~5 KiB, mostly
-    # header: the bins that fill it hold a few each). Bins of 64 KiB from 4 bound what any
-    # commit rewrites to ~150 data files: a full manifest is never read again
-    # (`bench/commit_history.py`, 700 commits: p99 0.26 s against 0.37 s, fewest slow merges).
+    # ones, so every 100th commit cost more as the day went on, and once a merged manifest
+    # nears its bin's size it is rewritten by commit after commit (a small manifest weighs
+    # ~5 KiB, mostly header: the bins that fill it hold a few each; seen at 256 KiB). Bins of
+    # 64 KiB from 4 bound what any commit rewrites to ~150 data files, and a full manifest is
+    # never read again (`bench/commit_history.py`, 700 commits: p99 0.26 s against 0.37 s).
     "commit.manifest.target-size-bytes": str(64 * 1024),
     "commit.manifest.min-count-to-merge": "4",
 }
