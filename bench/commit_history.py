@@ -14,8 +14,9 @@ machine falls on all alike. A commit is what a worker's flush does (:class:`k2.l
 * ``keep=N``: every ``--block`` commits, the worker's maintenance expiry (:func:`k2.lake.maintain.maintain_table`)
   keeps the newest N snapshots: the steady state of a retention of N flush intervals;
 * ``target=BYTES`` and ``count=N``: the table's ``commit.manifest.target-size-bytes`` and
-  ``commit.manifest.min-count-to-merge`` (pyiceberg's defaults: 8 MiB and 100). A merge rewrites a
-  whole bin of manifests up to the target size, inside the commit that triggers it.
+  ``commit.manifest.min-count-to-merge``; without them a variant has what K2 gives its tables
+  (:data:`k2.lake.schemas.STREAMING_PROPERTIES`; pyiceberg's defaults are 8 MiB and 100). A merge
+  rewrites a whole bin of manifests up to the target size, inside the commit that triggers it.
 
 Prints per block of ``--block`` rounds each variant's median, p99 and slowest commit, the median
 per step (``k2_iceberg_commit_step_seconds``) and the slowest manifests step (where a merge shows),

@@ -102,7 +102,7 @@ STREAMING_PROPERTIES: Mapping[str, str] = {
     # nears its bin's size it is rewritten by commit after commit (a small manifest weighs
     # ~5 KiB, mostly header: the bins that fill it hold a few each; seen at 256 KiB). Bins of
     # 64 KiB from 4 bound what any commit rewrites to ~150 data files, and a full manifest is
-    # never read again (`bench/commit_history.py`, 700 commits: p99 0.26 s against 0.37 s).
+    # never read again (`bench/commit_history.py`, 700 commits: p99 0.26 s against 0.36 s at 256 KiB from 10).
     "commit.manifest.target-size-bytes": str(64 * 1024),
     "commit.manifest.min-count-to-merge": "4",
 }
