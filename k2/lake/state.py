@@ -36,8 +36,27 @@ class TableState:
     """Writer schema ids whose columns the table has (added by this worker or found there)."""
     marks: dict[TopicPartition, int] = field(default_factory=dict)
     """The highest marks read or committed: the table never records less, unless it went back."""
+    head: int | None = None
+    """The snapshot this worker's last commit made, while ``table`` holds the metadata that commit returned."""
+    other_seen: float = float("-inf")
+    """When (``time.monotonic``) a refresh last showed another writer's commit."""
     _arrow: pa.Schema | None = None
     _arrow_of: int | None = None
+
+    def trusted(self, now: float, hold_s: float) -> bool:
+        """Whether a commit may build on ``table`` as loaded, without reading it from the catalog first.
+
+        Only while it is as this worker's own last commit left it and no other writer was seen for
+        ``hold_s`` seconds: the catalog refuses a commit whose table moved on meanwhile (pyiceberg's
+        ``AssertRefSnapshotId`` and ``AssertTableUUID``), so a stale table costs one refused
+        attempt, never a wrong mark.
+        """
+        return (
+            self.table is not None
+            and self.head is not None
+            and self.table.metadata.current_snapshot_id == self.head
+            and now - self.other_seen >= hold_s
+        )
 
     def arrow_schema(self) -> pa.Schema:
         """The loaded table's Arrow schema (computed once per Iceberg schema id)."""

@@ -7,17 +7,23 @@ through ``asyncio.to_thread`` (or an executor), never on the event loop::
 
 How a commit stays exactly-once (see :mod:`k2.lake.offsets`):
 
-1. refresh the table and read the offsets its newest K2 snapshot recorded;
+1. refresh the table and read the offsets its newest K2 snapshot recorded. When the table
+   is as this writer's own last commit left it (the metadata that commit returned) and no
+   other writer was seen lately, the refresh is skipped: the commit asserts that the table's
+   main branch is still at that snapshot and that the table is the same one (pyiceberg's
+   ``AssertRefSnapshotId`` and ``AssertTableUUID``, checked by the catalog), so any commit in
+   between makes it fail with ``CommitFailedException``, and 4 applies;
 2. drop the rows at or below those marks (a replay after a crash, a retry, or a
    partition that moved to this worker after another landed part of it);
 3. append (or, for ``reference_data.companies``, upsert) the rest with the merged
    marks in the snapshot summary: data and marks land in one catalog commit;
 4. on ``CommitFailedException`` (someone committed first) or
-   ``CommitStateUnknownException`` (the answer was lost), back off and go to 1 with
-   fresh metadata; step 2 then drops whatever the other commit, or our own lost
-   one, already landed. When it drops nothing, the rows are those of the lost attempt
-   and so are its data files: they are committed again, not written again
-   (:class:`k2.lake.files.Written`). When it drops anything, the files are written anew.
+   ``CommitStateUnknownException`` (the answer was lost), back off (not after a skipped
+   refresh: that refusal is expected) and go to 1 with fresh metadata; step 2 then drops
+   whatever the other commit, or our own lost one, already landed. When it drops nothing,
+   the rows are those of the lost attempt and so are its data files: they are committed
+   again, not written again (:class:`k2.lake.files.Written`). When it drops anything, the
+   files are written anew.
 
 pyiceberg's own commit retry (``commit.retry.num-retries``) must be off for this to
 hold, as it replays a commit with its original rows and summary: K2's tables are
@@ -47,6 +53,7 @@ from pyiceberg.types import NestedField
 from k2.errors import K2Error
 from k2.lake import files
 from k2.lake.arrow import keep_last
+from k2.lake.fileio import Remembered, RememberingFileIO
 from k2.lake.laps import Laps
 from k2.lake.offsets import (
     COMMIT_ID_KEY,
@@ -152,6 +159,8 @@ class IcebergWriter:
         max_attempts: tries per commit before the conflict is re-raised.
         backoff_s: first retry delay; doubles per attempt (with jitter) up to ``max_backoff_s``.
         sleep: how to wait between attempts (injectable for tests).
+        shared_hold_s: after a refresh showed another writer's commit, read the table before every
+            commit for this long (workers sharing a table would otherwise lose each first attempt).
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class IcebergWriter:
         backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        shared_hold_s: float = 60.0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -177,9 +187,12 @@ class IcebergWriter:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._sleep = sleep
+        self.shared_hold_s = shared_hold_s
         self._locks = {name: threading.Lock() for name in TABLES}
         self.state = LakeState()
         """Per table: the loaded table, its schema, the writer schemas applied, the marks (one owner)."""
+        self.remembered = Remembered()
+        """The manifests and manifest lists this writer wrote, which its next commits read (:mod:`k2.lake.fileio`)."""
 
     @classmethod
     def for_settings(cls, catalog: Catalog, settings: Settings) -> IcebergWriter:
@@ -211,6 +224,8 @@ class IcebergWriter:
         if missing_properties(table):
             # pyiceberg would retry conflicts itself with stale offsets: switch that off first.
             table, _ = ensure_table(self.catalog, TABLES[table_name])
+        if not isinstance(table.io, RememberingFileIO):  # a load or a refresh brings the catalog's own FileIO
+            table.io = RememberingFileIO(table.io, self.remembered)
         self.state.of(table_name).table = table
         return table
 
@@ -269,9 +284,17 @@ class IcebergWriter:
             regressed.marks = dict(marks)
             raise regressed
 
+    def _note_other_writers(self, table_name: str, table: Table) -> None:
+        """After a refresh: if the table moved on from this writer's last commit, hold off trusting it."""
+        state = self.state.of(table_name)
+        if state.head is not None and table.metadata.current_snapshot_id != state.head:
+            state.head = None
+            state.other_seen = time.monotonic()
+
     def forget_tables(self) -> None:
         """Forget what is known of every table (after a table was dropped and created again): see :class:`LakeState`."""
         self.state.forget()
+        self.remembered.clear()
 
     # -- commits ----------------------------------------------------------------------
 
@@ -311,7 +334,10 @@ class IcebergWriter:
         written = files.Written()  # a retry of the same rows commits the files already written
         with self._locks[table_name]:
             for attempt in range(1, self.max_attempts + 1):
-                table = self.table(table_name, refresh=True)
+                trusted = attempt == 1 and self.state.of(table_name).trusted(time.monotonic(), self.shared_hold_s)
+                table = self.table(table_name, refresh=not trusted)
+                if not trusted:
+                    self._note_other_writers(table_name, table)
                 laps.lap("refresh")
                 previous = latest_k2_snapshot(table)
                 summary = {} if previous is None or previous.summary is None else previous.summary.additional_properties
@@ -348,11 +374,13 @@ class IcebergWriter:
                         ) from exc
                     if attempt == self.max_attempts:
                         raise
-                    self._sleep(self._backoff(attempt))
+                    if not trusted:
+                        self._sleep(self._backoff(attempt))
                     continue
                 snapshot = table.current_snapshot()
                 state = self.state.of(table_name)
                 state.marks = merge_offsets(state.marks, marks)
+                state.head = None if snapshot is None else snapshot.snapshot_id
                 return CommitResult(
                     table_name,
                     None if snapshot is None else snapshot.snapshot_id,

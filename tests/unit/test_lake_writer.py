@@ -395,6 +395,81 @@ def test_a_conflict_on_the_same_offsets_writes_nothing_twice(
     assert a.table(TRADES, refresh=True).scan().to_arrow().num_rows == 10
 
 
+def count_refreshes(monkeypatch: Any) -> dict[str, int]:
+    """How often any table is reloaded from its catalog (``Table.refresh``) from now on."""
+    real, seen = Table.refresh, {"n": 0}
+
+    def refresh(self: Table) -> Table:
+        seen["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(Table, "refresh", refresh)
+    return seen
+
+
+def test_the_only_writer_commits_on_the_metadata_its_own_last_commit_returned(
+    writer: IcebergWriter, monkeypatch: Any
+) -> None:
+    """Issue 19: a refresh is a catalog round trip and a metadata read (61 ms of a 0.43 s REST commit).
+    When the table is as this writer's last commit left it, the catalog's own check (main still at the
+    snapshot the commit builds on) stands in for it, so the writer does not reload the table first."""
+    first, second = trade_events(0, range(10)), trade_events(0, range(10, 20))
+    writer.commit(TRADES, events_to_arrow(TRADES, first), offsets_of(first), "c1")
+    refreshes = count_refreshes(monkeypatch)
+
+    result = writer.commit(TRADES, events_to_arrow(TRADES, second), offsets_of(second), "c2")
+
+    assert (result.attempts, result.rows_written, refreshes["n"]) == (1, 10, 0)
+    assert read_offsets(writer.table(TRADES, refresh=True)) == {(TRADES_TOPIC, 0): 19}
+
+
+def test_another_writers_commit_in_between_costs_one_retry_at_once_and_lands_nothing_twice(
+    two_writers: tuple[IcebergWriter, IcebergWriter], monkeypatch: Any
+) -> None:
+    """The writer's metadata is stale once another worker committed (a rebalance moved a partition):
+    its first attempt is refused by the catalog, and the second reads the table afresh and drops what
+    the other landed. The refusal is expected, so the retry does not back off."""
+    a, b = two_writers
+    slept: list[float] = []
+    a._sleep = slept.append
+    first = trade_events(0, range(10))
+    a.commit(TRADES, events_to_arrow(TRADES, first), offsets_of(first), "a1")
+    theirs = trade_events(0, range(10, 20)) + trade_events(1, range(4))
+    b.commit(TRADES, events_to_arrow(TRADES, theirs), offsets_of(theirs), "b1")
+
+    mine = trade_events(0, range(15, 30))
+    result = a.commit(TRADES, events_to_arrow(TRADES, mine), offsets_of(mine), "a2")
+
+    assert (result.attempts, result.rows_written, result.rows_dropped, slept) == (2, 10, 5, [])
+    table = a.table(TRADES, refresh=True)
+    landed = [(r["kafka_partition"], r["kafka_offset"]) for r in rows(table)]
+    assert landed == [(0, o) for o in range(30)] + [(1, o) for o in range(4)]
+    assert read_offsets(table) == {(TRADES_TOPIC, 0): 29, (TRADES_TOPIC, 1): 3}
+
+
+def test_once_another_writer_was_seen_the_writer_reads_the_table_before_each_commit_for_a_while(
+    two_writers: tuple[IcebergWriter, IcebergWriter], monkeypatch: Any
+) -> None:
+    """Workers sharing a table (scale-out) would each lose every first attempt to the others' commits:
+    after seeing another writer's snapshot, a writer refreshes before committing for ``shared_hold_s``."""
+    a, b = two_writers
+    first, theirs = trade_events(0, range(10)), trade_events(1, range(4))
+    a.commit(TRADES, events_to_arrow(TRADES, first), offsets_of(first), "a1")
+    b.commit(TRADES, events_to_arrow(TRADES, theirs), offsets_of(theirs), "b1")
+    more = trade_events(0, range(10, 20))
+    assert a.commit(TRADES, events_to_arrow(TRADES, more), offsets_of(more), "a2").attempts == 2
+    refreshes = count_refreshes(monkeypatch)
+
+    again = trade_events(0, range(20, 30))
+    result = a.commit(TRADES, events_to_arrow(TRADES, again), offsets_of(again), "a3")
+
+    assert (result.attempts, refreshes["n"]) == (1, 1)
+    a.shared_hold_s = 0.0  # the hold is over: alone again, it trusts its own commit
+    last = trade_events(0, range(30, 40))
+    assert a.commit(TRADES, events_to_arrow(TRADES, last), offsets_of(last), "a4").attempts == 1
+    assert refreshes["n"] == 1
+
+
 def test_conflicts_beyond_max_attempts_are_raised(tmp_path: Path, monkeypatch: Any) -> None:
     a, b = sqlite_catalog(tmp_path), sqlite_catalog(tmp_path)
     ensure_tables(a)
