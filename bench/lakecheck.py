@@ -23,7 +23,9 @@ from confluent_kafka import Consumer, TopicPartition
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 
-__all__ = ["Lineage", "exactness", "file_stats", "freshness", "produced_times", "rows_in"]
+from k2.lake.offsets import WORKER_ID_KEY
+
+__all__ = ["Lineage", "commit_stats", "exactness", "file_stats", "freshness", "produced_times", "rows_in"]
 
 Ends = Mapping[tuple[str, int], int]
 
@@ -300,4 +302,29 @@ def _p99_by_slice(seconds: pa.Array, made_ms: pa.Array, slices: int) -> list[flo
         mask = pc.and_(pc.greater_equal(made_ms, low), pc.less(made_ms, high))
         part = seconds.filter(mask)
         out.append(round(pc.quantile(part, q=0.99).to_pylist()[0], 2) if len(part) else None)
+    return out
+
+
+def commit_stats(
+    snapshots: Mapping[str, Sequence[tuple[int, Mapping[str, str]]]], t0_ms: int, t1_ms: int
+) -> dict[str, dict[str, Any]]:
+    """Per table, of its snapshots committed in [t0, t1] (``(timestamp_ms, summary)``): counts, per minute, workers."""
+    minutes = max(1e-9, (t1_ms - t0_ms) / 60_000)
+    out = {}
+    for table, snaps in snapshots.items():
+        inside = [(ts, s) for ts, s in snaps if t0_ms <= ts <= t1_ms and s.get("operation", "append") == "append"]
+        files = sum(int(s.get("added-data-files", 0)) for _, s in inside)
+        size = sum(int(s.get("added-files-size", 0)) for _, s in inside)
+        by_worker: dict[str, int] = {}
+        for _, s in inside:
+            worker = s.get(WORKER_ID_KEY, "?")
+            by_worker[worker] = by_worker.get(worker, 0) + 1
+        out[table] = {
+            "snapshots": len(inside),
+            "snapshots_per_min": round(len(inside) / minutes, 1),
+            "data_files": files,
+            "data_files_per_min": round(files / minutes, 1),
+            "avg_file_kb": round(size / max(1, files) / 1024, 1),
+            "committing_workers": len(by_worker),
+        }
     return out

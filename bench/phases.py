@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.lakecheck import SnapshotTimes, exactness, file_stats, freshness, produced_times
+from bench.lakecheck import SnapshotTimes, commit_stats, exactness, file_stats, freshness, produced_times
 from bench.loading import end_offsets, loader_env, passes_for, replay_args
 from bench.procs import wait_until
 from bench.runners import System, k2_command
@@ -137,22 +137,29 @@ def fresh_run(
     since_ms = int((time.time() + warmup_s) * 1000)
     passes = passes_for(rate * seconds, instruments)
     replay = [*replay_args(passes, instruments), "--rate", f"{rate:g}"]
-    started = time.monotonic()
     market = [lineage for lineage in system.lineages() if lineage.topic_column is None]  # not K2's rejects
     with SnapshotTimes(system.catalog(), [lineage.table for lineage in market]) as times:
         k2_command(replay, loader_env(source, system.workdir / "load"), timeout_s=seconds * 4 + 120)
         system.ends = end_offsets(source)
         wait_landed(system, "live events", timeout_s)
-    hours = (time.monotonic() - started) / 3600
+    ended_ms = int(time.time() * 1000)
     system.meter.sample()
     cpu_s = system.meter.cpu_s - cpu_before  # its start-up included: a few seconds in a long run
     system.stop()
     produced = produced_times(source.broker, system.ends)
     catalog = system.catalog()
-    per_hour = {}  # what the run left per table, per hour of the run (snapshots kept: expiry may have run)
+    # Made per table per hour of the run (every snapshot seen while it ran, expired since or not), and what
+    # the run left at its end (expiry and maintenance may have run).
+    made = commit_stats({t: list(seen.values()) for t, seen in times.summaries.items()}, since_ms, ended_ms)
+    per_hour = {}
     for lineage in market:
-        stats = file_stats(catalog, [lineage.table])
-        per_hour[lineage.table] = {k: round(stats[k] / hours) for k in ("data_files", "snapshots")}
+        left = file_stats(catalog, [lineage.table])
+        per_hour[lineage.table] = {
+            "snapshots": round(made[lineage.table]["snapshots_per_min"] * 60),
+            "data_files": round(made[lineage.table]["data_files_per_min"] * 60),
+            "snapshots_left": left["snapshots"],
+            "data_files_left": left["data_files"],
+        }
     return {
         "rate": rate,
         "events": system.total,

@@ -59,7 +59,7 @@ from pyiceberg.catalog import Catalog  # noqa: E402
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError  # noqa: E402
 
 from bench import provenance, scaleout_report  # noqa: E402
-from bench.lakecheck import Lineage, SnapshotTimes, exactness, freshness, produced_times  # noqa: E402
+from bench.lakecheck import Lineage, SnapshotTimes, commit_stats, exactness, freshness, produced_times  # noqa: E402
 from bench.loading import EVENTS_PER_PASS, delete_topics, end_offsets, loader_env, replay_args, topics  # noqa: E402
 from bench.phases import wait_landed  # noqa: E402
 from bench.procs import TICKS, Meter, wait_until  # noqa: E402
@@ -67,7 +67,7 @@ from bench.runners import K2, QUOTES_TABLE, TRADES_TABLE, k2_command  # noqa: E4
 from k2.catalog import bounded  # noqa: E402
 from k2.lake.rest import BoundedRestCatalog  # noqa: E402
 
-__all__ = ["RestK2", "commit_stats", "commit_steps", "instruments_for", "metric_totals", "per_worker", "settled"]
+__all__ = ["RestK2", "commit_steps", "instruments_for", "metric_totals", "per_worker", "settled"]
 
 METRICS = (
     "k2_events_consumed_total",
@@ -77,7 +77,6 @@ METRICS = (
     "k2_iceberg_commit_duration_seconds_sum",
     "k2_iceberg_commit_duration_seconds_count",
 )
-WORKER_ID_KEY = "k2.worker-id"
 CATALOG_TIMEOUT_S = 30.0
 """K2_CATALOG_TIMEOUT_S of the workers and the driver: the REST catalog shares two busy cores with everything."""
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -227,31 +226,6 @@ def per_worker(
                 "cpu_s_per_million": round(used / events * 1e6, 1) if events else None,
             }
         )
-    return out
-
-
-def commit_stats(
-    snapshots: Mapping[str, Sequence[tuple[int, Mapping[str, str]]]], t0_ms: int, t1_ms: int
-) -> dict[str, dict[str, Any]]:
-    """Per table, of its snapshots committed in [t0, t1] (``(timestamp_ms, summary)``): counts, per minute, workers."""
-    minutes = max(1e-9, (t1_ms - t0_ms) / 60_000)
-    out = {}
-    for table, snaps in snapshots.items():
-        inside = [(ts, s) for ts, s in snaps if t0_ms <= ts <= t1_ms and s.get("operation", "append") == "append"]
-        files = sum(int(s.get("added-data-files", 0)) for _, s in inside)
-        size = sum(int(s.get("added-files-size", 0)) for _, s in inside)
-        by_worker: dict[str, int] = {}
-        for _, s in inside:
-            worker = s.get(WORKER_ID_KEY, "?")
-            by_worker[worker] = by_worker.get(worker, 0) + 1
-        out[table] = {
-            "snapshots": len(inside),
-            "snapshots_per_min": round(len(inside) / minutes, 1),
-            "data_files": files,
-            "data_files_per_min": round(files / minutes, 1),
-            "avg_file_kb": round(size / max(1, files) / 1024, 1),
-            "committing_workers": len(by_worker),
-        }
     return out
 
 

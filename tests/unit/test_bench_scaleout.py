@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import scaleout_report  # noqa: E402
-from bench.scaleout import commit_stats, instruments_for, metric_totals, per_worker, pyiceberg_env, settled  # noqa: E402
+from bench.lakecheck import commit_stats  # noqa: E402
+from bench.scaleout import instruments_for, metric_totals, per_worker, pyiceberg_env, settled  # noqa: E402
 
 TOPICS = ("s.trades", "s.quotes")
 
