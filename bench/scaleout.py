@@ -191,24 +191,42 @@ def commit_steps(before: Sequence[str], after: Sequence[str]) -> dict[str, Any]:
 
     ``steps_ms``: mean milliseconds per commit of each step (``k2_iceberg_commit_step_seconds``);
     ``commit_p99_le_s``: the histogram bucket (upper bound) that holds the 99th percentile of a
-    table's commit (``k2_iceberg_commit_duration_seconds``); ``None`` when nothing was committed.
+    table's commit (``k2_iceberg_commit_duration_seconds``); ``oldest_event``: per commit, the mean
+    and the p99 bucket of the oldest event's age since produced (``k2_commit_oldest_event_age_seconds``)
+    and of its wait in the worker (``..._wait_seconds``). ``None`` where nothing was committed.
     """
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    buckets: dict[float, float] = {}
     for sign, texts in ((-1.0, before), (1.0, after)):
         for text in texts:
             for labels, value in _samples(text, "k2_iceberg_commit_step_seconds_sum"):
                 sums[labels["step"]] = sums.get(labels["step"], 0.0) + sign * value
             for labels, value in _samples(text, "k2_iceberg_commit_step_seconds_count"):
                 counts[labels["step"]] = counts.get(labels["step"], 0.0) + sign * value
-            for labels, value in _samples(text, "k2_iceberg_commit_duration_seconds_bucket"):
+    steps = {step: round(sums[step] / counts[step] * 1000, 1) for step in sums if counts.get(step)}
+    _, _, p99 = _histogram_window(before, after, "k2_iceberg_commit_duration_seconds")
+    oldest: dict[str, float | None] = {}
+    for what in ("age", "wait"):
+        total, n, bucket = _histogram_window(before, after, f"k2_commit_oldest_event_{what}_seconds")
+        oldest[f"{what}_mean_s"] = round(total / n, 3) if n else None
+        oldest[f"{what}_p99_le_s"] = bucket
+    return {"steps_ms": steps, "commit_p99_le_s": p99, "oldest_event": oldest}
+
+
+def _histogram_window(before: Sequence[str], after: Sequence[str], name: str) -> tuple[float, float, float | None]:
+    """A histogram's sum and count over the window (every worker, every label), and the bucket holding its p99."""
+    total = count = 0.0
+    buckets: dict[float, float] = {}
+    for sign, texts in ((-1.0, before), (1.0, after)):
+        for text in texts:
+            total += sign * sum(value for _, value in _samples(text, f"{name}_sum"))
+            count += sign * sum(value for _, value in _samples(text, f"{name}_count"))
+            for labels, value in _samples(text, f"{name}_bucket"):
                 le = float(labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + sign * value
-    steps = {step: round(sums[step] / counts[step] * 1000, 1) for step in sums if counts.get(step)}
-    total = buckets.get(float("inf"), 0.0)
-    p99 = next((le for le, seen in sorted(buckets.items()) if seen >= 0.99 * total), None) if total else None
-    return {"steps_ms": steps, "commit_p99_le_s": p99}
+    seen_all = buckets.get(float("inf"), 0.0)
+    p99 = next((le for le, seen in sorted(buckets.items()) if seen >= 0.99 * seen_all), None) if seen_all else None
+    return total, count, p99
 
 
 def per_worker(

@@ -26,6 +26,7 @@ __all__ = ["CommitAgeCollector", "K2Metrics"]
 
 _COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, *_COMMIT_BUCKETS)
+_AGE_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
 class K2Metrics:
@@ -96,6 +97,22 @@ class K2Metrics:
             "Time to commit one batch to an Iceberg table.",
             ["table"],
             buckets=_COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.commit_event_age = Histogram(
+            "k2_commit_oldest_event_age_seconds",
+            "Per commit: seconds from the Kafka timestamp of the oldest event it made visible to the commit's end. "
+            "What a reader of the table waits at worst; old by nature in a replay or a backlog.",
+            ["table"],
+            buckets=_AGE_BUCKETS,
+            registry=registry,
+        )
+        self.commit_event_wait = Histogram(
+            "k2_commit_oldest_event_wait_seconds",
+            "Per commit: seconds from when this worker took the oldest event it made visible to the commit's end: "
+            "the worker's share of k2_commit_oldest_event_age_seconds (the rest is Kafka's and the consumer's).",
+            ["table"],
+            buckets=_AGE_BUCKETS,
             registry=registry,
         )
         self.commit_steps = Histogram(

@@ -16,7 +16,8 @@ pipeline's ledger waits for before the batch's offsets may be committed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -30,10 +31,14 @@ __all__ = ["ChunkStore"]
 class ChunkStore:
     """Chunks of one source topic, over a Faust table (``key: str``, ``value: bytes`` raw)."""
 
-    def __init__(self, table: Any, topic: str) -> None:
+    def __init__(self, table: Any, topic: str, *, clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self.topic = topic
+        self.clock = clock
         self.changelog = ChangelogWriter(table)
+        # Per chunk put here (not restored): the oldest Kafka timestamp of its batch (ms, None when the
+        # records carry none) and when it was put (``clock``). In memory only, for the freshness metrics.
+        self._times: dict[str, tuple[int | None, float]] = {}
         # Keys are parsed after every batch to count buffered rows: each once, and remembered only while
         # its chunk is here (a cache of every key ever seen grows with uptime: one per batch and partition).
         self._parsed: dict[str, ChunkKey] = {}
@@ -42,12 +47,20 @@ class ChunkStore:
     def _data(self) -> Any:
         return self.table.data
 
-    async def put(self, key: ChunkKey, chunk: pa.Table) -> asyncio.Future[Any]:
-        """Store a chunk locally and send it to the changelog; returns the delivery to wait for."""
+    async def put(self, key: ChunkKey, chunk: pa.Table, produced_ms: int | None = None) -> asyncio.Future[Any]:
+        """Store a chunk locally and send it to the changelog; returns the delivery to wait for.
+
+        ``produced_ms``: the oldest Kafka timestamp of the records the chunk comes from (see :meth:`times`).
+        """
         text = key.encode()
         blob = to_ipc(chunk)
         self._data[text] = blob
+        self._times[text] = (produced_ms, self.clock())
         return await self.changelog.send(key.partition, text, blob)
+
+    def times(self, key: ChunkKey) -> tuple[int | None, float] | None:
+        """(oldest Kafka timestamp in ms or None, when it was put) of a chunk put here; None for a restored one."""
+        return self._times.get(key.encode())
 
     async def remove(self, keys: Iterable[ChunkKey]) -> list[asyncio.Future[Any]]:
         """Forget chunks, locally and in the changelog (tombstones): after their rows landed, or untrusted ones."""
@@ -57,6 +70,7 @@ class ChunkStore:
             text = key.encode()
             if text in data:
                 del data[text]
+            self._times.pop(text, None)
             futures.append(await self.changelog.send(key.partition, text, None))
         return futures
 
@@ -68,6 +82,7 @@ class ChunkStore:
             if key.partition in partitions:
                 rows += key.rows
                 del data[key.encode()]
+                self._times.pop(key.encode(), None)
         return rows
 
     def iter_keys(self) -> list[ChunkKey]:
@@ -78,6 +93,8 @@ class ChunkStore:
         """
         known = self._parsed
         self._parsed = {text: known.get(text) or ChunkKey.decode(text) for text in list(self._data.keys())}
+        if len(self._times) > len(self._parsed):  # chunks that left otherwise (a restore replaced the data)
+            self._times = {text: t for text, t in self._times.items() if text in self._parsed}
         return list(self._parsed.values())
 
     def chunk_keys(self, partitions: set[int] | None = None) -> list[ChunkKey]:

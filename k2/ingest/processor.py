@@ -274,6 +274,7 @@ class IngressProcessor:
         topic = self.source.topic
         partition = frames.partition
         now_ms = int(self.clock() * 1000)
+        produced_ms = min((ts for ts in frames.timestamps if ts > 0), default=None)
         self.metrics.events_consumed.labels(topic).inc(len(frames))
         taken = classify_batch(self.source, frames, prepared, self._decoders, now_ms, self.worker_id)
         extra: list[tuple[ChunkKey, pa.Table]] = []
@@ -285,16 +286,16 @@ class IngressProcessor:
             for table in self._pieces(taken.rows):
                 offsets = table[TABLES[self.source.table_name].position.offset_column]
                 key = ChunkKey(ROWS, partition, offsets[0].as_py(), offsets[-1].as_py(), table.num_rows)
-                out.futures.append(await self.store.put(key, table))
+                out.futures.append(await self.store.put(key, table, produced_ms))
                 out.rows += key.rows
                 out.events += key.rows
             for piece in _by_size(taken.rejected):
                 key = ChunkKey(REJECTS, partition, piece[0].offset, piece[-1].offset, len(piece))
-                out.futures.append(await self.store.put(key, rejects_to_arrow(piece)))
+                out.futures.append(await self.store.put(key, rejects_to_arrow(piece), produced_ms))
                 out.rows += key.rows
                 out.events += key.rows
             for key, chunk in extra:
-                out.futures.append(await self.store.put(key, chunk))
+                out.futures.append(await self.store.put(key, chunk, produced_ms))
                 out.rows += key.rows
             for stage in self.stages:
                 out.futures.extend(await stage.persist())

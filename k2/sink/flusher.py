@@ -151,6 +151,7 @@ class Flusher:
                     done[(chunk.topic, chunk.key)] = done.get((chunk.topic, chunk.key), 0) + 1
                 report.results.append(result)
                 self._count(result)
+                self._observe_age(batch, result)
             report.rows_forgotten = await self._forget(done)
             owned: dict[str, set[int]] = {}
             for topic, partition in frontiers:
@@ -219,6 +220,20 @@ class Flusher:
                 self.metrics.commit_steps.labels(table, step).observe(seconds)
             self.metrics.table_snapshots.labels(table).set(result.snapshots)
             self.metrics.record_commit(table, self.clock())
+
+    def _observe_age(self, batch: TableBatch, result: CommitResult) -> None:
+        """How old the oldest event this commit made visible was: since produced, and since this worker took it."""
+        if result.snapshot_id is None:
+            return
+        stores = {src.topic: src.store for src in self.sources}
+        known = [t for t in (stores[c.topic].times(c.key) for c in batch.chunks if c.topic in stores) if t is not None]
+        if not known:
+            return  # restored chunks only: their times are not known
+        now = self.clock()
+        produced = [ms for ms, _ in known if ms]
+        if produced:
+            self.metrics.commit_event_age.labels(batch.table_name).observe(max(0.0, now - min(produced) / 1000))
+        self.metrics.commit_event_wait.labels(batch.table_name).observe(max(0.0, now - min(t for _, t in known)))
 
     def publish_buffered_rows(self, partitions: Mapping[str, set[int]] | None = None) -> dict[str, int]:
         """Set the buffered-rows gauge per table; returns the counts."""

@@ -175,7 +175,13 @@ def test_commit_steps_are_what_the_window_added_across_workers_and_tables() -> N
     out = commit_steps(before, after)
     assert out["steps_ms"] == {"catalog": round((99 * 0.15 + 2.95) / 100 * 1000, 1), "write": 50.0}
     assert out["commit_p99_le_s"] == 0.25  # 99 of the window's 100 commits at or below the 0.25 s bucket
+    assert out["oldest_event"] == {"age_mean_s": None, "age_p99_le_s": None, "wait_mean_s": None, "wait_p99_le_s": None}
     commit(workers[0], "t", 3.0, {"catalog": 3.0})
+    for n in range(100):  # the freshness of each commit: the oldest event's age, and its wait in the worker
+        workers[n % 2].commit_event_age.labels("t").observe(1.2 if n < 98 else 4.0)
+        workers[n % 2].commit_event_wait.labels("t").observe(0.6)
     later = [generate_latest(m.registry).decode() for m in workers]
-    assert commit_steps(before, later)["commit_p99_le_s"] == 5.0  # 2 of 101 slow: the p99 is in their bucket
-    assert commit_steps(after, after) == {"steps_ms": {}, "commit_p99_le_s": None}
+    out = commit_steps(before, later)
+    assert out["commit_p99_le_s"] == 5.0  # 2 of 101 slow: the p99 is in their bucket
+    assert out["oldest_event"] == {"age_mean_s": 1.256, "age_p99_le_s": 5.0, "wait_mean_s": 0.6, "wait_p99_le_s": 0.75}
+    assert commit_steps(after, after)["steps_ms"] == {} and commit_steps(after, after)["commit_p99_le_s"] is None

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
+from k2.buffer.chunks import REJECTS, ROWS, ChunkKey, to_ipc
 from k2.buffer.store import ChunkStore
 from k2.lake.arrow import events_to_arrow, rejects_to_arrow
 from k2.lake.offsets import read_offsets
@@ -77,6 +77,34 @@ async def test_flush_commits_buffered_rows_once_and_clears_the_buffer(tmp_path: 
     assert h.metric("k2_rows_written_total", table=TRADES) == 18
     assert h.metric("k2_buffered_rows", table=TRADES) == 0
     assert h.metric("k2_iceberg_last_commit_timestamp_seconds", table=TRADES) > 0
+
+
+async def test_a_commit_says_how_old_its_oldest_event_was_since_produced_and_since_taken(tmp_path: Path) -> None:
+    """Issue 19: the lake's freshness, seen from the worker: per commit, the oldest event it made visible,
+    counted from its Kafka timestamp (what a reader of the lake waits) and from when the worker took it
+    (the worker's share of that wait). A chunk restored from the changelog has neither and is left out."""
+    h = Harness(tmp_path)
+    now = {"t": 1_000.0}
+    h.flusher.clock = lambda: now["t"]
+    for store in h.stores.values():
+        store.clock = lambda: now["t"]
+    trades = events_to_arrow(TRADES, trade_events(0, range(0, 5)))
+    await h.stores[TRADES_TOPIC].put(ChunkKey(ROWS, 0, 0, 4, 5), trades, produced_ms=999_000)
+    now["t"] = 1_000.5
+    later = events_to_arrow(TRADES, trade_events(1, range(0, 5)))
+    await h.stores[TRADES_TOPIC].put(ChunkKey(ROWS, 1, 0, 4, 5), later, produced_ms=1_000_400)
+    restored = ChunkKey(ROWS, 2, 0, 4, 5)
+    h.trades.data[restored.encode()] = to_ipc(events_to_arrow(TRADES, trade_events(2, range(0, 5))))  # no times
+    now["t"] = 1_002.0
+
+    report = await h.flusher.flush(ALL)
+
+    assert report.rows_written == 15
+    assert h.metric("k2_commit_oldest_event_age_seconds_count", table=TRADES) == 1
+    assert h.metric("k2_commit_oldest_event_age_seconds_sum", table=TRADES) == pytest.approx(3.0)
+    assert h.metric("k2_commit_oldest_event_wait_seconds_sum", table=TRADES) == pytest.approx(2.0)
+    assert h.metric("k2_commit_oldest_event_age_seconds_count", table=QUOTES) == 0  # nothing committed there
+    assert h.stores[TRADES_TOPIC].times(ChunkKey(ROWS, 0, 0, 4, 5)) is None  # forgotten with the chunk
 
 
 async def test_crash_between_commit_and_cleanup_writes_nothing_twice(tmp_path: Path) -> None:
