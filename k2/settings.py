@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     maintain_min_files: int = Field(
         4, ge=2, description="A past day is compacted when it has at least this many files below the target size."
     )
+    maintain_compact_group_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Compaction reads, sorts and writes a day's files a group of at most this many rows at a time "
+        "(a file larger than that alone): what it holds in memory (about 0.5 KiB a trade, read and sorted), whatever "
+        "the day's size. Each group's rows are sorted and written as files of their own.",
+    )
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:

@@ -6,8 +6,9 @@ commit, none of which may break exactly-once:
 
 * **compact**: the data files of a day partition before today, when there are at least
   ``min_files`` smaller than the target, are read, sorted in the table's order and written
-  again as files of the target size, in one ``replace`` snapshot that swaps exactly those
-  files (:mod:`k2.lake.rewrite`): no row added or removed, so a reader that follows the table
+  again as files of the target size, a group of files of at most ``group_rows`` rows at a
+  time (memory holds one group, not the day), in one ``replace`` snapshot that swaps exactly
+  those files (:mod:`k2.lake.rewrite`): no row added or removed, so a reader that follows the table
   (an incremental append scan, Spark Structured Streaming) skips it, and time travel never
   sees a day half compacted. The snapshot carries the table's current marks in its summary
   (with a commit id of its own), because the worker's exactly-once drop, lake lag and
@@ -44,7 +45,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, ValidationException
 from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan
 from pyiceberg.io.pyarrow import ArrowScan
-from pyiceberg.manifest import ManifestEntryStatus
+from pyiceberg.manifest import DataFile, ManifestEntryStatus
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Operation, Snapshot
 from pyiceberg.table.update.snapshot import ExpireSnapshots
@@ -77,6 +78,7 @@ class MaintainPolicy:
     orphan_min_age_s: float = 86_400.0
     target_file_bytes: int = 128 * 2**20
     min_files: int = 4
+    group_rows: int = 1_000_000
     max_attempts: int = 8
 
     @classmethod
@@ -89,6 +91,7 @@ class MaintainPolicy:
             orphan_min_age_s=settings.maintain_orphan_min_age_s,
             target_file_bytes=settings.maintain_target_file_mb * 2**20,
             min_files=settings.maintain_min_files,
+            group_rows=settings.maintain_compact_group_rows,
         )
 
 
@@ -209,15 +212,17 @@ def _compact_day(
         if any(task.delete_files for task in tasks):
             out.notes.append(f"compact {label}: rows of that day are deleted by delete files; left alone")
             return
-        rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
-        rows = sort_for_table(rows, table_def)
         properties = carried_marks(table) | {MAINTENANCE_KEY: f"compact {label}"}
         target = str(policy.target_file_bytes)
         try:
             with transaction(table) as txn:
                 if table.properties.get(_TARGET_SIZE) != target:  # what pyiceberg's writer cuts files at
                     txn.set_properties({_TARGET_SIZE: target})
-                written = write_data_files(txn.table_metadata, table.io, rows)
+                written: list[DataFile] = []
+                for group in _groups(tasks, policy.group_rows):  # one group in memory at a time
+                    rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(group)
+                    written += write_data_files(txn.table_metadata, table.io, sort_for_table(rows, table_def))
+                    del rows
                 replace_files(txn, table.io, [task.file for task in tasks], written, properties)
         except _CONFLICTS as exc:
             if attempt == policy.max_attempts:
@@ -227,6 +232,19 @@ def _compact_day(
             continue
         out.compacted.append((label, len(tasks), len(written)))
         return
+
+
+def _groups(tasks: list[FileScanTask], max_rows: int) -> list[list[FileScanTask]]:
+    """``tasks`` in order, in runs of at most ``max_rows`` rows (a file of more than that alone)."""
+    out: list[list[FileScanTask]] = []
+    rows = 0
+    for task in tasks:
+        if not out or rows + task.file.record_count > max_rows:
+            out.append([])
+            rows = 0
+        out[-1].append(task)
+        rows += task.file.record_count
+    return out
 
 
 def carried_marks(table: Table) -> dict[str, str]:
