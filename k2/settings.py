@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes the broker gathers before it answers a fetch (Kafka's fetch.min.bytes), unless "
         "K2_FETCH_MAX_WAIT_MS passes first. At a live rate a fetch otherwise answers with the few records "
-        "that just arrived, and a batch of fewer than 32 records goes through the slow, one-by-one path.",
+        "that just arrived, and a batch costs more per record the fewer it holds.",
     )
     fetch_max_wait_ms: int = Field(
         100,

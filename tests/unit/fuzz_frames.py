@@ -15,8 +15,9 @@ the rejects table, and nothing raises.
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
@@ -28,6 +29,7 @@ from k2.app import sources
 from k2.avro.codec import MAX_SCHEMA_ID, encode
 from k2.avro.schemas import CONTRACTS
 from k2.errors import UnknownSchemaId, WrongSubject
+from k2.ingest import fast
 from k2.ingest.classify import Resolution, Validator, classify
 from k2.ingest.fast import DecoderCache
 from k2.ingest.frames import Frames, RawRecord, read_framing
@@ -125,8 +127,19 @@ def check_batch(target: Target, records: Sequence[RawRecord], tally: Tally | Non
 _SOURCES = {s.topic: s for s in sources(Settings())}
 
 
+@contextlib.contextmanager
+def batch_path_at_any_size() -> Iterator[None]:
+    """The batch path taken by batches of any size (a worker takes it from ``MIN_PROVED_BATCH`` records)."""
+    saved, fast.MIN_PROVED_BATCH = fast.MIN_PROVED_BATCH, 1
+    try:
+        yield
+    finally:
+        fast.MIN_PROVED_BATCH = saved
+
+
 def check_paths(target: Target, records: Sequence[RawRecord]) -> int:
-    """The batch path (:mod:`k2.ingest.fast`) gives exactly the rows, rejects and flags of the per-record path.
+    """The batch path (:mod:`k2.ingest.fast`) gives exactly the rows, rejects and flags of the per-record path,
+    whatever the batch's size (the worker's threshold aside).
 
     Returns how many rows the batch path itself proved (the rest it left to the per-record path).
     """
@@ -136,7 +149,8 @@ def check_paths(target: Target, records: Sequence[RawRecord]) -> int:
         frames = Frames.from_records([r for r in records if r.partition == partition])
         prepared = Prepared(resolutions(target.contract, records), arrow_schema(target.table))
         one_by_one = classify_batch(replace(source, row_rules=None), frames, prepared, DecoderCache(), NOW, "fuzz")
-        batched = classify_batch(source, frames, prepared, DecoderCache(), NOW, "fuzz")
+        with batch_path_at_any_size():
+            batched = classify_batch(source, frames, prepared, DecoderCache(), NOW, "fuzz")
         if one_by_one.rows is None or batched.rows is None:
             assert one_by_one.rows is None and batched.rows is None, "one path accepted rows, the other none"
         else:
