@@ -23,7 +23,8 @@ Maintain K2's Iceberg tables while workers keep committing:
   orphans   files under a table's location that nothing refers to any more, older than
             K2_MAINTAIN_ORPHAN_MIN_AGE_S, are deleted
 
-A worker that commits meanwhile makes a compaction conflict; it is planned again from fresh
+A worker that commits meanwhile makes a compaction conflict; the same rewrite is committed again
+on the new snapshot when every file it read is still live, else it is planned again from fresh
 metadata, so no row committed concurrently is dropped. Exit 0 when all is done, 1 when a
 compaction still conflicted after its retries (run it again), 2 on bad input."""
 

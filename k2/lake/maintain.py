@@ -14,8 +14,11 @@ commit, none of which may break exactly-once:
   (with a commit id of its own), because the worker's exactly-once drop, lake lag and
   ``k2 audit`` read the newest K2 snapshot. The commit requires the table to be still at the
   snapshot it was planned from (pyiceberg's ``AssertRefSnapshotId``), so a worker that
-  commits meanwhile makes it fail, and it is planned again from fresh metadata: rows
-  committed concurrently are never dropped.
+  commits meanwhile makes it fail. If every file the rewrite read is still live (the worker
+  only added files), the same rewrite is committed again on the new snapshot, with the marks
+  the table holds now: a worker commits every few seconds, a day's rewrite takes longer, and
+  redone from scratch it would never land. Otherwise it is planned again from fresh metadata.
+  Rows committed concurrently are never dropped: a replace removes only the files it read.
 * **expire**: snapshots older than the retention, or beyond the newest ``max_snapshots``
   however young, are removed from the metadata; the newest ``keep_snapshots``, the current
   one and the newest one holding marks never.
@@ -199,38 +202,50 @@ def _compact_day(
     dry_run: bool,
 ) -> None:
     label = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+    rewritten: tuple[frozenset[str], list[DataFile]] | None = None
+    """The files the day's rewrite read, and those it wrote for them (kept across attempts)."""
     for attempt in range(1, policy.max_attempts + 1):
         table = catalog.load_table(table_def.name)  # the snapshot planned from, and the one the commit requires
         tasks = _day_files(table, day)
-        if sum(1 for task in tasks if task.file.file_size_in_bytes < policy.target_file_bytes) < policy.min_files:
-            if attempt > 1:  # compacted meanwhile: by another maintenance run, or by our attempt whose answer was lost
-                out.notes.append(f"compact {label}: found compacted when planned again")
-            return
-        if dry_run:
-            out.compacted.append((label, len(tasks), -1))
-            return
-        if any(task.delete_files for task in tasks):
-            out.notes.append(f"compact {label}: rows of that day are deleted by delete files; left alone")
-            return
+        live = {task.file.file_path: task.file for task in tasks}
+        written: list[DataFile] | None = None
+        if rewritten is not None and rewritten[0] <= live.keys():
+            # Only other files were committed since (a worker's appends): the same rewrite, committed again
+            # on this snapshot. Reading and writing the day again would take as long and conflict again.
+            removed, written = [live[path] for path in sorted(rewritten[0])], rewritten[1]
+        else:
+            if sum(1 for task in tasks if task.file.file_size_in_bytes < policy.target_file_bytes) < policy.min_files:
+                if attempt > 1:  # compacted meanwhile: by another maintenance, or by our attempt whose answer was lost
+                    out.notes.append(f"compact {label}: found compacted when planned again")
+                return
+            if dry_run:
+                out.compacted.append((label, len(tasks), -1))
+                return
+            if any(task.delete_files for task in tasks):
+                out.notes.append(f"compact {label}: rows of that day are deleted by delete files; left alone")
+                return
+            removed = [task.file for task in tasks]
         properties = carried_marks(table) | {MAINTENANCE_KEY: f"compact {label}"}
         target = str(policy.target_file_bytes)
         try:
             with transaction(table) as txn:
                 if table.properties.get(_TARGET_SIZE) != target:  # what pyiceberg's writer cuts files at
                     txn.set_properties({_TARGET_SIZE: target})
-                written: list[DataFile] = []
-                for group in _groups(tasks, policy.group_rows):  # one group in memory at a time
-                    rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(group)
-                    written += write_data_files(txn.table_metadata, table.io, sort_for_table(rows, table_def))
-                    del rows
-                replace_files(txn, table.io, [task.file for task in tasks], written, properties)
+                if written is None:
+                    written = []
+                    for group in _groups(tasks, policy.group_rows):  # one group in memory at a time
+                        rows = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(group)
+                        written += write_data_files(txn.table_metadata, table.io, sort_for_table(rows, table_def))
+                        del rows
+                    rewritten = (frozenset(live), written)
+                replace_files(txn, table.io, removed, written, properties)
         except _CONFLICTS as exc:
             if attempt == policy.max_attempts:
                 out.notes.append(f"compact {label}: still conflicting after {attempt} attempts ({exc})")
                 return
             sleep(min(5.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
             continue
-        out.compacted.append((label, len(tasks), len(written)))
+        out.compacted.append((label, len(removed), len(written)))
         return
 
 
