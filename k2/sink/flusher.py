@@ -83,6 +83,7 @@ class Flusher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sources = list(sources)
+        self._stores = {src.topic: src.store for src in self.sources}
         self._writer = writer
         self.metrics = metrics
         self.clock = clock
@@ -225,7 +226,7 @@ class Flusher:
         """How old the oldest event this commit made visible was: since produced, and since this worker took it."""
         if result.snapshot_id is None:
             return
-        stores = {src.topic: src.store for src in self.sources}
+        stores = self._stores
         known = [t for t in (stores[c.topic].times(c.key) for c in batch.chunks if c.topic in stores) if t is not None]
         if not known:
             return  # restored chunks only: their times are not known
