@@ -39,28 +39,48 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+#: Values below which strings are hashed one by one: Arrow's dictionary encoding costs more for a live batch.
+SMALL = 256
+
+
 def _words(array: pa.Array) -> np.ndarray:
-    """One uint64 per value (nulls not yet marked)."""
+    """One uint64 per value (nulls not yet marked: their word is arbitrary, :func:`fingerprints` replaces it)."""
     t = array.type
     n = len(array)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        if n < SMALL:
+            values = array.to_pylist()
+            return np.fromiter(
+                (0 if v is None else zlib.crc32(v.encode() if isinstance(v, str) else v) for v in values),
+                dtype=np.uint64,
+                count=n,
+            )
         encoded = pc.dictionary_encode(array)
         texts = encoded.dictionary.to_pylist()
         digests = np.fromiter(
             (zlib.crc32(v.encode() if isinstance(v, str) else v) for v in texts), dtype=np.uint64, count=len(texts)
         )
-        indices = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
+        indices = _filled(encoded.indices, 0).to_numpy(zero_copy_only=False)
         return digests[indices] if len(digests) else np.zeros(n, dtype=np.uint64)
     if pa.types.is_decimal128(t):
         words = np.frombuffer(array.buffers()[1], dtype="<u8")[2 * array.offset : 2 * (array.offset + n)]
         return words[0::2] ^ _mix(words[1::2])
     if pa.types.is_floating(t):
-        return pc.fill_null(array.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False).view(np.uint64)
+        return _filled(array.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False).view(np.uint64)
     if pa.types.is_boolean(t):
-        return pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype(np.uint64)
+        return _filled(array, False).to_numpy(zero_copy_only=False).astype(np.uint64)
     if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_integer(t):
-        return pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
+        if array.null_count == 0 and (pa.types.is_integer(t) or t.bit_width == 64):
+            # The integer value, as the cast below gives it, without Arrow's calls (their fixed cost).
+            values = array.view(pa.int64()) if t.bit_width == 64 else array
+            return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False).view(np.uint64)
+        return _filled(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False).view(np.uint64)
     raise TypeError(f"no fingerprint for a column of {t}")
+
+
+def _filled(array: pa.Array, value: object) -> pa.Array:
+    """``array`` with its nulls replaced by ``value`` (itself when it has none)."""
+    return pc.fill_null(array, value) if array.null_count else array
 
 
 def fingerprints(rows: pa.Table, skip: Collection[str] = ()) -> np.ndarray:
@@ -70,7 +90,10 @@ def fingerprints(rows: pa.Table, skip: Collection[str] = ()) -> np.ndarray:
         if name in skip:
             continue
         column = rows.column(name)
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if isinstance(column, pa.ChunkedArray):
+            array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        else:
+            array = column
         words = _words(array)
         if array.null_count:
             words = np.where(array.is_valid().to_numpy(zero_copy_only=False), words, _NULL)

@@ -26,13 +26,20 @@ from k2.sequence.book import Change, Cursor, SequenceBook
 from k2.sequence.classify import IN_ORDER, Outcome, Verdict, severity
 from k2.sequence.fingerprint import fingerprints
 
-__all__ = ["NOT_PAYLOAD", "TrackResult", "track"]
+__all__ = ["NOT_PAYLOAD", "SHORT_RUN", "SMALL_BATCH", "TrackResult", "track"]
 
 NOT_PAYLOAD = frozenset({"ingestion_timestamp", KAFKA_POSITION.partition_column, KAFKA_POSITION.offset_column})
 """Columns left out of the payload fingerprint: stamped by whoever read the feed, or by Kafka. An
 exchange message received twice differs there and only there (``k2 replay --inject-duplicates``)."""
 
 _ROW = "__k2_row"
+
+SMALL_BATCH = 256
+"""Rows below which a batch's keys are grouped in Python: Arrow's group_by costs about 140 us a call,
+more than a loop over a live batch's few dozen rows."""
+
+SHORT_RUN = 4
+"""A key's events in a batch up to which they are decided one by one, not as a run (numpy's fixed cost)."""
 
 
 @dataclass
@@ -75,28 +82,16 @@ def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms
     seqs = pc.fill_null(seq_column, 0).to_numpy()
     offsets = rows.column(KAFKA_POSITION.offset_column).to_numpy()
     times_ms = pc.divide(rows.column("exchange_timestamp").cast(pa.int64()), 1000).to_numpy()
-    keys = pa.table(
-        {
-            "exchange": rows.column("exchange"),
-            "symbol": rows.column("symbol"),
-            _ROW: pa.array(np.arange(n, dtype=np.int64)),
-        }
-    )
-    if tracked < n:
-        keys = keys.filter(seq_column.is_valid())
-    groups = keys.group_by(["exchange", "symbol"], use_threads=False).aggregate([(_ROW, "list")])
     size = book.size
     plans: list[tuple[str, str, Cursor, np.ndarray, int, bool]] = []
     needed: list[np.ndarray] = []
-    for exchange, symbol, members in zip(
-        groups.column("exchange").to_pylist(),
-        groups.column("symbol").to_pylist(),
-        groups.column(f"{_ROW}_list").to_pylist(),
-        strict=True,
-    ):
-        exchange = exchange or ""
-        index = np.sort(np.asarray(members, dtype=np.int64))
+    for exchange, symbol, index in _key_groups(rows, seq_column, tracked < n):
         cursor = book.cursor(partition, exchange, symbol)
+        if len(index) <= SHORT_RUN:
+            # Decided one by one: numpy's calls for a run of a few events cost more than they save.
+            plans.append((exchange, symbol, cursor, index, len(index), False))
+            needed.append(index)
+            continue
         first = 1 if cursor.state is None else 0  # a key's first event is decided alone
         rest_seqs, rest_offsets = seqs[index[first:]], offsets[index[first:]]
         if first:
@@ -108,13 +103,21 @@ def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms
         needed.append(index[:first])
         needed.append(index[first:][-size:] if is_run else index[first:])
     wanted = np.concatenate(needed)
-    fps = np.zeros(n, dtype=np.uint32)
-    fps[wanted] = fingerprints(rows.take(pa.array(wanted)), NOT_PAYLOAD)
+    if len(wanted) == n:  # every row (a permutation of them): no copy of the rows to take
+        fps = fingerprints(rows, NOT_PAYLOAD)
+    else:
+        fps = np.zeros(n, dtype=np.uint32)
+        fps[wanted] = fingerprints(rows.take(pa.array(wanted)), NOT_PAYLOAD)
     tally = _Tally(out, topic, partition, size, now_ms, times_ms)
+    seq_list, offset_list, fp_list = seqs.tolist(), offsets.tolist(), fps.tolist()
     for exchange, symbol, cursor, index, first, is_run in plans:
+        if first == len(index):  # every event decided alone
+            for row in index.tolist():
+                tally.decide(cursor, exchange, symbol, row, seq_list[row], offset_list[row], fp_list[row])
+            continue
         key_seqs, key_offsets, key_fps = seqs[index], offsets[index], fps[index]
-        if first:
-            tally.decide(cursor, exchange, symbol, int(index[0]), key_seqs[0], key_offsets[0], key_fps[0])
+        for j in range(first):
+            tally.decide(cursor, exchange, symbol, int(index[j]), key_seqs[j], key_offsets[j], key_fps[j])
         if is_run:
             cursor.run(key_seqs[first:], int(times_ms[index[-1]]), key_fps[first:], key_offsets[first:], size)
             tally.by_outcome[Outcome.IN_ORDER] += len(index) - first
@@ -178,6 +181,39 @@ class _Tally:
             self.out.gaps.append(gap)
             if not verdict.redelivered:
                 self.out.new_gaps.append(gap)
+
+
+def _key_groups(rows: pa.Table, seq_column: pa.ChunkedArray, some_null: bool) -> list[tuple[str, str, np.ndarray]]:
+    """Per key (exchange, symbol), in order of first appearance, the rows that carry a sequence number, ascending."""
+    n = rows.num_rows
+    valid = seq_column.is_valid() if some_null else None
+    if n < SMALL_BATCH:
+        flags = valid.to_pylist() if valid is not None else None
+        members: dict[tuple[str, str], list[int]] = {}
+        keys = zip(rows.column("exchange").to_pylist(), rows.column("symbol").to_pylist(), strict=True)
+        for row, key in enumerate(keys):
+            if flags is None or flags[row]:
+                members.setdefault(key, []).append(row)
+        return [(exchange or "", symbol, np.asarray(at, dtype=np.int64)) for (exchange, symbol), at in members.items()]
+    table = pa.table(
+        {
+            "exchange": rows.column("exchange"),
+            "symbol": rows.column("symbol"),
+            _ROW: pa.array(np.arange(n, dtype=np.int64)),
+        }
+    )
+    if valid is not None:
+        table = table.filter(valid)
+    groups = table.group_by(["exchange", "symbol"], use_threads=False).aggregate([(_ROW, "list")])
+    return [
+        (exchange or "", symbol, np.sort(np.asarray(at, dtype=np.int64)))
+        for exchange, symbol, at in zip(
+            groups.column("exchange").to_pylist(),
+            groups.column("symbol").to_pylist(),
+            groups.column(f"{_ROW}_list").to_pylist(),
+            strict=True,
+        )
+    ]
 
 
 def _continues_run(cursor: Cursor, seqs: np.ndarray, offsets: np.ndarray) -> bool:

@@ -14,6 +14,8 @@ import pytest
 from k2.lake.arrow import events_to_arrow
 from k2.lake.records import BufferedEvent, GapRecord
 from k2.lake.schemas import TRADES
+from k2.sequence import fingerprint
+from k2.sequence import track as track_module
 from k2.sequence.book import BLOCK, Block, SequenceBook, decode_head, encode_head
 from k2.sequence.classify import RESET_AFTER_MS, KeyState, Outcome, Verdict
 from k2.sequence.fingerprint import fingerprints
@@ -361,6 +363,34 @@ def test_fingerprint_ignores_ingestion_time_and_position_only_and_is_stable_acro
     assert int(printed) == same
 
 
+def test_fingerprints_are_the_values_they_always_were() -> None:
+    """A fingerprint outlives the worker (the changelog keeps it): a change of the function must fail here.
+
+    The values were computed by the first release of the fingerprint (before its small-batch paths).
+    """
+    base = trade(sequence_number=5)
+    assert _fingerprints(
+        base,
+        {**base, "volume": 101},
+        {**base, "buyer_id": "B7"},
+        {**base, "symbol": "\u00c4\u00d6", "venue": ""},
+        {**base, "sequence_number": None},
+    ) == [3248984218, 4098322560, 106628392, 1176234835, 1351957536]
+
+
+def test_fingerprints_of_a_small_batch_equal_those_of_a_large_one() -> None:
+    rng = random.Random(7)
+    events = _messy_feed(rng, 2 * fingerprint.SMALL + 30)
+    for i, e in enumerate(events):
+        if i % 7 == 0:
+            e.record["buyer_id"] = f"B{i % 5}"
+    rows = events_to_arrow(TRADES, events, sort=False)
+    whole = fingerprints(rows, NOT_PAYLOAD).tolist()  # Arrow's dictionary encoding, per column
+    pieces = [fingerprints(rows.slice(i, 10), NOT_PAYLOAD).tolist() for i in range(0, rows.num_rows, 10)]
+    assert [fp for piece in pieces for fp in piece] == whole
+    assert len(set(whole)) > len(whole) // 2
+
+
 # -- runs: the batch shortcut decides as event-by-event tracking does ------------------------------
 
 
@@ -410,7 +440,11 @@ def _one_by_one(book: SequenceBook, events: list[BufferedEvent]) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_runs_decide_exactly_as_one_event_at_a_time(seed: int) -> None:
+@pytest.mark.parametrize("paths", ["as shipped", "arrow grouping, runs of any length"])
+def test_runs_decide_exactly_as_one_event_at_a_time(seed: int, paths: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if paths != "as shipped":  # batches of any size grouped by Arrow; every key of 2+ events tried as a run
+        monkeypatch.setattr(track_module, "SMALL_BATCH", 0)
+        monkeypatch.setattr(track_module, "SHORT_RUN", 0)
     rng = random.Random(seed)
     events = _messy_feed(rng, 3000)
     size = rng.choice((16, 50, 1000))
