@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from prometheus_client import CollectorRegistry
 
 from k2.avro.codec import encode
@@ -26,6 +27,7 @@ from k2.lake.tables import ensure_tables
 from k2.lake.writer import IcebergWriter
 from k2.metrics import K2Metrics
 from k2.models import ReferenceData
+from k2.reference import instruments as instruments_module
 from k2.reference.instruments import (
     OTHER_LABEL,
     InstrumentCheck,
@@ -256,7 +258,11 @@ async def test_reference_update_writes_the_last_version_of_each_company_once() -
     }
 
 
-def test_unknown_symbols_and_contradicting_company_ids_are_counted_not_rejected() -> None:
+@pytest.mark.parametrize("small_batch", [instruments_module.SMALL_BATCH, 0])
+def test_unknown_symbols_and_contradicting_company_ids_are_counted_not_rejected(
+    small_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(instruments_module, "SMALL_BATCH", small_batch)  # counted in Python, or by Arrow
     data = {"1": ReferenceData(**ref(1, "AAA")), "2": ref(2, "BBB"), "3": ref(3, "BBB")}  # BBB reused
     instruments = Instruments(data)
     events = [
