@@ -109,6 +109,13 @@ class LakeSchemas:
         self._evolve = evolve
 
     async def arrow_schema(self, table_name: str) -> pa.Schema:
+        """The table's Arrow schema: from the loaded table at once, else loaded in a thread (catalog I/O).
+
+        Every batch asks: a thread hop per batch cost a live worker's event loop more than the answer.
+        """
+        known = self._state().of(table_name)
+        if known.table is not None:
+            return known.arrow_schema()
         return await asyncio.to_thread(self._schema_of, table_name)
 
     async def follow(self, table_names: Sequence[str], writers: Sequence[WriterSchema]) -> None:

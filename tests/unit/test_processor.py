@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from k2.errors import RegistryUnavailable, UnknownSchemaId
 from k2.ingest.frames import RawRecord
 from k2.ingest.processor import IngressProcessor, LakeSchemas
 from k2.lake.arrow import arrow_schema
+from k2.lake.schemas import TABLES
 from k2.lake.state import LakeState
 from k2.metrics import K2Metrics
 from tests.unit.buffer_helpers import RecordingTable
@@ -165,3 +167,19 @@ async def test_a_table_recreated_while_following_a_new_schema_is_raised_not_retr
     frames = Frames.from_records([rec(0, encode(1, CONTRACTS["trade"].parsed, trade()))])
     with pytest.raises(TableRecreated):
         await asyncio.wait_for(proc.prepare(frames), 5)
+
+
+async def test_a_loaded_tables_schema_is_read_without_a_thread_or_the_catalog() -> None:
+    state = LakeState()
+    asked: list[str] = []
+
+    def load(name: str) -> pa.Schema:
+        asked.append(name)
+        state.of(name).table = SimpleNamespace(schema=lambda: TABLES[name].schema)  # type: ignore[assignment]
+        return state.of(name).arrow_schema()
+
+    lake = LakeSchemas(lambda: state, load, lambda name, writer: False)
+    first = await lake.arrow_schema("market_data.trades")
+    again = await lake.arrow_schema("market_data.trades")
+    assert asked == ["market_data.trades"]  # loaded once (in a thread), then read from the loaded table
+    assert again is first and again.equals(arrow_schema("market_data.trades"))
