@@ -45,6 +45,9 @@ class PendingWrites:
         self.changelog = changelog
         self._values: dict[tuple[int, str], bytes | None] = {}
         self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._sending = asyncio.Lock()
+        """One send at a time (a flush and a full ledger may both ask): a send that began later could
+        otherwise hand a key's newer value to the producer before an earlier send hands its older one."""
 
     def __len__(self) -> int:
         return len(self._values)
@@ -64,22 +67,23 @@ class PendingWrites:
 
     async def send(self) -> list[asyncio.Future[Any]]:
         """Send what is held, in crash-safe order; returns the deliveries. Changes added meanwhile wait for the next."""
-        values, self._values = self._values, {}
-        waiting, self._waiting = self._waiting, {}
-        sent: dict[int, list[asyncio.Future[Any]]] = {}
-        try:
-            for (partition, key), value in sorted(values.items(), key=lambda kv: write_order(kv[0][1], kv[1])):
-                sent.setdefault(partition, []).append(await self.changelog.send(partition, key, value))
-        except BaseException as exc:  # nothing held is known to be written: the batches waiting are not durable
-            for fut in waiting.values():
-                if isinstance(exc, Exception):
-                    _fail(fut, exc)
-                else:
-                    fut.cancel()
-            raise
-        for partition, fut in waiting.items():
-            _settle_when(fut, sent.get(partition, []))
-        return [f for futures in sent.values() for f in futures]
+        async with self._sending:
+            values, self._values = self._values, {}
+            waiting, self._waiting = self._waiting, {}
+            sent: dict[int, list[asyncio.Future[Any]]] = {}
+            try:
+                for (partition, key), value in sorted(values.items(), key=lambda kv: write_order(kv[0][1], kv[1])):
+                    sent.setdefault(partition, []).append(await self.changelog.send(partition, key, value))
+            except BaseException as exc:  # nothing held is known to be written: the batches waiting are not durable
+                for fut in waiting.values():
+                    if isinstance(exc, Exception):
+                        _fail(fut, exc)
+                    else:
+                        fut.cancel()
+                raise
+            for partition, fut in waiting.items():
+                _settle_when(fut, sent.get(partition, []))
+            return [f for futures in sent.values() for f in futures]
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop what is held for ``partitions`` (revoked: their changelog partitions are another worker's now)."""

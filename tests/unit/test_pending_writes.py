@@ -104,6 +104,25 @@ async def test_a_send_that_raises_fails_every_batch_waiting_for_it() -> None:
     assert isinstance(waiting.exception(), RuntimeError)
 
 
+async def test_sends_from_two_places_at_once_go_out_one_after_the_other() -> None:
+    """A flush and a full ledger may both send: a key's newer value must never reach the log before its older one."""
+
+    class Yielding(RecordingTable):
+        async def send(self, **kw: Any) -> asyncio.Future[None]:
+            await asyncio.sleep(0)  # the producer's send yields to the loop
+            return await super().send(**kw)
+
+    table = Yielding()
+    pending = held(table)
+    pending.add([(0, "w|0|A|X|0|0", b"b1"), (0, "w|0|A|X|0|1", b"c1"), (0, "h|0|A|X", b"h1")])
+    first = asyncio.ensure_future(pending.send())
+    await asyncio.sleep(0)  # the first send has begun
+    pending.add([(0, "w|0|A|X|0|1", b"c2"), (0, "h|0|A|X", b"h2")])
+    await asyncio.gather(first, pending.send())
+    assert [v for _, _, v in table.changelog] == [b"b1", b"c1", b"h1", b"c2", b"h2"]
+    assert table.restore_from_changelog() == {"w|0|A|X|0|0": b"b1", "w|0|A|X|0|1": b"c2", "h|0|A|X": b"h2"}
+
+
 async def test_revoked_partitions_are_forgotten_unsent() -> None:
     table = RecordingTable()
     pending = held(table)
