@@ -5,7 +5,7 @@ and a window block for almost every key it touches: sent per batch, that is abou
 records per event. Held here until :meth:`PendingWrites.send`, a key changed by many batches
 costs one record, its last value.
 
-The batches wait for it: :meth:`PendingWrites.settled` gives a batch a future for its
+The batches wait for it: :meth:`PendingWrites.add` gives a batch a future for its
 partition that completes once the send that carries its changes is acknowledged (or fails,
 with the send's error). The pipeline's ledger counts the batch durable only then, so the
 changelog never holds less than what the committed offsets and the flushed chunks imply: a
@@ -52,14 +52,22 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._values)
 
-    def add(self, changes: Iterable[Change]) -> None:
-        """Hold ``changes`` (in order: a key's later value replaces its earlier one)."""
+    def add(self, changes: Iterable[Change]) -> list[asyncio.Future[None]]:
+        """Hold ``changes`` (a key's later value replaces its earlier one); returns what their batch waits for.
+
+        Per partition changed, a future that completes when the send carrying these changes has them
+        acknowledged (or one of them fails). Taken here, with the changes, never after an ``await``:
+        a send that began in between carries the changes, and the next one might not hold the
+        partition at all and complete at once.
+        """
         values = self._values
+        partitions: set[int] = set()
         for partition, key, value in changes:
             values[(partition, key)] = value
+            partitions.add(partition)
+        return [self._settled(partition) for partition in sorted(partitions)]
 
-    def settled(self, partition: int) -> asyncio.Future[None]:
-        """Completes when the next send's writes to ``partition`` are acknowledged (or one fails)."""
+    def _settled(self, partition: int) -> asyncio.Future[None]:
         fut = self._waiting.get(partition)
         if fut is None:
             fut = self._waiting[partition] = asyncio.get_running_loop().create_future()

@@ -89,7 +89,7 @@ class SequenceStage:
         self.metrics = metrics
         self.worker_id = worker_id
         self.pending = PendingWrites(ChangelogWriter(table))
-        self._touched: set[int] = set()
+        self._waits: list[asyncio.Future[Any]] = []
 
     def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
         rows = batch.rows
@@ -97,8 +97,7 @@ class SequenceStage:
             return []
         result = track(self.topic, rows, self.book, batch.frames.partition, now_ms)
         if result.changes:
-            self.pending.add(result.changes)  # sent by send_pending(), each key's last value
-            self._touched.add(batch.frames.partition)
+            self._waits.extend(self.pending.add(result.changes))  # sent by send_pending(), each key's last value
         if result.rejected:
             extra = []
             for row, verdict in result.rejected:
@@ -113,8 +112,8 @@ class SequenceStage:
 
     async def persist(self) -> list[asyncio.Future[Any]]:
         """What the batch waits for: the next send of the state it changed (nothing is sent here)."""
-        touched, self._touched = self._touched, set()
-        return [self.pending.settled(partition) for partition in sorted(touched)]
+        waits, self._waits = self._waits, []
+        return waits
 
     async def send_pending(self) -> list[asyncio.Future[Any]]:
         """Send the state changed since the last send (each key once); returns the deliveries."""

@@ -59,28 +59,42 @@ async def test_a_key_changed_by_many_batches_is_sent_once_with_its_last_value_bl
 async def test_a_batch_is_settled_when_the_send_carrying_its_changes_is_acknowledged() -> None:
     table = HeldBack()
     pending = held(table)
-    pending.add([(0, "h|0|A|X", b"h1")])
-    first = pending.settled(0)
-    assert pending.settled(0) is first  # batches before one send wait for the same writes
+    [first] = pending.add([(0, "h|0|A|X", b"h1")])
+    assert pending.add([(0, "w|0|A|X|0|0", b"b1")]) == [first]  # batches before one send wait for the same writes
     await asyncio.sleep(0)
     assert not first.done()
     sending = await pending.send()
-    pending.add([(0, "h|0|A|X", b"h2")])
-    later = pending.settled(0)  # changed after the send began: waits for the next one
+    [later] = pending.add([(0, "h|0|A|X", b"h2")])  # changed after the send began: waits for the next one
     assert later is not first
     await asyncio.sleep(0)
     assert not first.done()  # sent, not acknowledged
     sending[0].set_result(None)
     await asyncio.sleep(0)
+    assert not first.done()  # the block is, the head is not
+    sending[1].set_result(None)
+    await asyncio.sleep(0)
     assert first.done() and first.exception() is None
     assert not later.done()
+
+
+async def test_a_batch_waits_for_the_send_that_carries_its_changes_not_a_later_empty_one() -> None:
+    """A send may begin between a batch's changes and the end of its write (the write awaits in between)."""
+    table = HeldBack()
+    pending = held(table)
+    [waiting] = pending.add([(0, "h|0|A|X", b"h1")])
+    await pending.send()  # carries the change; its delivery is not acknowledged yet
+    await pending.send()  # a later send with nothing of partition 0
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    table.deliveries[0].set_result(None)
+    await asyncio.sleep(0)
+    assert waiting.done() and waiting.exception() is None
 
 
 async def test_a_failed_write_fails_the_batches_of_its_partition_only() -> None:
     table = HeldBack()
     pending = held(table)
-    pending.add([(0, "w|0|A|X|0|0", b"b"), (0, "h|0|A|X", b"h"), (1, "h|1|A|Y", b"y")])
-    zero, one = pending.settled(0), pending.settled(1)
+    zero, one = pending.add([(0, "w|0|A|X|0|0", b"b"), (0, "h|0|A|X", b"h"), (1, "h|1|A|Y", b"y")])
     await pending.send()
     block, head, other = table.deliveries
     block.set_exception(RuntimeError("broker refused"))
@@ -97,8 +111,7 @@ async def test_a_send_that_raises_fails_every_batch_waiting_for_it() -> None:
             raise RuntimeError("producer stopped")
 
     pending = held(Broken())
-    pending.add([(0, "h|0|A|X", b"h")])
-    waiting = pending.settled(0)
+    [waiting] = pending.add([(0, "h|0|A|X", b"h")])
     with pytest.raises(RuntimeError):
         await pending.send()
     assert isinstance(waiting.exception(), RuntimeError)
@@ -126,8 +139,7 @@ async def test_sends_from_two_places_at_once_go_out_one_after_the_other() -> Non
 async def test_revoked_partitions_are_forgotten_unsent() -> None:
     table = RecordingTable()
     pending = held(table)
-    pending.add([(0, "h|0|A|X", b"h"), (1, "h|1|A|Y", b"y")])
-    gone, kept = pending.settled(0), pending.settled(1)
+    gone, kept = pending.add([(0, "h|0|A|X", b"h"), (1, "h|1|A|Y", b"y")])
     pending.forget([0])
     assert gone.cancelled()
     await pending.send()
