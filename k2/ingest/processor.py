@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,19 +157,13 @@ class Stage(Protocol):
     """A step between classification and buffering, for rules that need state (sequence numbers, reference data).
 
     It may move rows from ``batch.rows`` to ``batch.rejected`` (keeping both in offset order)
-    and returns extra chunks to buffer; :meth:`persist` returns what the batch's durability
-    waits for: the deliveries of the state it changed, sent then, or futures of a later
-    :meth:`send_pending` (state held to be sent once for many batches); :meth:`forget` drops
-    what is held for revoked partitions.
+    and returns extra chunks to buffer; :meth:`persist` sends the state it changed and returns
+    the deliveries (part of the batch's durability).
     """
 
     def __call__(self, batch: Taken, now_ms: int) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
 
     async def persist(self) -> list[asyncio.Future[Any]]: ...
-
-    async def send_pending(self) -> list[asyncio.Future[Any]]: ...
-
-    def forget(self, partitions: Iterable[int]) -> None: ...
 
 
 def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
@@ -323,18 +317,6 @@ class IngressProcessor:
         if taken.flagged:
             self.metrics.crossed_quotes.labels(topic).inc(taken.flagged)
         return out
-
-    async def send_pending(self) -> list[asyncio.Future[Any]]:
-        """Send the state the stages hold for many batches (see :class:`Stage`); returns the deliveries."""
-        out: list[asyncio.Future[Any]] = []
-        for stage in self.stages:
-            out.extend(await stage.send_pending())
-        return out
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Drop what the stages hold for revoked ``partitions``."""
-        for stage in self.stages:
-            stage.forget(partitions)
 
     def _pieces(self, rows: pa.Table | None) -> list[pa.Table]:
         """Accepted rows in runs of about :data:`CHUNK_TARGET_BYTES`."""

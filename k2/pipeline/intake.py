@@ -115,8 +115,6 @@ class Intake:
     async def _take_reserved(self, batch: FetchedBatch, room: int) -> bool:
         """The batch, with its room reserved; True once its events are buffered (the room is theirs)."""
         tp = batch.tp
-        if self.ledger.full():
-            await self.send_state()  # batches waiting for held state become durable once it is sent
         await self.ledger.wait_capacity()
         proc = self.processors[tp.topic]
         frames = Frames.of(tp.partition, batch.records)
@@ -140,28 +138,6 @@ class Intake:
         self.gate.added(writes.events, room)
         self.last_taken[tp] = time.monotonic()
         return True
-
-    async def send_state(self, wait_s: float = 0.0) -> None:
-        """Send the state the processors' stages hold for many batches; wait up to ``wait_s`` for the broker.
-
-        A send that fails fails the batches waiting for it (the ledger stops their partitions);
-        the other processors still send theirs.
-        """
-        sent: list[asyncio.Future[Any]] = []
-        for topic, proc in self.processors.items():
-            try:
-                sent.extend(await proc.send_pending())
-            except Exception as exc:
-                log.error("%s: held state could not be sent (%s: %s)", topic, type(exc).__name__, exc)
-        if sent and wait_s > 0:
-            await asyncio.wait(sent, timeout=wait_s)
-
-    def forget_state(self, tps: set[TP]) -> None:
-        """Drop the state held for partitions this worker no longer owns."""
-        for topic, proc in self.processors.items():
-            gone = {tp.partition for tp in tps if tp.topic == topic}
-            if gone:
-                proc.forget(gone)
 
     async def _discontinuity(self, tp: TP, start: int, expected: int | None) -> None:
         if not self.ledger.refused_once(tp):

@@ -30,13 +30,7 @@ from typing import Any
 
 from faust.types import TP
 
-__all__ = ["MAX_PENDING_BATCHES", "Admission", "Ledger", "Verdict"]
-
-MAX_PENDING_BATCHES = 1024
-"""Batches taken and not yet durable, at most: then a new batch waits (the broker is slower than the input).
-A batch waits for held sequence state until the pipeline sends it, before each flush or when this fills
-(:mod:`k2.buffer.pending`): at a live rate of a few hundred small batches a second this lets the state
-of a whole flush interval go out once. Memory is bounded by the flush gate, not by this."""
+__all__ = ["Admission", "Ledger", "Verdict"]
 
 
 class Verdict(Enum):
@@ -76,9 +70,7 @@ class _Partition:
 class Ledger:
     """Positions of the source partitions this worker owns (single event loop; no locking needed)."""
 
-    def __init__(
-        self, max_pending: int = MAX_PENDING_BATCHES, on_stop: Callable[[TP, str], None] | None = None
-    ) -> None:
+    def __init__(self, max_pending: int = 64, on_stop: Callable[[TP, str], None] | None = None) -> None:
         self._on_stop = on_stop
         self._parts: dict[TP, _Partition] = {}
         self._max_pending = max_pending
@@ -189,10 +181,6 @@ class Ledger:
         if tps is None:
             return self._pending_total
         return sum(len(p.pending) for tp in tps if (p := self._parts.get(tp)) is not None)
-
-    def full(self) -> bool:
-        """Whether a new batch would wait in :meth:`wait_capacity`."""
-        return self._pending_total >= self._max_pending
 
     async def wait_capacity(self) -> None:
         """Wait while too many batches are in flight (the broker is slower than the input)."""

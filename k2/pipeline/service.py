@@ -130,7 +130,6 @@ class Pipeline(Service):
             lambda writer: Flusher(
                 [SourceBuffer(s.topic, s.tables, self.stores[s.topic]) for s in wiring.sources], writer, metrics
             ),
-            lambda wait_s: self.intake.send_state(wait_s),
         )
         self.positioner.on_positioned = self._positioned
         self.positioner.on_regressed = lambda exc, tps: self.sink.lake_went_back(exc, self.lifecycle.held())
@@ -226,7 +225,6 @@ class Pipeline(Service):
         pending = self.intake.abandon()
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
-        await self.intake.send_state()
         await self.ledger.wait_durable(self.ledger.owned(), max(0.1, deadline - time.monotonic()))
         if not self.sink.ready.is_set() or not self.lifecycle.consuming_set():
             return None
@@ -273,7 +271,6 @@ class Pipeline(Service):
         self.lifecycle.assigned(tps, generation)
         self.ledger.forget(before | tps)
         self.intake.forget_taken(before - tps)
-        self.intake.forget_state(before - tps)
         self.intake.publish_stopped()
         self._drop_unowned(tps)
         self.sink.paused = self.intake.closed
@@ -288,7 +285,6 @@ class Pipeline(Service):
         pending = self.intake.abandon()
         if pending:
             await asyncio.wait(pending, timeout=self.settings.revoke_timeout_s)
-        await self.intake.send_state()  # what the batches of the partitions going away wait for
         if not await self.ledger.wait_durable(held, self.settings.revoke_timeout_s):
             log.warning(
                 "revocation: batches of %d partition(s) not durable after %.0fs",

@@ -1,18 +1,17 @@
 """The Iceberg side of a worker: the catalog, the flush loop, the lake's marks, maintenance.
 
 One flush at a time, whenever the flush gate has a request (timer, size, room). A flush
-first sends the state the stages hold for the batches taken so far and waits briefly for it
-(:mod:`k2.buffer.pending`: those batches become durable), then commits what is durable below
-each consuming partition's frontier (:mod:`k2.sink.flusher` holds the exactly-once order).
-When the lake lost history under the worker (a table recreated, or rolled back), the
-affected partitions go back to *positioning* and land again from what the lake records now.
+commits what is durable below each consuming partition's frontier (:mod:`k2.sink.flusher`
+holds the exactly-once order). When the lake lost history under the worker (a table
+recreated, or rolled back), the affected partitions go back to *positioning* and land again
+from what the lake records now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from faust.types import TP
 
@@ -32,13 +31,9 @@ from k2.retry import retry_unavailable
 from k2.settings import Settings
 from k2.sink.flusher import Flusher, FlushReport
 
-__all__ = ["STATE_WAIT_S", "Sink", "record_commit_times"]
+__all__ = ["Sink", "record_commit_times"]
 
 log = logging.getLogger(__name__)
-
-STATE_WAIT_S = 0.5
-"""How long a flush waits for the broker to acknowledge the held state it sent (a few ms when it is well);
-past that it commits what is durable already, and the rest goes with the next flush."""
 
 
 class Sink:
@@ -55,7 +50,6 @@ class Sink:
         positioner: Positioner,
         ready: asyncio.Event,
         make_flusher: Callable[[Callable[[], IcebergWriter]], Flusher],
-        send_state: Callable[[float], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -65,7 +59,6 @@ class Sink:
         self.gate = gate
         self.positioner = positioner
         self.flusher = make_flusher(self.writer)
-        self._send_state = send_state
         self._writer: IcebergWriter | None = None
         self.ready = ready
         self.error: str | None = None
@@ -152,7 +145,6 @@ class Sink:
             await asyncio.wait([self._flushing], timeout=timeout_s)
 
     async def flush(self) -> FlushReport:
-        await self._send_state(STATE_WAIT_S)
         frontiers = {
             (tp.topic, tp.partition): f for tp, f in self.ledger.frontiers().items() if self.lifecycle.state(tp)
         }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -163,12 +163,6 @@ class InstrumentCheck:
         """Nothing to persist: the watch is counters only."""
         return []
 
-    async def send_pending(self) -> list[asyncio.Future[Any]]:
-        return []
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Nothing is held."""
-
 
 def latest_by_company(rows: pa.Table) -> dict[str, dict[str, Any]]:
     """``str(company_id)`` -> fields of the last version of each company in ``rows`` (in offset order). Pure.
@@ -216,13 +210,6 @@ class ReferenceUpdate:
         return [
             await self.changelog.send(partition, key, value, value_serializer=None) for partition, key, value in changes
         ]
-
-    async def send_pending(self) -> list[asyncio.Future[Any]]:
-        """Nothing is held: reference data is rare, its writes go with their batch."""
-        return []
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Nothing is held."""
 
 
 def instruments_payload(instruments: Instruments, watch: InstrumentWatch) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Sequence state in a key-value store (a Faust table's data): small values, changed per batch, sent per flush.
+"""Sequence state in a key-value store (a Faust table's data): small values, written per batch.
 
 Per (partition, exchange, symbol) there is one *head* (:class:`~k2.sequence.classify.KeyState`:
 last number, its time, last applied offset, epoch, decision log) and the *window* split in

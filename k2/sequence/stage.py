@@ -4,16 +4,12 @@ Thin: :func:`~k2.sequence.track.track` decides; this routes. Duplicates and conf
 become rejects (original bytes, reason ``duplicate`` or ``sequence_conflict``), gaps a
 ``gaps`` chunk per partition, the state's writes go to the table's changelog with their
 partition named (a batch has no single current event), and counts go to metrics.
-
-The state's writes are held (:class:`~k2.buffer.pending.PendingWrites`) until the pipeline
-sends them (:meth:`SequenceStage.send_pending`): a key a hundred live batches changed costs
-one changelog record, and each batch is durable once the send carrying its changes is.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +17,6 @@ import pyarrow as pa
 from k2.avro.codec import stored_schema_id
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import GAPS, ChunkKey
-from k2.buffer.pending import PendingWrites
 from k2.ingest.frames import RawRecord
 from k2.ingest.processor import Taken
 from k2.lake.arrow import gaps_to_arrow
@@ -88,16 +83,15 @@ class SequenceStage:
         self.book = SequenceBook(getattr(data, "data", data), window)
         self.metrics = metrics
         self.worker_id = worker_id
-        self.pending = PendingWrites(ChangelogWriter(table))
-        self._waits: list[asyncio.Future[Any]] = []
+        self.changelog = ChangelogWriter(table)
+        self._changes: list[tuple[int, str, bytes | None]] = []
 
     def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
         rows = batch.rows
         if rows is None or not rows.num_rows:
             return []
         result = track(self.topic, rows, self.book, batch.frames.partition, now_ms)
-        if result.changes:
-            self._waits.extend(self.pending.add(result.changes))  # sent by send_pending(), each key's last value
+        self._changes.extend(result.changes)  # sent, in this order, by persist()
         if result.rejected:
             extra = []
             for row, verdict in result.rejected:
@@ -111,17 +105,9 @@ class SequenceStage:
         return gap_chunks(result.gaps)
 
     async def persist(self) -> list[asyncio.Future[Any]]:
-        """What the batch waits for: the next send of the state it changed (nothing is sent here)."""
-        waits, self._waits = self._waits, []
-        return waits
-
-    async def send_pending(self) -> list[asyncio.Future[Any]]:
-        """Send the state changed since the last send (each key once); returns the deliveries."""
-        return await self.pending.send()
-
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the unsent state of revoked ``partitions`` (their changelog partitions are no longer this worker's)."""
-        self.pending.forget(partitions)
+        """Send the batch's state writes to the changelog, in order; returns their deliveries."""
+        changes, self._changes = self._changes, []
+        return [await self.changelog.send(partition, key, value) for partition, key, value in changes]
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events

@@ -3,8 +3,7 @@
 The rows come in their table's Arrow schema, in offset order (one partition). The only
 state is the :class:`~k2.sequence.book.SequenceBook` passed in (over a dict in tests, over
 a Faust table's data in the worker); what must reach the changelog comes back in
-:attr:`TrackResult.changes`, once per key and batch, never per event (the stage holds them
-and sends each key's last value once per flush: :mod:`k2.buffer.pending`).
+:attr:`TrackResult.changes`, once per key and batch, never per event.
 
 Per key (exchange, symbol), the common case is a run of consecutive numbers that simply
 continues the key: it is checked and applied in one go (:meth:`~k2.sequence.book.Cursor.run`).

@@ -19,7 +19,6 @@ async def process(proc: IngressProcessor, records: Sequence[RawRecord]) -> int:
         frames = Frames.from_records([r for r in records if r.partition == partition])
         prepared = await proc.prepare(frames)
         writes: BatchWrites = await proc.write(frames, prepared)
-        await proc.send_pending()  # as the pipeline does before a flush: the state the batch waits for
         await asyncio.gather(*writes.futures)
         accepted += writes.accepted
     return accepted

@@ -145,26 +145,6 @@ async def test_duplicates_go_to_rejects_with_their_bytes_and_gaps_to_a_chunk() -
     assert h.metric("k2_events_accepted_total", topic=TRADES_TOPIC) == 4
 
 
-async def test_sequence_state_of_many_batches_goes_out_once_per_key_and_the_batches_wait_for_it() -> None:
-    h = Harness()
-    waiting = []
-    for offset, seq in enumerate(range(1, 6)):
-        frames = Frames.from_records([rec(offset, seq)])
-        writes = await h.proc.write(frames, await h.proc.prepare(frames))
-        waiting.extend(writes.futures)
-    await asyncio.sleep(0)
-    assert h.sequences.changelog == []  # held: nothing of the state went out yet
-    assert len(h.buffer.data) == 5  # the chunks did (their writes are not held)
-    assert not all(f.done() for f in waiting)  # so no batch is durable yet
-    await h.proc.send_pending()
-    await asyncio.gather(*waiting)
-    assert [(p, k) for p, k, _ in h.sequences.changelog] == [(0, "w|0|ASX|BHP|0|0"), (0, "h|0|ASX|BHP")]
-    restored = Harness()
-    restored.sequences.data.update(h.sequences.restore_from_changelog())
-    assert await process(restored.proc, [rec(5, 7)]) == 1
-    assert restored.metric("k2_sequence_gaps_total", topic=TRADES_TOPIC, severity="small") == 1  # 6 is missing
-
-
 async def test_redelivered_batch_rebuilds_the_same_chunks_and_counts_nothing_twice() -> None:
     h = Harness()
     batch = [rec(0, 1), rec(1, 3), rec(2, 3), rec(3, 4)]
