@@ -11,7 +11,9 @@ as N grows. Per count of workers (``--workers``) and flush interval (``--flush-i
    partition held by exactly one worker and consuming;
 3. ``k2 replay --rate`` at N x ``--rate-per-worker`` events/s for about ``--seconds`` (one pass
    of the sample, each company as as many instruments as that takes: every worker holds about
-   as many symbols at every N), then until every event is landed. The measuring window runs
+   as many symbols at every N; with ``--instruments`` that many, and as many passes as the
+   events take, so that runs of different lengths hold the same symbols), then until every
+   event is landed. The measuring window runs
    from the start of production to the last event landed; the workers' start-up is outside it.
 
 Measured over the window: snapshots and data files per table per minute (from the tables'
@@ -60,14 +62,22 @@ from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError  # noqa:
 
 from bench import provenance, scaleout_report  # noqa: E402
 from bench.lakecheck import Lineage, SnapshotTimes, commit_stats, exactness, freshness, produced_times  # noqa: E402
-from bench.loading import EVENTS_PER_PASS, delete_topics, end_offsets, loader_env, replay_args, topics  # noqa: E402
+from bench.loading import (  # noqa: E402
+    EVENTS_PER_PASS,
+    delete_topics,
+    end_offsets,
+    loader_env,
+    passes_for,
+    replay_args,
+    topics,
+)
 from bench.phases import wait_landed  # noqa: E402
 from bench.procs import TICKS, Meter, wait_until  # noqa: E402
 from bench.runners import K2, QUOTES_TABLE, TRADES_TABLE, k2_command  # noqa: E402
 from k2.catalog import bounded  # noqa: E402
 from k2.lake.rest import BoundedRestCatalog  # noqa: E402
 
-__all__ = ["RestK2", "commit_steps", "instruments_for", "metric_totals", "per_worker", "settled"]
+__all__ = ["RestK2", "commit_steps", "instruments_for", "metric_totals", "per_worker", "replay_plan", "settled"]
 
 METRICS = (
     "k2_events_consumed_total",
@@ -153,6 +163,19 @@ def instruments_for(events: float, least: int = 12) -> int:
     holds about as many symbols (sequence state) at every count of workers.
     """
     return max(least, math.ceil(events / EVENTS_PER_PASS))
+
+
+def replay_plan(events: float, instruments: int | None = None) -> tuple[int, int]:
+    """``(passes, instruments per company)`` of the sample that send about ``events``.
+
+    By default one pass of as many instruments as that takes (:func:`instruments_for`), so a
+    longer run also holds more symbols. With ``instruments`` fixed (``--instruments``), the
+    symbols stay the same whatever the run's length and the passes make up the events: runs of
+    different lengths are then the same workload per key.
+    """
+    if instruments is None:
+        return 1, instruments_for(events)
+    return passes_for(events, instruments), instruments
 
 
 def settled(views: Sequence[Mapping[str, Any]], topics_: Sequence[str], partitions: int) -> bool:
@@ -297,8 +320,8 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
     services.sample()
     services_cpu0 = {name: services.cpu_s_of(pid) for name, pid in stack.items()}
     busy0, t0 = _busy_jiffies(), time.time()
-    instruments = instruments_for(rate * args.seconds)
-    produce = [*replay_args(1, instruments), "--rate", f"{rate:g}"]
+    passes, instruments = replay_plan(rate * args.seconds, args.instruments)
+    produce = [*replay_args(passes, instruments), "--rate", f"{rate:g}"]
     log(f"{n} worker(s), flush {flush_s:g} s: producing {rate:g} events/s for about {args.seconds:g} s")
     with SnapshotTimes(system.catalog(), [TRADES_TABLE, QUOTES_TABLE]) as times:  # expiry may run meanwhile
         k2_command(produce, loader_env(source, system.workdir / "load", args.partitions), args.seconds * 4 + 300)
@@ -330,6 +353,7 @@ def measure(system: RestK2, args: argparse.Namespace, flush_s: float) -> dict[st
         "loadavg_start": loadavg,
         "rate": rate,
         "instruments": instruments,
+        "passes": passes,
         "events": system.total,
         "produced_s": round(produced_s, 1),
         "window_s": round(t1 - t0, 1),
@@ -371,6 +395,12 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=12, help="partitions per market topic")
     parser.add_argument("--rate-per-worker", type=float, default=500, help="events/s produced per worker")
     parser.add_argument("--seconds", type=float, default=120, help="about how long to produce, s")
+    parser.add_argument(
+        "--instruments",
+        type=int,
+        help="instruments per company, fixed (default: one pass of as many as --seconds takes, so longer runs "
+        "hold more symbols)",
+    )
     parser.add_argument("--warmup", type=float, default=10, help="events of the first N s not counted in freshness")
     parser.add_argument("--timeout", type=float, default=600, help="bound of every wait, s")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/scaleout/<date>.json)")

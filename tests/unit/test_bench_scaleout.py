@@ -11,7 +11,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench import scaleout_report  # noqa: E402
 from bench.lakecheck import commit_stats  # noqa: E402
-from bench.scaleout import instruments_for, metric_totals, per_worker, pyiceberg_env, settled  # noqa: E402
+from bench.scaleout import (  # noqa: E402
+    instruments_for,
+    metric_totals,
+    per_worker,
+    pyiceberg_env,
+    replay_plan,
+    settled,
+)
 
 TOPICS = ("s.trades", "s.quotes")
 
@@ -150,6 +157,13 @@ def test_one_pass_of_enough_instruments_lasts_the_run() -> None:
     assert instruments_for(500 * 120) == 13  # 4,852 events per instrument and pass
     assert instruments_for(3000 * 120) == 75
     assert instruments_for(1000) == 12  # never fewer than the partitions want
+
+
+def test_fixed_instruments_make_up_a_longer_run_with_passes_not_symbols() -> None:
+    assert replay_plan(5000 * 180) == (1, 186)  # the default: one pass, symbols grow with the run
+    assert replay_plan(5000 * 1800) == (1, 1855)
+    assert replay_plan(5000 * 180, 186) == (1, 186)
+    assert replay_plan(5000 * 1800, 186) == (10, 186)  # the same symbols, ten passes
 
 
 def test_commit_steps_are_what_the_window_added_across_workers_and_tables() -> None:
