@@ -57,6 +57,12 @@ def arrow_schema(table_name: str) -> pa.Schema:
     return schema_to_pyarrow(TABLES[table_name].schema, include_field_ids=False)
 
 
+SMALL_BATCH_ROWS = 256
+"""Rows below which a step of a batch works in Python rather than through Arrow's kernels: a kernel call
+(``group_by`` about 140 us, ``dictionary_encode``, ``fill_null``) costs more than a loop over a live
+batch's few dozen rows. Used by sequence tracking, its fingerprints and the reference-data check."""
+
+
 def _epoch_us(value: Any) -> int | None:
     """Microseconds since the epoch of an epoch-millis int or an aware datetime."""
     if value is None:

@@ -25,6 +25,7 @@ import pyarrow as pa
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey
 from k2.ingest.processor import Taken
+from k2.lake.arrow import SMALL_BATCH_ROWS
 from k2.metrics import K2Metrics
 from k2.models import ReferenceData
 
@@ -83,8 +84,8 @@ class Instruments:
         return sorted(rows, key=lambda r: (r["symbol"], r["company_id"]))
 
 
-SMALL_BATCH = 256
-"""Rows below which :func:`check_batch` counts in Python (Arrow's group_by costs about 140 us a call)."""
+SMALL_BATCH = SMALL_BATCH_ROWS
+"""Rows below which :func:`check_batch` counts in Python (see :data:`~k2.lake.arrow.SMALL_BATCH_ROWS`)."""
 
 
 def check_batch(

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.lake.arrow import SMALL_BATCH_ROWS
+
 __all__ = ["fingerprints"]
 
 _SEED = np.uint64(0x6B32_6B32_6B32_6B32)
@@ -40,7 +42,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 #: Values below which strings are hashed one by one: Arrow's dictionary encoding costs more for a live batch.
-SMALL = 256
+SMALL = SMALL_BATCH_ROWS
 
 
 def _words(array: pa.Array) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from k2.lake.arrow import SMALL_BATCH_ROWS
 from k2.lake.records import GapRecord
 from k2.lake.schemas import KAFKA_POSITION
 from k2.sequence.book import Change, Cursor, SequenceBook
@@ -34,9 +35,8 @@ exchange message received twice differs there and only there (``k2 replay --inje
 
 _ROW = "__k2_row"
 
-SMALL_BATCH = 256
-"""Rows below which a batch's keys are grouped in Python: Arrow's group_by costs about 140 us a call,
-more than a loop over a live batch's few dozen rows."""
+SMALL_BATCH = SMALL_BATCH_ROWS
+"""Rows below which a batch's keys are grouped in Python (see :data:`~k2.lake.arrow.SMALL_BATCH_ROWS`)."""
 
 SHORT_RUN = 4
 """A key's events in a batch up to which they are decided one by one, not as a run (numpy's fixed cost)."""
