@@ -171,10 +171,19 @@ def replay_plan(events: float, instruments: int | None = None) -> tuple[int, int
     By default one pass of as many instruments as that takes (:func:`instruments_for`), so a
     longer run also holds more symbols. With ``instruments`` fixed (``--instruments``), the
     symbols stay the same whatever the run's length and the passes make up the events: runs of
-    different lengths are then the same workload per key.
+    different lengths are then the same workload per key. A pass cannot be cut short, so fixed
+    instruments whose one pass sends more than ``events`` (by a tenth) are a ValueError that
+    says what would fit.
     """
     if instruments is None:
         return 1, instruments_for(events)
+    one_pass = EVENTS_PER_PASS * instruments
+    if one_pass > 1.1 * events:
+        raise ValueError(
+            f"one pass of {instruments} instruments per company sends {one_pass:,} events, more than this run's "
+            f"{events:,.0f}: give at most {int(events // EVENTS_PER_PASS)} instruments, or a run "
+            f"{one_pass / events:.1f} times as long"
+        )
     return passes_for(events, instruments), instruments
 
 
@@ -411,6 +420,11 @@ def main() -> int:
     flushes = [float(f) for f in args.flush_interval.split(",") if f.strip()]
     if not counts or min(counts) < 1 or not flushes or min(flushes) <= 0:
         parser.error("--workers and --flush-interval take positive numbers, comma separated")
+    if args.instruments is not None:
+        try:
+            replay_plan(args.rate_per_worker * min(counts) * args.seconds, args.instruments)
+        except ValueError as exc:
+            parser.error(f"--instruments {args.instruments} at --seconds {args.seconds:g}: {exc}")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = uuid.uuid4().hex[:8]

@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry = R
         # the survivors' heartbeats (half an interval on average). One a second costs a request a second.
         broker_heartbeat_interval=1.0,
         broker_max_poll_records=s.ingest_batch_max,
-        # Each item of an ingest agent's queue is a whole fetched batch: a few are enough to keep it
+        # Each item of an ingest agent's queue is a whole fetch of its topic: a few are enough to keep it
         # busy, and the queue is what a worker holds in memory when the sink cannot keep up.
         stream_buffer_maxsize=4,
         producer_acks=-1,

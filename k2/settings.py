@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         20_000,
         ge=1,
         description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records). "
-        "Each partition's share is decoded and checked as one batch: larger batches cost less per event.",
+        "Each topic's share (its partitions' batches) is classified as one block: larger blocks cost less per event.",
     )
     fetch_min_bytes: int = Field(
         65_536,

@@ -1,4 +1,4 @@
-"""The ingest agents: one per source topic, each item a fetched batch of one partition (:mod:`k2.kafka`)."""
+"""The ingest agents: one per source topic, each item what one fetch returned for the topic (:mod:`k2.kafka`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ __all__ = ["register_ingest"]
 
 
 def register_ingest(app: faust.App, pipeline: Pipeline, topics: Mapping[str, faust.TopicT]) -> None:
-    """An agent per source topic that hands each batch to the pipeline; the pipeline decides what is acknowledged."""
+    """An agent per source topic that hands each fetch to the pipeline; the pipeline decides what is acknowledged."""
     for name, topic in topics.items():
 
         async def ingest(stream: Any) -> None:
-            async for batch in stream:
-                await pipeline.take(batch)
+            async for fetch in stream:
+                await pipeline.take(fetch)
 
         ingest.__name__ = ingest.__qualname__ = f"ingest_{name}"
         app.agent(topic, name=f"k2.ingest.{name}")(ingest)

@@ -36,7 +36,16 @@ from k2.avro.codec import HEADER_SIZE
 from k2.ingest.frames import Frames
 from k2.lake.schemas import SourcePosition
 
-__all__ = ["MAX_BATCH_FRAME", "MIN_PROVED_BATCH", "DecoderCache", "FastRows", "RowRules", "fast_rows", "table_rows"]
+__all__ = [
+    "MAX_BATCH_FRAME",
+    "MIN_PROVED_BATCH",
+    "DecoderCache",
+    "FastRows",
+    "RowRules",
+    "fast_rows",
+    "in_log_order",
+    "table_rows",
+]
 
 #: ``(decoded columns, now_ms) -> (rows certainly valid, how many of those are flagged)``, or None
 #: when the columns are not what the rules read (a writer schema of another shape): the whole
@@ -51,7 +60,8 @@ MIN_PROVED_BATCH = 160
 Arrow calls, each column checked and built) is more than ``classify`` spends on that many records.
 ``bench/classify_bench.py``: at 32 trades a batch the batch path took 3.5 times as long as the
 per-record one, at 128 1.25 times, at 160 0.9 times; at 5,000, a twelfth. A live rate fetches
-batches of tens of records per partition."""
+tens of records per partition, so a fetch's partitions of a topic are classified joined
+(:meth:`~k2.ingest.frames.Frames.join`)."""
 
 _MAX_MILLIS = (2**63 - 1) // 1000
 
@@ -74,7 +84,7 @@ class FastRows:
     """What the batch path proved, and what it leaves to :func:`~k2.ingest.classify.classify`."""
 
     rows: pa.Table | None = None
-    """Accepted rows in the table's schema, in offset order (None: none)."""
+    """Accepted rows in the table's schema, in (partition, offset) order (None: none)."""
     slow: list[int] = field(default_factory=list)
     """Indices of the frames to classify one by one (ascending)."""
     flagged: int = 0
@@ -119,7 +129,7 @@ def fast_rows(
             continue
         ok, flagged = checked
         offsets = np.asarray(frames.offsets, dtype=np.int64)[proved]
-        built = table_rows(decoded.table, frames.partition, offsets, schema, position)
+        built = table_rows(decoded.table, frames.partition_array()[proved], offsets, schema, position)
         if built is None:
             out.slow.extend(proved.tolist())
             continue
@@ -132,11 +142,14 @@ def fast_rows(
             out.flagged += flagged if keep.all() else _flagged_kept(rules, decoded.table, keep, now_ms)
     out.slow.sort()
     if parts:
-        rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        if len(parts) > 1:
-            rows = rows.take(pc.sort_indices(rows[position.offset_column]))
-        out.rows = rows
+        out.rows = in_log_order(pa.concat_tables(parts), position) if len(parts) > 1 else parts[0]
     return out
+
+
+def in_log_order(rows: pa.Table, position: SourcePosition) -> pa.Table:
+    """``rows`` by (partition, offset): the order of frames (joined ones too), and of a batch's chunks."""
+    keys = [(position.partition_column, "ascending"), (position.offset_column, "ascending")]
+    return rows.take(pc.sort_indices(rows, sort_keys=keys))
 
 
 def _flagged_kept(rules: RowRules, decoded: pa.Table, keep: np.ndarray, now_ms: int) -> int:
@@ -146,7 +159,7 @@ def _flagged_kept(rules: RowRules, decoded: pa.Table, keep: np.ndarray, now_ms: 
 
 
 def table_rows(
-    decoded: pa.Table, partition: int, offsets: np.ndarray, schema: pa.Schema, position: SourcePosition
+    decoded: pa.Table, partitions: np.ndarray, offsets: np.ndarray, schema: pa.Schema, position: SourcePosition
 ) -> tuple[pa.Table, np.ndarray] | None:
     """Decoded columns as rows of the table (``schema``), and which rows fit it; None when a column cannot be built.
 
@@ -159,7 +172,7 @@ def table_rows(
     arrays: list[pa.Array | pa.ChunkedArray] = []
     for f in schema:
         if f.name == position.partition_column:
-            arrays.append(pa.array(np.full(n, partition, dtype=np.int64)).cast(f.type))
+            arrays.append(pa.array(partitions).cast(f.type))
             continue
         if f.name == position.offset_column:
             arrays.append(pa.array(offsets).cast(f.type))

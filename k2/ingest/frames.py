@@ -1,8 +1,13 @@
-"""A fetched batch of one source partition as columns: what classification reads.
+"""Fetched batches as columns: what classification reads.
 
 The consumer hands over aiokafka records; the hot path needs their values as one list (to
 decode them in a block), and a single record only for the few events that go one by one
 (rejects, events the batch decoder leaves to the codec), so both shapes are here.
+
+A live fetch gives each partition tens of records, and each batch classified alone pays the
+same fixed calls; so the batches of one topic's partitions from one fetch are classified
+*joined* (:meth:`Frames.join`): one block per fetch, in (partition, offset) order, each
+record knowing its partition. What they become is then split by partition again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FrameHeaders", "Frames", "Headers", "RawRecord", "read_framing"]
+__all__ = ["JOINED", "FrameHeaders", "Frames", "Headers", "RawRecord", "read_framing"]
 
 _HEADER = 5  # the Confluent header: magic byte 0, then the schema id (4 bytes, big-endian)
 
@@ -64,17 +69,24 @@ class RawRecord(NamedTuple):
     headers: Headers = ()
 
 
+JOINED = -1
+"""The :attr:`Frames.partition` of frames that join several partitions' batches (no partition is -1)."""
+
+
 @dataclass(frozen=True)
 class Frames:
-    """The records of one partition's batch, in offset order, column by column."""
+    """The records of one partition's batch, in offset order, column by column; or of several, joined."""
 
     partition: int
+    """The partition of every record, or :data:`JOINED` (then :attr:`partitions` says, per record)."""
     offsets: Sequence[int]
     keys: Sequence[bytes | None]
     values: Sequence[bytes | None]
     timestamps: Sequence[int]
     headers: Sequence[Headers] = ()
     """Per record (empty when the batch carries none)."""
+    partitions: Sequence[int] = ()
+    """Per record, in ascending order, when the frames join several partitions' batches (else empty)."""
 
     @classmethod
     def of(cls, partition: int, records: Sequence[Any]) -> Frames:
@@ -103,8 +115,37 @@ class Frames:
             [r.headers for r in records],
         )
 
+    @classmethod
+    def join(cls, parts: Sequence[Frames]) -> Frames:
+        """One block of the batches of distinct partitions, in ascending partition order (one part: itself)."""
+        if len(parts) == 1:
+            return parts[0]
+        order = [f.partition for f in parts]
+        if JOINED in order or order != sorted(set(order)):
+            raise ValueError(f"frames join batches of distinct partitions in ascending order, got {order}")
+        with_headers = any(f.headers for f in parts)
+        return cls(
+            JOINED,
+            [o for f in parts for o in f.offsets],
+            [k for f in parts for k in f.keys],
+            [v for f in parts for v in f.values],
+            [t for f in parts for t in f.timestamps],
+            [h for f in parts for h in (f.headers or [()] * len(f))] if with_headers else (),
+            [f.partition for f in parts for _ in range(len(f))],
+        )
+
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def partition_of(self, i: int) -> int:
+        """The partition of the ``i``-th record."""
+        return self.partitions[i] if self.partition == JOINED else self.partition
+
+    def partition_array(self) -> np.ndarray:
+        """Every record's partition (int64)."""
+        if self.partition == JOINED:
+            return np.asarray(self.partitions, dtype=np.int64)
+        return np.full(len(self), self.partition, dtype=np.int64)
 
     @cached_property
     def framing(self) -> FrameHeaders:
@@ -123,7 +164,8 @@ class Frames:
     def record(self, i: int) -> RawRecord:
         """The ``i``-th record."""
         headers = self.headers[i] if self.headers else ()
-        return RawRecord(self.partition, self.offsets[i], self.keys[i], self.values[i], self.timestamps[i], headers)
+        partition = self.partition_of(i)
+        return RawRecord(partition, self.offsets[i], self.keys[i], self.values[i], self.timestamps[i], headers)
 
     def records(self, indices: Iterable[int] | None = None) -> list[RawRecord]:
         """The records at ``indices`` (all, in order, when None)."""
@@ -131,8 +173,20 @@ class Frames:
         return [self.record(i) for i in wanted]
 
     def at_offset(self, offset: int) -> RawRecord | None:
-        """The record at ``offset``, if the batch holds it (offsets are ascending)."""
-        i = bisect.bisect_left(self.offsets, offset)
-        if i < len(self.offsets) and self.offsets[i] == offset:
+        """The record at ``offset``, if the batch holds it (one partition's: offsets are ascending)."""
+        if self.partition == JOINED:
+            raise ValueError("joined frames hold several partitions: ask at(partition, offset)")
+        return self.at(self.partition, offset)
+
+    def at(self, partition: int, offset: int) -> RawRecord | None:
+        """The record at ``(partition, offset)``, if the frames hold it."""
+        low, high = 0, len(self.offsets)
+        if self.partition == JOINED:
+            low = bisect.bisect_left(self.partitions, partition)
+            high = bisect.bisect_right(self.partitions, partition, low)
+        elif partition != self.partition:
+            return None
+        i = bisect.bisect_left(self.offsets, offset, low, high)
+        if i < high and self.offsets[i] == offset:
             return self.record(i)
         return None

@@ -1,9 +1,12 @@
-"""One fetched batch of one source partition: resolve schemas, classify, build chunks, write them.
+"""Fetched batches of a source topic: resolve schemas, classify, build chunks, write them.
 
 What a record becomes is defined per record by :func:`~k2.ingest.classify.classify`
 (pure); :func:`classify_batch` gets the same answer for a whole batch, in columns where
 the batch path (:mod:`k2.ingest.fast`) proves it and record by record for the rest.
-Everything per batch is here, in two phases the pipeline relies on:
+Everything per batch is here, in two phases the pipeline relies on (a *batch* is one
+partition's records of one fetch; the batches of a topic's partitions from one fetch are
+prepared and classified joined, in one block, then staged and written partition by
+partition exactly as each alone would be):
 
 1. :meth:`IngressProcessor.prepare` may wait (a registry outage is waited out, never
    turned into rejects; a new writer schema adds its columns to the table) but changes
@@ -29,8 +32,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from k2.avro.codec import stored_schema_id
 from k2.avro.registry import WriterSchema
@@ -38,12 +41,12 @@ from k2.buffer.chunks import REJECTS, ROWS, ChunkKey
 from k2.buffer.store import ChunkStore
 from k2.errors import DecodeError, one_line
 from k2.ingest.classify import Resolution, Validator, classify
-from k2.ingest.fast import DecoderCache, RowRules, fast_rows
-from k2.ingest.frames import Frames
+from k2.ingest.fast import DecoderCache, RowRules, fast_rows, in_log_order
+from k2.ingest.frames import JOINED, Frames
 from k2.lake.arrow import rejects_to_arrow, rows_to_arrow
 from k2.lake.evolution import new_optional_fields
 from k2.lake.records import BufferedEvent, RejectRecord
-from k2.lake.schemas import TABLES
+from k2.lake.schemas import TABLES, SourcePosition
 from k2.lake.state import LakeState
 from k2.metrics import K2Metrics
 from k2.models import Reject
@@ -140,9 +143,9 @@ class Taken:
 
     frames: Frames
     rows: pa.Table | None
-    """Accepted rows in the table's schema, in offset order (None: none)."""
+    """Accepted rows in the table's schema, in (partition, offset) order (None: none)."""
     rejected: list[RejectRecord] = field(default_factory=list)
-    """In offset order."""
+    """In (partition, offset) order."""
     flagged: int = 0
     """Accepted events the validator flagged (crossed quotes)."""
     proved: int = 0
@@ -151,6 +154,32 @@ class Taken:
     @property
     def accepted(self) -> int:
         return 0 if self.rows is None else self.rows.num_rows
+
+    def split(self, parts: Sequence[Frames], position: SourcePosition) -> list[Taken]:
+        """What joined frames became, per part (the single-partition frames they joined, in their order).
+
+        Each part gets its rows (a slice: they are in partition order) and its rejects; the
+        counts (flagged, proved) stay with the whole.
+        """
+        if self.frames.partition != JOINED:
+            return [self]
+        bounds: dict[int, tuple[int, int]] = {}
+        if self.rows is not None:
+            column = self.rows.column(position.partition_column).to_numpy()
+            for f in parts:
+                bounds[f.partition] = (
+                    int(np.searchsorted(column, f.partition, "left")),
+                    int(np.searchsorted(column, f.partition, "right")),
+                )
+        rejected: dict[int, list[RejectRecord]] = {}
+        for r in self.rejected:
+            rejected.setdefault(r.partition, []).append(r)
+        out = []
+        for f in parts:
+            low, high = bounds.get(f.partition, (0, 0))
+            rows = self.rows.slice(low, high - low) if self.rows is not None and high > low else None
+            out.append(Taken(f, rows, rejected.get(f.partition, [])))
+        return out
 
 
 class Stage(Protocol):
@@ -278,44 +307,62 @@ class IngressProcessor:
 
     async def write(self, frames: Frames, prepared: Prepared) -> BatchWrites:
         """Classify and buffer a batch of one partition; returns the deliveries to wait for."""
+        return (await self.write_many([frames], prepared))[0]
+
+    async def write_many(self, parts: Sequence[Frames], prepared: Prepared) -> list[BatchWrites]:
+        """Classify the batches of distinct partitions (ascending) in one block, then stage and buffer each.
+
+        Per part, in the order given, the stages and writes are those of its batch alone, and
+        its :class:`BatchWrites` holds only its own deliveries (the ledger tracks each
+        partition apart).
+        """
         topic = self.source.topic
-        partition = frames.partition
         now_ms = int(self.clock() * 1000)
-        produced_ms = min((ts for ts in frames.timestamps if ts > 0), default=None)
-        self.metrics.events_consumed.labels(topic).inc(len(frames))
-        taken = classify_batch(self.source, frames, prepared, self._decoders, now_ms, self.worker_id)
+        joined = Frames.join(parts)
+        self.metrics.events_consumed.labels(topic).inc(len(joined))
+        whole = classify_batch(self.source, joined, prepared, self._decoders, now_ms, self.worker_id)
+        out: list[BatchWrites] = []
+        self.writing = True
+        try:
+            for taken in whole.split(parts, TABLES[self.source.table_name].position):
+                out.append(await self._stage_and_write(taken, now_ms))
+        finally:
+            self.writing = False
+        self.metrics.events_batch_path.labels(topic).inc(whole.proved)
+        if whole.flagged:
+            self.metrics.crossed_quotes.labels(topic).inc(whole.flagged)
+        return out
+
+    async def _stage_and_write(self, taken: Taken, now_ms: int) -> BatchWrites:
+        """One partition's part: the stages, then every write handed to Kafka, in the order recovery relies on."""
+        topic = self.source.topic
+        partition = taken.frames.partition
+        produced_ms = min((ts for ts in taken.frames.timestamps if ts > 0), default=None)
         extra: list[tuple[ChunkKey, pa.Table]] = []
         for stage in self.stages:
             extra.extend(stage(taken, now_ms))
         out = BatchWrites(accepted=taken.accepted, rejected=len(taken.rejected))
-        self.writing = True
-        try:
-            for table in self._pieces(taken.rows):
-                offsets = table[TABLES[self.source.table_name].position.offset_column]
-                key = ChunkKey(ROWS, partition, offsets[0].as_py(), offsets[-1].as_py(), table.num_rows)
-                out.futures.append(await self.store.put(key, table, produced_ms))
-                out.rows += key.rows
-                out.events += key.rows
-            for piece in _by_size(taken.rejected):
-                key = ChunkKey(REJECTS, partition, piece[0].offset, piece[-1].offset, len(piece))
-                out.futures.append(await self.store.put(key, rejects_to_arrow(piece), produced_ms))
-                out.rows += key.rows
-                out.events += key.rows
-            for key, chunk in extra:
-                out.futures.append(await self.store.put(key, chunk, produced_ms))
-                out.rows += key.rows
-            for stage in self.stages:
-                out.futures.extend(await stage.persist())
-            for r in taken.rejected:
-                out.futures.append(await self.send_reject(r, _reject_model(r)))
-        finally:
-            self.writing = False
+        for table in self._pieces(taken.rows):
+            offsets = table[TABLES[self.source.table_name].position.offset_column]
+            key = ChunkKey(ROWS, partition, offsets[0].as_py(), offsets[-1].as_py(), table.num_rows)
+            out.futures.append(await self.store.put(key, table, produced_ms))
+            out.rows += key.rows
+            out.events += key.rows
+        for piece in _by_size(taken.rejected):
+            key = ChunkKey(REJECTS, partition, piece[0].offset, piece[-1].offset, len(piece))
+            out.futures.append(await self.store.put(key, rejects_to_arrow(piece), produced_ms))
+            out.rows += key.rows
+            out.events += key.rows
+        for key, chunk in extra:
+            out.futures.append(await self.store.put(key, chunk, produced_ms))
+            out.rows += key.rows
+        for stage in self.stages:
+            out.futures.extend(await stage.persist())
+        for r in taken.rejected:
+            out.futures.append(await self.send_reject(r, _reject_model(r)))
         self.metrics.events_accepted.labels(topic).inc(out.accepted)
-        self.metrics.events_batch_path.labels(topic).inc(taken.proved)
         for r in taken.rejected:
             self.metrics.events_rejected.labels(topic, r.reason).inc()
-        if taken.flagged:
-            self.metrics.crossed_quotes.labels(topic).inc(taken.flagged)
         return out
 
     def _pieces(self, rows: pa.Table | None) -> list[pa.Table]:
@@ -332,7 +379,7 @@ class IngressProcessor:
 def classify_batch(
     source: Source, frames: Frames, prepared: Prepared, decoders: DecoderCache, now_ms: int, worker_id: str | None
 ) -> Taken:
-    """Rows and rejects of one partition's batch: the batch path for what it proves, :func:`classify` for the rest.
+    """Rows and rejects of a batch (or of joined ones): the batch path for what it proves, :func:`classify` the rest.
 
     Pure (the decoders are a cache). With ``source.row_rules`` None every record goes
     through :func:`classify`: the definition the batch path is held to.
@@ -351,11 +398,7 @@ def classify_batch(
         if unfit:
             taken.rejected = sorted([*taken.rejected, *_unfit(unfit, frames, now_ms, worker_id)], key=_position)
         if table is not None:
-            if taken.rows is None:
-                taken.rows = table
-            else:
-                both = pa.concat_tables([taken.rows, table])
-                taken.rows = both.take(pc.sort_indices(both[position.offset_column]))
+            taken.rows = table if taken.rows is None else in_log_order(pa.concat_tables([taken.rows, table]), position)
     return taken
 
 
@@ -364,7 +407,7 @@ def _unfit(
 ) -> list[RejectRecord]:
     out = []
     for event, why in unfit:
-        rec = frames.at_offset(event.offset)
+        rec = frames.at(event.partition, event.offset)
         key = rec.key if rec is not None else None
         value = rec.value if rec is not None else None
         out.append(

@@ -1,10 +1,12 @@
-"""A fetched batch of one source partition: the unit K2's ingest agents receive from Faust.
+"""What one fetch returned for a source topic: the unit K2's ingest agents receive from Faust.
 
 Faust delivers a topic's records one by one (consumer -> conductor -> channel -> stream:
 a message, an event and several awaits each), which caps a worker near 10k events/s
 whatever the settings. For K2's raw source topics the consumer instead hands over what
-one fetch returned for a partition as one :class:`FetchedBatch`, wrapped in a single
-faust message, so Faust's conductor, streams, agents and sensors still carry it.
+one fetch returned for the topic as one :class:`TopicFetch` (a :class:`FetchedBatch` per
+partition), wrapped in a single faust message, so Faust's conductor, streams, agents and
+sensors still carry it. A live fetch holds tens of records per partition: one message per
+topic, not per partition, lets the pipeline classify them in one block.
 
 A batch knows the consumer's *position* before and after the fetch (``start``, ``end``:
 the offset the next fetch begins at), not only its records' offsets. Records of one fetch
@@ -23,7 +25,7 @@ import faust
 from faust.types import TP, AppT
 from faust.types.tuples import Message
 
-__all__ = ["BATCH_SCHEMA", "BatchSchema", "FetchedBatch", "batch_message"]
+__all__ = ["BATCH_SCHEMA", "BatchSchema", "FetchedBatch", "TopicFetch", "fetch_message"]
 
 
 @dataclass(frozen=True)
@@ -52,39 +54,61 @@ class FetchedBatch:
         return len(self.records)
 
 
-def batch_message(batch: FetchedBatch) -> Message:
-    """The faust message that carries ``batch``: offset of its last record, value the batch itself.
+@dataclass(frozen=True)
+class TopicFetch:
+    """What one fetch returned for the partitions of one source topic: a batch per partition, ascending."""
 
-    The offset is what faust's fetch loop compares with its read offset to drop messages
-    from before a seek, so it must not fall behind the batch's records. An empty batch (the
-    consumer moved past transaction markers) travels at the offset before its end.
+    batches: tuple[FetchedBatch, ...]
+
+    def __post_init__(self) -> None:
+        partitions = [b.partition for b in self.batches]
+        if not partitions or partitions != sorted(set(partitions)) or len({b.topic for b in self.batches}) != 1:
+            raise ValueError(f"a topic's fetch holds batches of distinct partitions, ascending; got {partitions}")
+
+    @property
+    def topic(self) -> str:
+        return self.batches[0].topic
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def fetch_message(fetch: TopicFetch) -> Message:
+    """The faust message that carries ``fetch``: its first batch's partition, at the offset of that batch's last record.
+
+    The offset is what faust's fetch loop compares with its read offset of that partition to
+    drop messages from before a seek, so it must not fall behind the batch's records. An empty
+    batch (the consumer moved past transaction markers) travels at the offset before its end.
+    The other partitions' batches are not checked there: the ledger takes a batch only if it
+    starts where that partition's last one ended (:mod:`k2.pipeline.ledger`).
     """
     from faust.types.tuples import ConsumerMessage
 
-    if batch.records:
-        last = batch.records[-1]
+    first = fetch.batches[0]
+    if first.records:
+        last = first.records[-1]
         offset, ts, ts_type = last.offset, last.timestamp, last.timestamp_type
     else:  # the position moved past offsets holding no record K2 reads (transaction markers)
-        offset, ts, ts_type = batch.end - 1, None, 0
+        offset, ts, ts_type = first.end - 1, None, 0
     return ConsumerMessage(
-        batch.tp.topic,
-        batch.tp.partition,
+        first.tp.topic,
+        first.tp.partition,
         offset,
         ts / 1000.0 if ts is not None else 0.0,
         ts_type,
         None,
         None,
-        batch,  # type: ignore[arg-type]  # faust types the value as bytes; here it is the batch
+        fetch,  # type: ignore[arg-type]  # faust types the value as bytes; here it is the fetch
         None,
         0,
-        sum(r.serialized_value_size for r in batch.records),
-        batch.tp,
-        generation_id=batch.generation,
+        sum(r.serialized_value_size for b in fetch.batches for r in b.records),
+        first.tp,
+        generation_id=first.generation,
     )
 
 
 class BatchSchema(faust.Schema):
-    """Passes a :class:`FetchedBatch` through faust's decoding untouched (no key, no serializer)."""
+    """Passes a :class:`TopicFetch` through faust's decoding untouched (no key, no serializer)."""
 
     def loads_key(self, app: AppT, message: Message, *, loads: Any = None, serializer: Any = None) -> Any:
         return None

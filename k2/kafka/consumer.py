@@ -3,10 +3,11 @@
 Two changes to faust's consumer, both limited to the topics a :class:`BatchSink` names:
 
 * **Delivery.** faust turns every fetched record into a message, an event and several
-  awaits on its way to an agent. For K2's source partitions the fetch loop instead yields
-  one message per (partition, fetch) carrying a :class:`~k2.kafka.batches.FetchedBatch`,
-  with the consumer's positions before and after the fetch, read on the consumer thread at
-  the moment the records are drained. Changelog and other topics keep faust's own path.
+  awaits on its way to an agent. For K2's source topics the fetch loop instead yields one
+  message per (topic, fetch) carrying a :class:`~k2.kafka.batches.TopicFetch`: a batch per
+  partition, with the consumer's positions before and after the fetch, read on the consumer
+  thread at the moment the records are drained. Changelog and other topics keep faust's own
+  path.
 * **Acknowledgement.** faust acknowledges an event when its stream moves past it, also
   when the agent that took it crashed (a ``take_events`` batch is acked in a ``finally``),
   and it acks *and skips* events it pulls while flow is suspended for a rebalance or that
@@ -38,7 +39,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import Message
 
-from k2.kafka.batches import FetchedBatch, batch_message
+from k2.kafka.batches import FetchedBatch, TopicFetch, fetch_message
 
 __all__ = ["ISOLATION_LEVEL", "BatchSink", "K2Consumer", "K2ConsumerThread", "PositionedRecords", "positions_of"]
 
@@ -189,7 +190,7 @@ class K2Consumer(faust_aiokafka.Consumer):
         return sink.batch_topics if sink is not None else frozenset()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - faust's
-        """faust's ``getmany``, with one message per fetched partition of a batch topic."""
+        """faust's ``getmany``, with one message per batch topic: its fetched partitions' batches."""
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
@@ -205,17 +206,26 @@ class K2Consumer(faust_aiokafka.Consumer):
         batch_topics = self.batch_topics
         positions = getattr(records, "positions", {})
         others: dict[TP, list[Any]] = {}
+        fetched: dict[str, list[FetchedBatch]] = {}
         for tp, recs in records.items():
             if tp.topic not in batch_topics:
                 others[tp] = recs
                 continue
-            if not self._deliverable(tp, active_partitions, generation_id):
-                continue
             if not recs and tp not in positions:
                 continue
-            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             start, end = positions.get(tp) or (recs[0].offset, recs[-1].offset + 1)
-            yield tp, batch_message(FetchedBatch(TP(tp.topic, tp.partition), start, end, recs, generation_id))
+            fetched.setdefault(tp.topic, []).append(
+                FetchedBatch(TP(tp.topic, tp.partition), start, end, recs, generation_id)
+            )
+        for batches in fetched.values():
+            # Checked when yielded: delivering the topic before may have waited through a rebalance.
+            deliverable = [b for b in batches if self._deliverable(b.tp, active_partitions, generation_id)]
+            if not deliverable:
+                continue
+            for b in deliverable:
+                self.app.monitor.track_tp_end_offset(b.tp, self.highwater(b.tp))
+            fetch = TopicFetch(tuple(sorted(deliverable, key=lambda b: b.partition)))
+            yield fetch.batches[0].tp, fetch_message(fetch)
         if others:
             to_message = self._to_message
             for tp, record in self.scheduler.iterate(others):

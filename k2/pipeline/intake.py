@@ -1,16 +1,20 @@
-"""Intake: a fetched batch of a consuming partition becomes buffered chunks, tracked until durable.
+"""Intake: the fetched batches of consuming partitions become buffered chunks, tracked until durable.
 
-The ingest agents hand every batch to :meth:`Intake.take`. A batch is taken only when its
-partition is *consuming* in the batch's generation (:mod:`k2.pipeline.lifecycle`); then:
-room is reserved in the flush gate (the buffer's bound holds with every agent at once), the
-ledger admits it (a batch that does not start where the last one ended is refused and the
-partition sought back), the processor decodes, checks and writes it (chunks, sequence state,
-rejects), and the ledger tracks those writes until the broker acknowledged them all.
+The ingest agents hand every fetch of their topic (a batch per partition) to
+:meth:`Intake.take`. A batch is taken only when its partition is *consuming* in the batch's
+generation (:mod:`k2.pipeline.lifecycle`); then, for the batches of a fetch together: room
+is reserved in the flush gate (the buffer's bound holds with every agent at once), the
+schemas are resolved, the ledger admits each batch (one that does not start where its
+partition's last one ended is refused and the partition sought back), the processor
+classifies the admitted ones in one block and writes each partition's part (chunks,
+sequence state, rejects), and the ledger tracks each partition's writes until the broker
+acknowledged them all. Between the admissions and the writes nothing waits, so a
+revocation finds a batch either not admitted or writing (it waits for that).
 
 Failure policy (fail closed): an error that classification did not turn into a reject stops
-the partition it happened on (:meth:`~k2.pipeline.ledger.Ledger.stop`): nothing of that batch
-or after it is acknowledged or flushed, the partition is paused, and the log,
-``k2_ingest_stopped_partitions`` and ``/k2/ready`` say why, until the partition is revoked.
+the partitions of the fetch it happened in (:meth:`~k2.pipeline.ledger.Ledger.stop`): nothing
+of those batches or after them is acknowledged or flushed, the partitions are paused, and
+the log, ``k2_ingest_stopped_partitions`` and ``/k2/ready`` say why, until they are revoked.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from faust.types import TP
 
 from k2.ingest.frames import Frames
 from k2.ingest.processor import IngressProcessor
-from k2.kafka.batches import FetchedBatch
+from k2.kafka.batches import FetchedBatch, TopicFetch
 from k2.lake.writer import TableRecreated
 from k2.metrics import K2Metrics
 from k2.pipeline.gate import FlushGate
@@ -71,10 +75,10 @@ class Intake:
             and (generation is None or generation == self.lifecycle.generation)
         )
 
-    async def take(self, batch: FetchedBatch) -> None:
-        """Process one fetched batch (called by its topic's agent); never raises but for cancellation."""
-        task = asyncio.ensure_future(self._take(batch))
-        self._inflight[task] = self.processors[batch.topic]
+    async def take(self, fetch: TopicFetch) -> None:
+        """Process one topic's fetch (called by its agent); never raises but for cancellation."""
+        task = asyncio.ensure_future(self._take(fetch))
+        self._inflight[task] = self.processors[fetch.topic]
         try:
             await asyncio.wait([task])
         except asyncio.CancelledError:
@@ -83,61 +87,76 @@ class Intake:
         finally:
             self._inflight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
-            self.fail(batch.tp, task.exception())  # type: ignore[arg-type]
+            owned = set(self.ledger.owned())
+            for batch in fetch.batches:
+                if batch.tp in owned:  # one revoked and forgotten meanwhile is its next owner's
+                    self.fail(batch.tp, task.exception())  # type: ignore[arg-type]
 
     def abandon(self) -> list[asyncio.Task[None]]:
-        """Cancel the batches that wrote nothing yet (resolving schemas, waiting for room); the others to wait for."""
+        """Cancel the fetches that wrote nothing yet (resolving schemas, waiting for room); the others to wait for."""
         for task, proc in list(self._inflight.items()):
             if not proc.writing:
                 task.cancel()
         return [t for t in self._inflight if not t.done()]
 
-    async def _take(self, batch: FetchedBatch) -> None:
-        tp = batch.tp
-        if not self.takes(tp, batch.generation):
-            return
-        if not batch.records:  # the position moved past records K2 does not read (transaction markers)
-            admission = self.ledger.admit(tp, batch.start, batch.end, (), batch.generation)
+    async def _take(self, fetch: TopicFetch) -> None:
+        batches: list[FetchedBatch] = []
+        for batch in fetch.batches:
+            if not self.takes(batch.tp, batch.generation):
+                continue
+            if batch.records:
+                batches.append(batch)
+                continue
+            # The position moved past records K2 does not read (transaction markers).
+            admission = self.ledger.admit(batch.tp, batch.start, batch.end, (), batch.generation)
             if admission.verdict is Verdict.ACCEPT:
-                self.ledger.track(tp, batch.end, ())
+                self.ledger.track(batch.tp, batch.end, ())
             elif admission.verdict is Verdict.DISCONTINUITY:
-                await self._discontinuity(tp, batch.start, admission.expected)
+                await self._discontinuity(batch.tp, batch.start, admission.expected)
+        if not batches:
             return
-        room = len(batch.records)
+        room = sum(len(b.records) for b in batches)
         await self.gate.reserve(room)
         buffered = False
         try:
-            buffered = await self._take_reserved(batch, room)
+            buffered = await self._take_reserved(batches, room)
         finally:
             if not buffered:
                 self.gate.release(room)  # abandoned, stale or failed: the room goes back
 
-    async def _take_reserved(self, batch: FetchedBatch, room: int) -> bool:
-        """The batch, with its room reserved; True once its events are buffered (the room is theirs)."""
-        tp = batch.tp
+    async def _take_reserved(self, batches: list[FetchedBatch], room: int) -> bool:
+        """The batches, with their room reserved; True once some events are buffered (the room is theirs)."""
         await self.ledger.wait_capacity()
-        proc = self.processors[tp.topic]
-        frames = Frames.of(tp.partition, batch.records)
+        proc = self.processors[batches[0].topic]
+        parts = [Frames.of(b.partition, b.records) for b in batches]
         try:
-            prepared = await proc.prepare(frames)
+            prepared = await proc.prepare(Frames.join(parts))
         except TableRecreated as exc:  # noticed while adding a writer schema's columns: as in a flush
             await self._on_tables_recreated(exc)
             return False
-        if not self.takes(tp, batch.generation):
-            return False
-        admission = self.ledger.admit(tp, batch.start, batch.end, batch.records, batch.generation)
-        if admission.verdict is Verdict.DISCONTINUITY:
-            await self._discontinuity(tp, batch.start, admission.expected)
-            return False
-        if admission.verdict is not Verdict.ACCEPT or not admission.records:
-            return False
-        if len(admission.records) != len(frames):  # a re-fetched head, already taken, was cut off
-            frames = Frames.of(tp.partition, admission.records)
-        writes = await proc.write(frames, prepared)
-        self.ledger.track(tp, batch.end, writes.futures)
-        self.gate.added(writes.events, room)
-        self.last_taken[tp] = time.monotonic()
-        return True
+        # From the first admission to the writes nothing waits (see the module docstring).
+        admitted: list[tuple[FetchedBatch, Frames]] = []
+        refused: list[tuple[FetchedBatch, int | None]] = []
+        for batch, frames in zip(batches, parts, strict=True):
+            if not self.takes(batch.tp, batch.generation):
+                continue
+            admission = self.ledger.admit(batch.tp, batch.start, batch.end, batch.records, batch.generation)
+            if admission.verdict is Verdict.DISCONTINUITY:
+                refused.append((batch, admission.expected))
+            elif admission.verdict is Verdict.ACCEPT and admission.records:
+                if len(admission.records) != len(frames):  # a re-fetched head, already taken, was cut off
+                    frames = Frames.of(batch.partition, admission.records)
+                admitted.append((batch, frames))
+        if admitted:
+            written = await proc.write_many([frames for _, frames in admitted], prepared)
+            now = time.monotonic()
+            for (batch, _), writes in zip(admitted, written, strict=True):
+                self.ledger.track(batch.tp, batch.end, writes.futures)
+                self.last_taken[batch.tp] = now
+            self.gate.added(sum(w.events for w in written), room)
+        for batch, expected in refused:
+            await self._discontinuity(batch.tp, batch.start, expected)
+        return bool(admitted)
 
     async def _discontinuity(self, tp: TP, start: int, expected: int | None) -> None:
         if not self.ledger.refused_once(tp):

@@ -49,7 +49,7 @@ from k2.buffer.store import ChunkStore
 from k2.catalog import catalog_configuration
 from k2.errors import describe
 from k2.ingest.processor import IngressProcessor, LakeSchemas, Source, Stage, evolve_for
-from k2.kafka.batches import FetchedBatch
+from k2.kafka.batches import TopicFetch
 from k2.kafka.metadata import producer_partitions
 from k2.lake.records import RejectRecord
 from k2.lake.writer import IcebergWriter
@@ -396,9 +396,9 @@ class Pipeline(Service):
 
     # -- batches ---------------------------------------------------------------------------------
 
-    async def take(self, batch: FetchedBatch) -> None:
-        """Process one fetched batch (called by its topic's agent); never raises but for cancellation."""
-        await self.intake.take(batch)
+    async def take(self, fetch: TopicFetch) -> None:
+        """Process one topic's fetch (called by its agent); never raises but for cancellation."""
+        await self.intake.take(fetch)
 
     async def _send_reject(self, record: RejectRecord, reject: Reject) -> asyncio.Future[Any]:
         headers = [*record.headers, *reject.headers()]  # the record's own, then why it was refused

@@ -33,10 +33,10 @@ from k2.ingest import fast
 from k2.ingest.classify import Resolution, Validator, classify
 from k2.ingest.fast import DecoderCache
 from k2.ingest.frames import Frames, RawRecord, read_framing
-from k2.ingest.processor import Prepared, classify_batch
+from k2.ingest.processor import Prepared, Taken, classify_batch
 from k2.lake.arrow import arrow_schema, companies_to_arrow, events_to_arrow, rejects_to_arrow, rows_to_arrow
 from k2.lake.records import BufferedEvent
-from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TRADES
+from k2.lake.schemas import COMPANIES, QUOTES, REJECTS, TABLES, TRADES
 from k2.settings import Settings
 from k2.validation import validate_quote, validate_reference, validate_trade
 from tests.unit.avro_wire import encode_wide, unscaled, wide_schema
@@ -139,26 +139,45 @@ def batch_path_at_any_size() -> Iterator[None]:
 
 def check_paths(target: Target, records: Sequence[RawRecord]) -> int:
     """The batch path (:mod:`k2.ingest.fast`) gives exactly the rows, rejects and flags of the per-record path,
-    whatever the batch's size (the worker's threshold aside).
+    whatever the batch's size (the worker's threshold aside), and so do the partitions' batches joined.
 
     Returns how many rows the batch path itself proved (the rest it left to the per-record path).
     """
     source = _SOURCES[target.topic]
+    prepared = Prepared(resolutions(target.contract, records), arrow_schema(target.table))
     proved = 0
+    parts: list[Frames] = []
+    expected: list[Taken] = []
     for partition in sorted({r.partition for r in records}):
         frames = Frames.from_records([r for r in records if r.partition == partition])
-        prepared = Prepared(resolutions(target.contract, records), arrow_schema(target.table))
         one_by_one = classify_batch(replace(source, row_rules=None), frames, prepared, DecoderCache(), NOW, "fuzz")
         with batch_path_at_any_size():
             batched = classify_batch(source, frames, prepared, DecoderCache(), NOW, "fuzz")
-        if one_by_one.rows is None or batched.rows is None:
-            assert one_by_one.rows is None and batched.rows is None, "one path accepted rows, the other none"
-        else:
-            assert batched.rows.equals(one_by_one.rows), _first_difference(batched.rows, one_by_one.rows)
-        assert batched.rejected == one_by_one.rejected, "the paths rejected differently"
+        _same(batched, one_by_one, "the batch path")
         assert batched.flagged == one_by_one.flagged
         proved += batched.proved
+        parts.append(frames)
+        expected.append(one_by_one)
+    if len(parts) > 1:
+        joined = Frames.join(parts)
+        position = TABLES[target.table].position
+        for how, joined_source in (("joined, one by one", replace(source, row_rules=None)), ("joined", source)):
+            with batch_path_at_any_size():
+                whole = classify_batch(joined_source, joined, prepared, DecoderCache(), NOW, "fuzz")
+            split = whole.split(parts, position)
+            assert [t.frames for t in split] == parts
+            for taken, alone in zip(split, expected, strict=True):
+                _same(taken, alone, how)
+            assert whole.flagged == sum(t.flagged for t in expected), how
     return proved
+
+
+def _same(taken: Taken, expected: Taken, how: str) -> None:
+    if taken.rows is None or expected.rows is None:
+        assert taken.rows is None and expected.rows is None, f"{how}: one path accepted rows, the other none"
+    else:
+        assert taken.rows.equals(expected.rows), f"{how}: {_first_difference(taken.rows, expected.rows)}"
+    assert taken.rejected == expected.rejected, f"{how}: the paths rejected differently"
 
 
 def _first_difference(a: pa.Table, b: pa.Table) -> str:

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -164,6 +166,12 @@ def test_fixed_instruments_make_up_a_longer_run_with_passes_not_symbols() -> Non
     assert replay_plan(5000 * 1800) == (1, 1855)
     assert replay_plan(5000 * 180, 186) == (1, 186)
     assert replay_plan(5000 * 1800, 186) == (10, 186)  # the same symbols, ten passes
+
+
+def test_fixed_instruments_that_one_pass_would_overrun_the_run_with_are_refused() -> None:
+    """Found running it: 1,855 instruments for a 3-minute run made a 30-minute one (a pass is not cut short)."""
+    with pytest.raises(ValueError, match=r"at most 185 instruments, or a run 10\.0 times as long"):
+        replay_plan(5000 * 180, 1855)
 
 
 def test_commit_steps_are_what_the_window_added_across_workers_and_tables() -> None:

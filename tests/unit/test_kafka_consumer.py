@@ -23,7 +23,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from k2.app import create_app
-from k2.kafka.batches import BATCH_SCHEMA, FetchedBatch, batch_message
+from k2.kafka.batches import BATCH_SCHEMA, FetchedBatch, TopicFetch, fetch_message
 from k2.kafka.consumer import K2Consumer, K2ConsumerThread, PositionedRecords, positions_of
 from k2.settings import Settings
 
@@ -106,14 +106,51 @@ class Rec:
     serialized_value_size: int = 1
 
 
-def test_a_batch_travels_as_one_faust_message_at_its_last_offset() -> None:
-    tp = TP("t", 3)
-    batch = FetchedBatch(tp, 10, 14, [Rec("t", 3, 10), Rec("t", 3, 13)], generation=4)
-    msg = batch_message(batch)
+def test_a_fetch_travels_as_one_faust_message_at_its_first_batchs_last_offset() -> None:
+    first = FetchedBatch(TP("t", 3), 10, 14, [Rec("t", 3, 10), Rec("t", 3, 13)], generation=4)
+    fetch = TopicFetch((first, FetchedBatch(TP("t", 5), 7, 8, [Rec("t", 5, 7)], generation=4)))
+    msg = fetch_message(fetch)
     assert (msg.topic, msg.partition, msg.offset, msg.generation_id) == ("t", 3, 13, 4)
-    assert msg.value is batch and msg.key is None
-    assert BATCH_SCHEMA.loads_value(None, msg) is batch  # type: ignore[arg-type]
+    assert msg.value is fetch and msg.key is None and len(fetch) == 3
+    assert BATCH_SCHEMA.loads_value(None, msg) is fetch  # type: ignore[arg-type]
     assert BATCH_SCHEMA.loads_key(None, msg) is None  # type: ignore[arg-type]
+
+
+def test_a_fetch_holds_one_topics_partitions_in_ascending_order() -> None:
+    a, b = FetchedBatch(TP("t", 1), 0, 1, [], 4), FetchedBatch(TP("t", 2), 0, 1, [], 4)
+    for wrong in ((), (b, a), (a, a), (a, FetchedBatch(TP("u", 3), 0, 1, [], 4))):
+        with pytest.raises(ValueError):
+            TopicFetch(wrong)
+
+
+async def test_a_fetch_reaches_each_topics_agent_as_one_message(
+    consumer: K2Consumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: a live fetch holds tens of records per partition; the pipeline takes a topic's at once."""
+    sink = Sink({})
+    sink.batch_topics = frozenset({"src", "quotes"})  # type: ignore[misc]
+    monkeypatch.setattr(type(consumer.app), "batch_sink", property(lambda self: sink))
+    records = PositionedRecords()
+    records[TP("src", 2)] = [Rec("src", 2, 40), Rec("src", 2, 41)]
+    records[TP("quotes", 0)] = [Rec("quotes", 0, 9)]
+    records[TP("src", 0)] = [Rec("src", 0, 7)]
+    records[TP("src", 1)] = []  # the fetcher moved past a transaction marker
+    records.positions = {TP("src", 2): (40, 42), TP("src", 1): (3, 5), TP("quotes", 0): (9, 10)}
+
+    async def wait_next_records(timeout: float) -> tuple[Any, Any]:  # noqa: ASYNC109
+        return records, None
+
+    monkeypatch.setattr(consumer, "_wait_next_records", wait_next_records)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 100)
+    out = [(tp, msg) async for tp, msg in consumer.getmany(1.0)]
+    assert [(tp, msg.offset) for tp, msg in out] == [(TP("src", 0), 7), (TP("quotes", 0), 9)]
+    src = out[0][1].value
+    assert isinstance(src, TopicFetch)
+    assert [(b.partition, b.start, b.end, [r.offset for r in b.records]) for b in src.batches] == [
+        (0, 7, 8, [7]),  # no position recorded: from its records
+        (1, 3, 5, []),
+        (2, 40, 42, [40, 41]),
+    ]
 
 
 class Sink:
@@ -192,8 +229,8 @@ async def test_positioned_records_carry_positions() -> None:
 
 
 def test_an_empty_batch_travels_at_the_offset_before_its_end() -> None:
-    msg = batch_message(FetchedBatch(TP("t", 3), 525, 527, [], generation=4))
-    assert (msg.offset, msg.generation_id) == (526, 4) and msg.value.records == []  # type: ignore[union-attr]
+    msg = fetch_message(TopicFetch((FetchedBatch(TP("t", 3), 525, 527, [], generation=4),)))
+    assert (msg.offset, msg.generation_id) == (526, 4) and msg.value.batches[0].records == []  # type: ignore[union-attr]
 
 
 class MovingFetcher:
