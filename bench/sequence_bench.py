@@ -6,7 +6,12 @@ duplicate now and then), as the Arrow rows a worker tracks, through
 :func:`k2.sequence.track.track` and through the fingerprints alone, and reports
 microseconds per event and state bytes per event.
 
+With ``--partitions P`` the symbols spread over P partitions and a fetch is a batch of
+``--batch`` events per partition, tracked partition by partition or, with ``--joined``, in one
+call as the worker does (a live fetch: about 20 events in each of 24 partitions).
+
     .venv/bin/python bench/sequence_bench.py --events 500000 --symbols 50 --batch 5000
+    .venv/bin/python bench/sequence_bench.py --events 200000 --symbols 500 --partitions 24 --batch 20 --joined
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from k2.sequence.fingerprint import fingerprints
 from k2.sequence.track import NOT_PAYLOAD, track
 
 
-def events(n: int, symbols: int) -> list[BufferedEvent]:
+def events(n: int, symbols: int, partitions: int = 1) -> list[BufferedEvent]:
     seqs = [0] * symbols
+    offsets = [0] * partitions
     out = []
     for offset in range(n):
         s = offset % symbols
@@ -44,8 +50,19 @@ def events(n: int, symbols: int) -> list[BufferedEvent]:
             "ingestion_timestamp": 1_394_406_000_000 + offset,
             "sequence_number": seqs[s] - (1 if offset % 1499 == 0 else 0),  # a duplicate now and then
         }
-        out.append(BufferedEvent("t", 0, offset, record))
+        partition = s % partitions
+        out.append(BufferedEvent("t", partition, offsets[partition], record))
+        offsets[partition] += 1
     return out
+
+
+def fetches(feed: list[BufferedEvent], partitions: int, batch: int) -> list[list[list[BufferedEvent]]]:
+    """Per fetch, a batch of up to ``batch`` events of each partition (ascending)."""
+    by_partition: list[list[BufferedEvent]] = [[] for _ in range(partitions)]
+    for e in feed:
+        by_partition[e.partition].append(e)
+    longest = max(len(p) for p in by_partition)
+    return [[p[i : i + batch] for p in by_partition if p[i : i + batch]] for i in range(0, longest, batch)]
 
 
 def main() -> None:
@@ -54,11 +71,17 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--partitions", type=int, default=1, help="partitions the symbols spread over")
+    parser.add_argument("--joined", action="store_true", help="track a fetch's partitions in one call")
     args = parser.parse_args()
-    feed = events(args.events, args.symbols)
-    batches: list[pa.Table] = [
-        events_to_arrow(TRADES, feed[i : i + args.batch], sort=False) for i in range(0, len(feed), args.batch)
-    ]
+    feed = events(args.events, args.symbols, args.partitions)
+    calls: list[tuple[pa.Table, int | None]] = []
+    for fetch in fetches(feed, args.partitions, args.batch):
+        if args.joined and len(fetch) > 1:
+            calls.append((events_to_arrow(TRADES, [e for b in fetch for e in b], sort=False), None))
+        else:
+            calls.extend((events_to_arrow(TRADES, b, sort=False), b[0].partition) for b in fetch)
+    batches = [rows for rows, _ in calls]
     start = time.perf_counter()
     for rows in batches:
         fingerprints(rows, NOT_PAYLOAD)
@@ -66,16 +89,17 @@ def main() -> None:
     book = SequenceBook({}, args.window)
     written = writes = 0
     start = time.perf_counter()
-    for rows in batches:
-        result = track("t", rows, book, 0, now_ms=0)
+    for rows, partition in calls:
+        result = track("t", rows, book, partition, now_ms=0)
         writes += len(result.changes)
         written += sum(len(v or b"") for _, _, v in result.changes)
     track_s = time.perf_counter() - start
     n = len(feed)
-    print(f"{n} events, {args.symbols} symbols, batches of {args.batch}, window {args.window}")
+    how = f"{args.partitions} partitions{', joined' if args.joined else ''}, {len(calls)} calls"
+    print(f"{n} events, {args.symbols} symbols, batches of {args.batch}, window {args.window}, {how}")
     print(f"fingerprint alone: {fp_s / n * 1e6:.2f} us/event")
     print(f"track (all of it): {track_s / n * 1e6:.2f} us/event ({n / track_s:,.0f} events/s on one core)")
-    print(f"state writes: {writes} ({writes / (n / args.batch):.1f} per batch), {written / n:.1f} bytes/event")
+    print(f"state writes: {writes} ({writes / len(calls):.1f} per call), {written / n:.1f} bytes/event")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ What a record becomes is defined per record by :func:`~k2.ingest.classify.classi
 the batch path (:mod:`k2.ingest.fast`) proves it and record by record for the rest.
 Everything per batch is here, in two phases the pipeline relies on (a *batch* is one
 partition's records of one fetch; the batches of a topic's partitions from one fetch are
-prepared and classified joined, in one block, then staged and written partition by
-partition exactly as each alone would be):
+prepared, classified and staged joined, in one block, then written partition by partition,
+each exactly as its batch alone would be):
 
 1. :meth:`IngressProcessor.prepare` may wait (a registry outage is waited out, never
    turned into rejects; a new writer schema adds its columns to the table) but changes
@@ -185,14 +185,17 @@ class Taken:
 class Stage(Protocol):
     """A step between classification and buffering, for rules that need state (sequence numbers, reference data).
 
-    It may move rows from ``batch.rows`` to ``batch.rejected`` (keeping both in offset order)
-    and returns extra chunks to buffer; :meth:`persist` sends the state it changed and returns
-    the deliveries (part of the batch's durability).
+    It sees a batch, or a fetch's batches joined (``batch.frames.partition`` is then
+    :data:`~k2.ingest.frames.JOINED` and each row's partition column says). It may move rows
+    from ``batch.rows`` to ``batch.rejected`` (keeping both in (partition, offset) order) and
+    returns extra chunks to buffer (each keyed by its partition); :meth:`persist` then sends the
+    state it changed for one partition and returns the deliveries (part of that partition's
+    batch's durability).
     """
 
     def __call__(self, batch: Taken, now_ms: int) -> Sequence[tuple[ChunkKey, pa.Table]]: ...
 
-    async def persist(self) -> list[asyncio.Future[Any]]: ...
+    async def persist(self, partition: int) -> list[asyncio.Future[Any]]: ...
 
 
 def evolve_for(writer_schema: WriterSchema, table_schema: Any) -> list[Any]:
@@ -310,22 +313,26 @@ class IngressProcessor:
         return (await self.write_many([frames], prepared))[0]
 
     async def write_many(self, parts: Sequence[Frames], prepared: Prepared) -> list[BatchWrites]:
-        """Classify the batches of distinct partitions (ascending) in one block, then stage and buffer each.
+        """Classify and stage the batches of distinct partitions (ascending) in one block, then buffer each.
 
-        Per part, in the order given, the stages and writes are those of its batch alone, and
-        its :class:`BatchWrites` holds only its own deliveries (the ledger tracks each
-        partition apart).
+        Per part, in the order given, the writes are those of its batch alone, and its
+        :class:`BatchWrites` holds only its own deliveries (the ledger tracks each partition apart).
         """
         topic = self.source.topic
         now_ms = int(self.clock() * 1000)
         joined = Frames.join(parts)
         self.metrics.events_consumed.labels(topic).inc(len(joined))
         whole = classify_batch(self.source, joined, prepared, self._decoders, now_ms, self.worker_id)
+        self._learn_row_size(whole.rows)
         out: list[BatchWrites] = []
         self.writing = True
         try:
+            extra: dict[int, list[tuple[ChunkKey, pa.Table]]] = {}
+            for stage in self.stages:
+                for key, chunk in stage(whole, now_ms):
+                    extra.setdefault(key.partition, []).append((key, chunk))
             for taken in whole.split(parts, TABLES[self.source.table_name].position):
-                out.append(await self._stage_and_write(taken, now_ms))
+                out.append(await self._buffer(taken, extra.get(taken.frames.partition, [])))
         finally:
             self.writing = False
         self.metrics.events_batch_path.labels(topic).inc(whole.proved)
@@ -333,14 +340,11 @@ class IngressProcessor:
             self.metrics.crossed_quotes.labels(topic).inc(whole.flagged)
         return out
 
-    async def _stage_and_write(self, taken: Taken, now_ms: int) -> BatchWrites:
-        """One partition's part: the stages, then every write handed to Kafka, in the order recovery relies on."""
+    async def _buffer(self, taken: Taken, extra: Sequence[tuple[ChunkKey, pa.Table]]) -> BatchWrites:
+        """One partition's part, staged: every write handed to Kafka, in the order recovery relies on."""
         topic = self.source.topic
         partition = taken.frames.partition
         produced_ms = min((ts for ts in taken.frames.timestamps if ts > 0), default=None)
-        extra: list[tuple[ChunkKey, pa.Table]] = []
-        for stage in self.stages:
-            extra.extend(stage(taken, now_ms))
         out = BatchWrites(accepted=taken.accepted, rejected=len(taken.rejected))
         for table in self._pieces(taken.rows):
             offsets = table[TABLES[self.source.table_name].position.offset_column]
@@ -357,7 +361,7 @@ class IngressProcessor:
             out.futures.append(await self.store.put(key, chunk, produced_ms))
             out.rows += key.rows
         for stage in self.stages:
-            out.futures.extend(await stage.persist())
+            out.futures.extend(await stage.persist(partition))
         for r in taken.rejected:
             out.futures.append(await self.send_reject(r, _reject_model(r)))
         self.metrics.events_accepted.labels(topic).inc(out.accepted)
@@ -365,11 +369,15 @@ class IngressProcessor:
             self.metrics.events_rejected.labels(topic, r.reason).inc()
         return out
 
+    def _learn_row_size(self, rows: pa.Table | None) -> None:
+        """The running mean of a row's bytes, from a whole block (what :meth:`_pieces` cuts by)."""
+        if rows is not None and rows.num_rows:
+            self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (rows.nbytes / rows.num_rows)
+
     def _pieces(self, rows: pa.Table | None) -> list[pa.Table]:
         """Accepted rows in runs of about :data:`CHUNK_TARGET_BYTES`."""
         if rows is None or not rows.num_rows:
             return []
-        self._bytes_per_row = 0.8 * self._bytes_per_row + 0.2 * (rows.nbytes / rows.num_rows)
         per_chunk = max(1, int(CHUNK_TARGET_BYTES / self._bytes_per_row))
         n = rows.num_rows
         size = math.ceil(n / math.ceil(n / per_chunk))

@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey
+from k2.ingest.frames import JOINED
 from k2.ingest.processor import Taken
 from k2.lake.arrow import SMALL_BATCH_ROWS
+from k2.lake.schemas import KAFKA_POSITION
 from k2.metrics import K2Metrics
 from k2.models import ReferenceData
 
@@ -160,7 +164,7 @@ class InstrumentCheck:
                 self.watch.add(self.topic, unknown, mismatched)
         return []
 
-    async def persist(self) -> list[asyncio.Future[Any]]:
+    async def persist(self, partition: int) -> list[asyncio.Future[Any]]:
         """Nothing to persist: the watch is counters only."""
         return []
 
@@ -192,25 +196,37 @@ class ReferenceUpdate:
         self.instruments = instruments
         self.metrics = metrics
         self.changelog = ChangelogWriter(table)
-        self._changes: list[tuple[int, str, ReferenceData]] = []
+        self._changes: dict[int, list[tuple[str, ReferenceData]]] = {}
 
     def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
-        latest = latest_by_company(batch.rows) if batch.rows is not None else {}
-        for key, fields in latest.items():
-            value = ReferenceData(**fields)
-            self.table.data[key] = value
-            self._changes.append((batch.frames.partition, key, value))
-        if latest:
+        changed = False
+        for partition, rows in _by_partition(batch):
+            for key, fields in latest_by_company(rows).items():
+                value = ReferenceData(**fields)
+                self.table.data[key] = value
+                self._changes.setdefault(partition, []).append((key, value))
+                changed = True
+        if changed:
             self.instruments.changed()
         self.metrics.reference_companies.set(len(self.table.data))
         return []
 
-    async def persist(self) -> list[asyncio.Future[Any]]:
-        """Send the batch's company writes to the changelog; returns their deliveries."""
-        changes, self._changes = self._changes, []
-        return [
-            await self.changelog.send(partition, key, value, value_serializer=None) for partition, key, value in changes
-        ]
+    async def persist(self, partition: int) -> list[asyncio.Future[Any]]:
+        """Send the company writes of ``partition``'s batch to the changelog; returns their deliveries."""
+        changes = self._changes.pop(partition, [])
+        return [await self.changelog.send(partition, key, value, value_serializer=None) for key, value in changes]
+
+
+def _by_partition(batch: Taken) -> list[tuple[int, pa.Table]]:
+    """The batch's rows per partition (joined batches' rows are in partition order)."""
+    rows = batch.rows
+    if rows is None or not rows.num_rows:
+        return []
+    if batch.frames.partition != JOINED:
+        return [(batch.frames.partition, rows)]
+    column = rows.column(KAFKA_POSITION.partition_column).to_numpy()
+    starts = [0, *(np.flatnonzero(np.diff(column)) + 1).tolist(), len(column)]
+    return [(int(column[a]), rows.slice(a, b - a)) for a, b in pairwise(starts)]
 
 
 def instruments_payload(instruments: Instruments, watch: InstrumentWatch) -> dict[str, Any]:

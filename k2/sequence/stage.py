@@ -3,7 +3,8 @@
 Thin: :func:`~k2.sequence.track.track` decides; this routes. Duplicates and conflicts
 become rejects (original bytes, reason ``duplicate`` or ``sequence_conflict``), gaps a
 ``gaps`` chunk per partition, the state's writes go to the table's changelog with their
-partition named (a batch has no single current event), and counts go to metrics.
+partition named (a batch has no single current event), and counts go to metrics. A fetch's
+partitions are tracked joined, in one call; their state writes are sent partition by partition.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pyarrow as pa
 from k2.avro.codec import stored_schema_id
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import GAPS, ChunkKey
-from k2.ingest.frames import RawRecord
+from k2.ingest.frames import JOINED, RawRecord
 from k2.ingest.processor import Taken
 from k2.lake.arrow import gaps_to_arrow
 from k2.lake.records import GapRecord, RejectRecord
@@ -84,19 +85,21 @@ class SequenceStage:
         self.metrics = metrics
         self.worker_id = worker_id
         self.changelog = ChangelogWriter(table)
-        self._changes: list[tuple[int, str, bytes | None]] = []
+        self._changes: dict[int, list[tuple[int, str, bytes | None]]] = {}
 
     def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
         rows = batch.rows
         if rows is None or not rows.num_rows:
             return []
-        result = track(self.topic, rows, self.book, batch.frames.partition, now_ms)
-        self._changes.extend(result.changes)  # sent, in this order, by persist()
+        partition = batch.frames.partition
+        result = track(self.topic, rows, self.book, None if partition == JOINED else partition, now_ms)
+        for change in result.changes:  # sent, in this order per partition, by persist()
+            self._changes.setdefault(change[0], []).append(change)
         if result.rejected:
             extra = []
             for row, verdict in result.rejected:
                 values = rows.slice(row, 1).to_pylist()[0]
-                raw = batch.frames.at_offset(values["kafka_offset"])
+                raw = batch.frames.at(values["kafka_partition"], values["kafka_offset"])
                 extra.append(sequence_reject(self.topic, values, verdict, raw, now_ms, self.worker_id))
             kept = rows.filter(pa.array(result.keep))
             batch.rows = kept if kept.num_rows else None
@@ -104,10 +107,10 @@ class SequenceStage:
         self._count(result.counts, result.new_gaps)
         return gap_chunks(result.gaps)
 
-    async def persist(self) -> list[asyncio.Future[Any]]:
-        """Send the batch's state writes to the changelog, in order; returns their deliveries."""
-        changes, self._changes = self._changes, []
-        return [await self.changelog.send(partition, key, value) for partition, key, value in changes]
+    async def persist(self, partition: int) -> list[asyncio.Future[Any]]:
+        """Send the state writes of ``partition``'s batch to the changelog, in order; returns their deliveries."""
+        changes = self._changes.pop(partition, [])
+        return [await self.changelog.send(p, key, value) for p, key, value in changes]
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events

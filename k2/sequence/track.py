@@ -1,6 +1,8 @@
 """One micro-batch through sequence tracking: verdicts, gap rows and state writes. Pure.
 
-The rows come in their table's Arrow schema, in offset order (one partition). The only
+The rows come in their table's Arrow schema, in offset order: of one partition, or of several
+joined (a fetch's partitions, in (partition, offset) order; a key is then (partition, exchange,
+symbol), as its state is). The only
 state is the :class:`~k2.sequence.book.SequenceBook` passed in (over a dict in tests, over
 a Faust table's data in the worker); what must reach the changelog comes back in
 :attr:`TrackResult.changes`, once per key and batch, never per event.
@@ -14,6 +16,7 @@ decided event by event by :func:`~k2.sequence.classify.decide`, exactly as befor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -64,12 +67,13 @@ class TrackResult:
             self.counts[label] = self.counts.get(label, 0) + n
 
 
-def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms: int) -> TrackResult:
-    """Classify the rows of one partition's batch (in offset order) and update ``book``.
+def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int | None, now_ms: int) -> TrackResult:
+    """Classify the rows of a batch (in log order) and update ``book``.
 
     ``rows`` has the columns ``exchange``, ``symbol``, ``sequence_number`` (nullable),
-    ``exchange_timestamp`` and ``kafka_offset``, plus the payload. Rows without a
-    sequence number are accepted untracked.
+    ``exchange_timestamp``, ``kafka_partition`` and ``kafka_offset``, plus the payload. Rows
+    without a sequence number are accepted untracked. ``partition`` is the batch's, or None
+    for joined batches: each row's ``kafka_partition`` then says.
     """
     n = rows.num_rows
     out = TrackResult(keep=np.ones(n, dtype=bool))
@@ -85,8 +89,8 @@ def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms
     size = book.size
     plans: list[tuple[str, str, Cursor, np.ndarray, int, bool]] = []
     needed: list[np.ndarray] = []
-    for exchange, symbol, index in _key_groups(rows, seq_column, tracked < n):
-        cursor = book.cursor(partition, exchange, symbol)
+    for key_partition, exchange, symbol, index in _key_groups(rows, seq_column, tracked < n, partition):
+        cursor = book.cursor(key_partition, exchange, symbol)
         if len(index) <= SHORT_RUN:
             # Decided one by one: numpy's calls for a run of a few events cost more than they save.
             plans.append((exchange, symbol, cursor, index, len(index), False))
@@ -108,7 +112,7 @@ def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms
     else:
         fps = np.zeros(n, dtype=np.uint32)
         fps[wanted] = fingerprints(rows.take(pa.array(wanted)), NOT_PAYLOAD)
-    tally = _Tally(out, topic, partition, size, now_ms, times_ms)
+    tally = _Tally(out, topic, size, now_ms, times_ms)
     seq_list, offset_list, fp_list = seqs.tolist(), offsets.tolist(), fps.tolist()
     for exchange, symbol, cursor, index, first, is_run in plans:
         if first == len(index):  # every event decided alone
@@ -125,8 +129,8 @@ def track(topic: str, rows: pa.Table, book: SequenceBook, partition: int, now_ms
         for j in range(first, len(index)):
             tally.decide(cursor, exchange, symbol, int(index[j]), key_seqs[j], key_offsets[j], key_fps[j])
     out.rejected.sort(key=lambda item: item[0])
-    out.gaps.sort(key=lambda gap: gap.offset)
-    out.new_gaps.sort(key=lambda gap: gap.offset)
+    out.gaps.sort(key=_log_order)
+    out.new_gaps.sort(key=_log_order)
     for outcome in Outcome:
         out.count(outcome.label, tally.by_outcome[outcome])
     out.count("redelivered", tally.redelivered)
@@ -141,7 +145,6 @@ class _Tally:
 
     out: TrackResult
     topic: str
-    partition: int
     size: int
     now_ms: int
     times_ms: np.ndarray
@@ -167,7 +170,7 @@ class _Tally:
             missing = seq - verdict.ref
             gap = GapRecord(
                 self.topic,
-                self.partition,
+                cursor.partition,
                 offset,
                 exchange,
                 symbol,
@@ -183,35 +186,47 @@ class _Tally:
                 self.out.new_gaps.append(gap)
 
 
-def _key_groups(rows: pa.Table, seq_column: pa.ChunkedArray, some_null: bool) -> list[tuple[str, str, np.ndarray]]:
-    """Per key (exchange, symbol), in order of first appearance, the rows that carry a sequence number, ascending."""
+def _log_order(gap: GapRecord) -> tuple[int, int]:
+    return (gap.partition, gap.offset)
+
+
+def _key_groups(
+    rows: pa.Table, seq_column: pa.ChunkedArray, some_null: bool, partition: int | None
+) -> list[tuple[int, str, str, np.ndarray]]:
+    """Per key (partition, exchange, symbol), in order of first appearance, its rows with a sequence number.
+
+    ``partition`` None: the rows join several partitions' batches, and each row's says.
+    """
     n = rows.num_rows
     valid = seq_column.is_valid() if some_null else None
+    by_row = partition is None
     if n < SMALL_BATCH:
         flags = valid.to_pylist() if valid is not None else None
-        members: dict[tuple[str, str], list[int]] = {}
-        keys = zip(rows.column("exchange").to_pylist(), rows.column("symbol").to_pylist(), strict=True)
+        parts = rows.column(KAFKA_POSITION.partition_column).to_pylist() if by_row else repeat(partition, n)
+        members: dict[tuple[int, str, str], list[int]] = {}
+        keys = zip(parts, rows.column("exchange").to_pylist(), rows.column("symbol").to_pylist(), strict=False)
         for row, key in enumerate(keys):
             if flags is None or flags[row]:
                 members.setdefault(key, []).append(row)
-        return [(exchange or "", symbol, np.asarray(at, dtype=np.int64)) for (exchange, symbol), at in members.items()]
-    table = pa.table(
-        {
-            "exchange": rows.column("exchange"),
-            "symbol": rows.column("symbol"),
-            _ROW: pa.array(np.arange(n, dtype=np.int64)),
-        }
-    )
+        return [
+            (p, exchange or "", symbol, np.asarray(at, dtype=np.int64)) for (p, exchange, symbol), at in members.items()
+        ]
+    columns = {"exchange": rows.column("exchange"), "symbol": rows.column("symbol")}
+    if by_row:
+        columns[KAFKA_POSITION.partition_column] = rows.column(KAFKA_POSITION.partition_column)
+    table = pa.table({**columns, _ROW: pa.array(np.arange(n, dtype=np.int64))})
     if valid is not None:
         table = table.filter(valid)
-    groups = table.group_by(["exchange", "symbol"], use_threads=False).aggregate([(_ROW, "list")])
+    groups = table.group_by(list(columns), use_threads=False).aggregate([(_ROW, "list")])
+    key_parts = groups.column(KAFKA_POSITION.partition_column).to_pylist() if by_row else repeat(partition, len(groups))
     return [
-        (exchange or "", symbol, np.sort(np.asarray(at, dtype=np.int64)))
-        for exchange, symbol, at in zip(
+        (p, exchange or "", symbol, np.sort(np.asarray(at, dtype=np.int64)))
+        for p, exchange, symbol, at in zip(
+            key_parts,
             groups.column("exchange").to_pylist(),
             groups.column("symbol").to_pylist(),
             groups.column(f"{_ROW}_list").to_pylist(),
-            strict=True,
+            strict=False,
         )
     ]
 

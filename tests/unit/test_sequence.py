@@ -476,3 +476,46 @@ def test_runs_decide_exactly_as_one_event_at_a_time(seed: int, paths: str, monke
         for k, v in data.items()
     }
     assert encode(batched.data) == encode(single.data)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("paths", ["as shipped", "arrow grouping, runs of any length"])
+def test_a_fetchs_partitions_tracked_joined_decide_as_each_alone(
+    seed: int, paths: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the batches of one fetch are tracked in one call; a key is (partition, exchange, symbol)."""
+    if paths != "as shipped":
+        monkeypatch.setattr(track_module, "SMALL_BATCH", 0)
+        monkeypatch.setattr(track_module, "SHORT_RUN", 0)
+    rng = random.Random(seed)
+    feeds = [[e._replace(partition=p) for e in _messy_feed(rng, 600)] for p in range(3)]  # the same symbols
+    joined, alone = SequenceBook({}, size=50), SequenceBook({}, size=50)
+    cursor = [0, 0, 0]
+    while any(c < len(f) for c, f in zip(cursor, feeds, strict=True)):
+        batches = []
+        for p, feed in enumerate(feeds):
+            n = rng.choice((0, 1, 5, 20, 60))
+            batches.append(feed[cursor[p] : cursor[p] + n])
+            cursor[p] += n
+        batches = [b for b in batches if b]
+        if not batches:
+            continue
+        each = [track(TOPIC, events_to_arrow(TRADES, b, sort=False), alone, b[0].partition, now_ms=T0) for b in batches]
+        rows = events_to_arrow(TRADES, [e for b in batches for e in b], sort=False)
+        whole = track(TOPIC, rows, joined, None, now_ms=T0)
+        starts = [0]
+        for b in batches:
+            starts.append(starts[-1] + len(b))
+        assert whole.keep.tolist() == [k for r in each for k in r.keep.tolist()]
+        assert whole.rejected == [(starts[i] + row, v) for i, r in enumerate(each) for row, v in r.rejected]
+        assert whole.gaps == [g for r in each for g in r.gaps]
+        assert whole.new_gaps == [g for r in each for g in r.new_gaps]
+        for b, r in zip(batches, each, strict=True):
+            assert [c for c in whole.changes if c[0] == b[0].partition] == r.changes
+        assert len(whole.changes) == sum(len(r.changes) for r in each)
+        summed: dict[str, int] = {}
+        for r in each:
+            for label, n in r.counts.items():
+                summed[label] = summed.get(label, 0) + n
+        assert whole.counts == summed
+    assert joined.data.keys() == alone.data.keys()
