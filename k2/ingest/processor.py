@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
@@ -63,6 +64,7 @@ __all__ = [
     "Taken",
     "classify_batch",
     "evolve_for",
+    "partition_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,23 +165,18 @@ class Taken:
         """
         if self.frames.partition != JOINED:
             return [self]
-        bounds: dict[int, tuple[int, int]] = {}
-        if self.rows is not None:
-            column = self.rows.column(position.partition_column).to_numpy()
-            for f in parts:
-                bounds[f.partition] = (
-                    int(np.searchsorted(column, f.partition, "left")),
-                    int(np.searchsorted(column, f.partition, "right")),
-                )
+        by_partition = partition_slices(self.rows, position.partition_column) if self.rows is not None else {}
         rejected: dict[int, list[RejectRecord]] = {}
         for r in self.rejected:
             rejected.setdefault(r.partition, []).append(r)
-        out = []
-        for f in parts:
-            low, high = bounds.get(f.partition, (0, 0))
-            rows = self.rows.slice(low, high - low) if self.rows is not None and high > low else None
-            out.append(Taken(f, rows, rejected.get(f.partition, [])))
-        return out
+        return [Taken(f, by_partition.get(f.partition), rejected.get(f.partition, [])) for f in parts]
+
+
+def partition_slices(rows: pa.Table, column: str) -> dict[int, pa.Table]:
+    """Rows in partition order, as one slice per partition (zero-copy), keyed by the partition."""
+    values = rows.column(column).to_numpy()
+    starts = [0, *(np.flatnonzero(np.diff(values)) + 1).tolist(), len(values)]
+    return {int(values[a]): rows.slice(a, b - a) for a, b in pairwise(starts) if b > a}
 
 
 class Stage(Protocol):

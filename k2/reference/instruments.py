@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping
-from itertools import pairwise
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from k2.buffer.changelog import ChangelogWriter
 from k2.buffer.chunks import ChunkKey
 from k2.ingest.frames import JOINED
-from k2.ingest.processor import Taken
+from k2.ingest.processor import Taken, partition_slices
 from k2.lake.arrow import SMALL_BATCH_ROWS
 from k2.lake.schemas import KAFKA_POSITION
 from k2.metrics import K2Metrics
@@ -224,9 +222,7 @@ def _by_partition(batch: Taken) -> list[tuple[int, pa.Table]]:
         return []
     if batch.frames.partition != JOINED:
         return [(batch.frames.partition, rows)]
-    column = rows.column(KAFKA_POSITION.partition_column).to_numpy()
-    starts = [0, *(np.flatnonzero(np.diff(column)) + 1).tolist(), len(column)]
-    return [(int(column[a]), rows.slice(a, b - a)) for a, b in pairwise(starts)]
+    return list(partition_slices(rows, KAFKA_POSITION.partition_column).items())
 
 
 def instruments_payload(instruments: Instruments, watch: InstrumentWatch) -> dict[str, Any]:
