@@ -203,6 +203,14 @@ class K2Metrics:
             buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0),
             registry=registry,
         )
+        self.ingest_block_seconds = Histogram(
+            "k2_ingest_block_seconds",
+            "One block of a fetch, from its first admission to its last write handed to Kafka: a stretch in which "
+            "the event loop runs nothing else (timers, flushes, other agents). K2_INGEST_BLOCK_MAX bounds it.",
+            ["topic"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
         self.batches_in_flight = Gauge(
             "k2_batches_in_flight",
             "Batches taken whose writes the broker has not acknowledged yet.",
@@ -266,6 +274,7 @@ class K2Metrics:
                 counter.labels(topic)
             self.ingest_stopped.labels(topic)
             self.not_consuming.labels(topic)
+            self.ingest_block_seconds.labels(topic)
         for table in tables:
             for metric in (
                 self.flushes,

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Records one fetch hands to the ingest agents at most (faust's broker_max_poll_records). "
         "Each topic's share (its partitions' batches) is classified as one block: larger blocks cost less per event.",
     )
+    ingest_block_max: int = Field(
+        5_000,
+        ge=1,
+        description="Records the worker classifies and writes in one stretch of its event loop at most: a larger "
+        "fetch (after a stall, or on a backlog) is cut into blocks of this many, and timers and flushes run "
+        "between them. Larger blocks cost a little less per event and hold the loop longer.",
+    )
     fetch_min_bytes: int = Field(
         65_536,
         ge=1,

@@ -6,7 +6,10 @@ whatever the settings. For K2's raw source topics the consumer instead hands ove
 one fetch returned for the topic as one :class:`TopicFetch` (a :class:`FetchedBatch` per
 partition), wrapped in a single faust message, so Faust's conductor, streams, agents and
 sensors still carry it. A live fetch holds tens of records per partition: one message per
-topic, not per partition, lets the pipeline classify them in one block.
+topic, not per partition, lets the pipeline classify them in one block. A fetch after a
+stall holds up to ``K2_INGEST_BATCH_MAX`` records, and one block of them holds the event
+loop (timers, flushes, the other agents) for as long as it takes: the pipeline cuts it
+into :meth:`TopicFetch.blocks` of at most ``K2_INGEST_BLOCK_MAX`` and yields between them.
 
 A batch knows the consumer's *position* before and after the fetch (``start``, ``end``:
 the offset the next fetch begins at), not only its records' offsets. Records of one fetch
@@ -53,6 +56,26 @@ class FetchedBatch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def pieces(self, most: int) -> list[FetchedBatch]:
+        """The batch cut into consecutive batches of at most ``most`` records (itself if it holds no more).
+
+        Each piece ends where the next begins: at the next piece's first record, so what lies
+        between (transaction markers, compacted offsets) belongs to the piece before it, and
+        the last piece ends where the batch did. Taken one after another, the pieces are the
+        batch: the ledger admits each because it starts where the one before ended.
+        """
+        if most < 1:
+            raise ValueError(f"a piece holds at least one record; got most={most}")
+        if len(self.records) <= most:
+            return [self]
+        cuts = range(0, len(self.records), most)
+        starts = [self.start, *(self.records[i].offset for i in cuts[1:])]
+        ends = [*starts[1:], self.end]
+        return [
+            FetchedBatch(self.tp, start, end, self.records[i : i + most], self.generation)
+            for i, start, end in zip(cuts, starts, ends, strict=True)
+        ]
+
 
 @dataclass(frozen=True)
 class TopicFetch:
@@ -71,6 +94,27 @@ class TopicFetch:
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.batches)
+
+    def blocks(self, most: int) -> list[TopicFetch]:
+        """The fetch cut into fetches of at most ``most`` records, in order, for the loop to breathe between.
+
+        A block holds whole batches while they fit; a batch of more than ``most`` records is
+        cut into :meth:`~FetchedBatch.pieces`, so no block holds more than ``most`` records
+        (batches without records count as none). A partition's pieces fall in consecutive
+        blocks, in offset order, one per block.
+        """
+        out: list[TopicFetch] = []
+        block: list[FetchedBatch] = []
+        size = 0
+        for batch in self.batches:
+            for piece in batch.pieces(most):
+                if block and size + len(piece) > most:
+                    out.append(TopicFetch(tuple(block)))
+                    block, size = [], 0
+                block.append(piece)
+                size += len(piece)
+        out.append(TopicFetch(tuple(block)))
+        return out
 
 
 def fetch_message(fetch: TopicFetch) -> Message:

@@ -1,20 +1,24 @@
 """Intake: the fetched batches of consuming partitions become buffered chunks, tracked until durable.
 
 The ingest agents hand every fetch of their topic (a batch per partition) to
-:meth:`Intake.take`. A batch is taken only when its partition is *consuming* in the batch's
-generation (:mod:`k2.pipeline.lifecycle`); then, for the batches of a fetch together: room
-is reserved in the flush gate (the buffer's bound holds with every agent at once), the
-schemas are resolved, the ledger admits each batch (one that does not start where its
-partition's last one ended is refused and the partition sought back), the processor
-classifies the admitted ones in one block and writes each partition's part (chunks,
-sequence state, rejects), and the ledger tracks each partition's writes until the broker
-acknowledged them all. Between the admissions and the writes nothing waits, so a
-revocation finds a batch either not admitted or writing (it waits for that).
+:meth:`Intake.take`, which takes it in blocks of at most ``K2_INGEST_BLOCK_MAX`` records
+(:meth:`~k2.kafka.batches.TopicFetch.blocks`) and lets the event loop run between them, so
+a large fetch does not hold timers and flushes for its whole length. A batch is taken only
+when its partition is *consuming* in the batch's generation (:mod:`k2.pipeline.lifecycle`);
+then, for the batches of a block together: room is reserved in the flush gate (the
+buffer's bound holds with every agent at once), the schemas are resolved, the ledger admits
+each batch (one that does not start where its partition's last one ended is refused and the
+partition sought back), the processor classifies the admitted ones in one block and writes
+each partition's part (chunks, sequence state, rejects), and the ledger tracks each
+partition's writes until the broker acknowledged them all. Between the admissions and the
+writes nothing waits, so a revocation finds a batch either not admitted or writing (it
+waits for that).
 
 Failure policy (fail closed): an error that classification did not turn into a reject stops
-the partitions of the fetch it happened in (:meth:`~k2.pipeline.ledger.Ledger.stop`): nothing
-of those batches or after them is acknowledged or flushed, the partitions are paused, and
-the log, ``k2_ingest_stopped_partitions`` and ``/k2/ready`` say why, until they are revoked.
+the partitions of the fetch it happened in, its blocks taken already included
+(:meth:`~k2.pipeline.ledger.Ledger.stop`): nothing of those batches or after them is
+acknowledged or flushed, the partitions are paused, and the log,
+``k2_ingest_stopped_partitions`` and ``/k2/ready`` say why, until they are revoked.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Intake:
         metrics: K2Metrics,
         consumer: Callable[[], Any],
         on_tables_recreated: Callable[[TableRecreated], Awaitable[None]],
+        block_max: int,
     ) -> None:
         self.lifecycle = lifecycle
         self.ledger = ledger
@@ -61,6 +66,7 @@ class Intake:
         self.metrics = metrics
         self._consumer = consumer
         self._on_tables_recreated = on_tables_recreated
+        self.block_max = block_max
         self.processors: dict[str, IngressProcessor] = {}
         self._inflight: dict[asyncio.Task[None], IngressProcessor] = {}
         self.closed = False
@@ -100,6 +106,12 @@ class Intake:
         return [t for t in self._inflight if not t.done()]
 
     async def _take(self, fetch: TopicFetch) -> None:
+        for i, block in enumerate(fetch.blocks(self.block_max)):
+            if i:
+                await asyncio.sleep(0)  # timers, flushes and the other agents run between blocks
+            await self._take_block(block)
+
+    async def _take_block(self, fetch: TopicFetch) -> None:
         batches: list[FetchedBatch] = []
         for batch in fetch.batches:
             if not self.takes(batch.tp, batch.generation):
@@ -135,6 +147,7 @@ class Intake:
             await self._on_tables_recreated(exc)
             return False
         # From the first admission to the writes nothing waits (see the module docstring).
+        began = time.perf_counter()
         admitted: list[tuple[FetchedBatch, Frames]] = []
         refused: list[tuple[FetchedBatch, int | None]] = []
         for batch, frames in zip(batches, parts, strict=True):
@@ -154,6 +167,7 @@ class Intake:
                 self.ledger.track(batch.tp, batch.end, writes.futures)
                 self.last_taken[batch.tp] = now
             self.gate.added(sum(w.events for w in written), room)
+            self.metrics.ingest_block_seconds.labels(proc.source.topic).observe(time.perf_counter() - began)
         for batch, expected in refused:
             await self._discontinuity(batch.tp, batch.start, expected)
         return bool(admitted)

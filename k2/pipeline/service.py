@@ -134,7 +134,13 @@ class Pipeline(Service):
         self.positioner.on_positioned = self._positioned
         self.positioner.on_regressed = lambda exc, tps: self.sink.lake_went_back(exc, self.lifecycle.held())
         self.intake = Intake(
-            self.lifecycle, self.ledger, self.gate, metrics, lambda: self.app.consumer, self.sink.tables_recreated
+            self.lifecycle,
+            self.ledger,
+            self.gate,
+            metrics,
+            lambda: self.app.consumer,
+            self.sink.tables_recreated,
+            settings.ingest_block_max,
         )
         self.lake = LakeSchemas(
             lambda: self.sink.writer().state, lambda table: self.sink.writer().arrow_schema(table), self._evolve
