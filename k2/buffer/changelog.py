@@ -7,11 +7,21 @@ load, offsets could then be committed for events whose changelog record was neve
 K2 hands each record to the Kafka producer directly and keeps the delivery future: the
 pipeline's :class:`~k2.pipeline.ledger.Ledger` moves a partition's commit offset past a
 batch only once every future of the batch has completed (acks=all).
+
+Many small raw records for one partition (a batch's sequence state, a flush's tombstones)
+go as Kafka record batches K2 fills itself (:meth:`ChangelogWriter.send_many`): one
+delivery per record batch, not per record, which is most of what a send cost. The aiokafka
+producer is reached through faust's ``Producer._ensure_producer`` (private, pinned by
+``tests/unit/test_growth.py``); ``create_batch`` and ``send_batch`` are aiokafka's public
+API. aiokafka queues a partition's records and batches in the order they were handed over,
+whichever way they came, and sends one request per partition at a time, so the order a
+restore relies on holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["ChangelogWriter"]
@@ -49,3 +59,25 @@ class ChangelogWriter:
         key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
         sent = await topic.app.producer.send(topic.get_topic_name(), key_bytes, value, partition, None, None)
         return asyncio.ensure_future(sent)
+
+    async def send_many(self, partition: int, records: Sequence[tuple[Any, bytes | None]]) -> list[asyncio.Future[Any]]:
+        """Queue raw ``key -> value`` records (``None``: a tombstone) for ``partition``, in order; their deliveries.
+
+        As few record batches as the producer's batch size holds: each record's delivery is its
+        batch's. The keys are serialised as :meth:`send` does.
+        """
+        if not records:
+            return []
+        topic = self.table.changelog_topic
+        name = topic.get_topic_name()
+        producer = topic.app.producer._ensure_producer()
+        futures: list[asyncio.Future[Any]] = []
+        builder = producer.create_batch()
+        for key, value in records:
+            key_bytes, _ = topic.prepare_key(key, self.table.key_serializer)
+            if builder.append(key=key_bytes, value=value, timestamp=None) is None:  # full: send it, start the next
+                futures.append(asyncio.ensure_future(await producer.send_batch(builder, name, partition=partition)))
+                builder = producer.create_batch()
+                builder.append(key=key_bytes, value=value, timestamp=None)  # an empty batch takes any one record
+        futures.append(asyncio.ensure_future(await producer.send_batch(builder, name, partition=partition)))
+        return futures

@@ -65,13 +65,16 @@ class ChunkStore:
     async def remove(self, keys: Iterable[ChunkKey]) -> list[asyncio.Future[Any]]:
         """Forget chunks, locally and in the changelog (tombstones): after their rows landed, or untrusted ones."""
         data = self._data
-        futures = []
+        tombstones: dict[int, list[tuple[str, None]]] = {}
         for key in keys:
             text = key.encode()
             if text in data:
                 del data[text]
             self._times.pop(text, None)
-            futures.append(await self.changelog.send(key.partition, text, None))
+            tombstones.setdefault(key.partition, []).append((text, None))
+        futures = []
+        for partition, records in tombstones.items():
+            futures.extend(await self.changelog.send_many(partition, records))
         return futures
 
     def drop_local(self, partitions: set[int]) -> int:

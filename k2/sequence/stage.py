@@ -110,7 +110,7 @@ class SequenceStage:
     async def persist(self, partition: int) -> list[asyncio.Future[Any]]:
         """Send the state writes of ``partition``'s batch to the changelog, in order; returns their deliveries."""
         changes = self._changes.pop(partition, [])
-        return [await self.changelog.send(p, key, value) for p, key, value in changes]
+        return await self.changelog.send_many(partition, [(key, value) for _, key, value in changes])
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events

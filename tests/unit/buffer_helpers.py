@@ -46,12 +46,44 @@ class RecordingTable:
 
 
 class _Producer:
-    """What ``app.producer.send`` does for :class:`k2.buffer.changelog.ChangelogWriter`: record, deliver at once."""
+    """What faust's and aiokafka's producers do for :class:`k2.buffer.changelog.ChangelogWriter`: record, deliver.
+
+    ``send`` is faust's; ``_ensure_producer`` gives the aiokafka producer, whose ``create_batch``
+    makes a batch of at most :attr:`BATCH_RECORDS` records (aiokafka's are bounded in bytes),
+    and ``send_batch`` records the batch's records in order.
+    """
+
+    BATCH_RECORDS = 7
 
     def __init__(self, table: RecordingTable) -> None:
         self.table = table
+        self.batches: list[tuple[int, int]] = []
+        """(partition, records) of each batch sent."""
+
+    def _ensure_producer(self) -> _Producer:
+        return self
+
+    def create_batch(self) -> _Batch:
+        return _Batch()
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[None]:
+        assert topic == self.table.get_topic_name() and batch, "a batch sent holds records"
+        self.batches.append((partition, len(batch)))
+        for key, value in batch:
+            await self.table.send(key=key, value=value, partition=partition)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
 
     async def send(
         self, topic: str, key: str, value: bytes | None, partition: int | None, timestamp: Any, headers: Any
     ) -> asyncio.Future[None]:
         return await self.table.send(key=key, value=value, partition=partition)
+
+
+class _Batch(list[tuple[Any, "bytes | None"]]):
+    def append(self, *, key: Any, value: bytes | None, timestamp: int | None) -> object | None:  # type: ignore[override]
+        if len(self) >= _Producer.BATCH_RECORDS:
+            return None
+        super().append((key, value))
+        return object()

@@ -69,6 +69,26 @@ async def test_store_writes_one_changelog_record_per_chunk_and_tombstones_on_rem
     assert list(table.restore_from_changelog()) == ["rejects:3:100:100:1"]
 
 
+async def test_tombstones_go_per_partition_in_batches_in_the_order_given() -> None:
+    """Issue 19: small changelog records go as few Kafka batches as hold them, one delivery per batch."""
+    table = RecordingTable()
+    store = ChunkStore(table, "market.trades.raw")
+    keys = [ChunkKey(ROWS, p, o, o, 1) for o in range(10) for p in (4, 1)]  # partitions interleaved
+    for key in keys:
+        await store.put(key, pa.table({"x": [1]}))
+    sent = len(table.changelog)
+    deliveries = await store.remove(keys)
+    tombstones = table.changelog[sent:]
+    for p in (4, 1):  # each partition's in the order given (a restore reads a partition in order)
+        wanted = [(p, k.encode()) for k in keys if k.partition == p]
+        assert [(q, k) for q, k, v in tombstones if q == p and v is None] == wanted
+    assert len(tombstones) == len(keys) and store.chunk_keys() == []
+    batches = table.producer.batches
+    assert batches == [(4, 7), (4, 3), (1, 7), (1, 3)] and len(deliveries) == len(batches)
+    assert all(f.done() for f in deliveries)
+    assert await store.remove([]) == []
+
+
 async def test_dropping_local_copies_sends_nothing() -> None:
     table = RecordingTable()
     store = ChunkStore(table, "market.trades.raw")

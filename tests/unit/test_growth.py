@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from k2.admin.growth import changelogs_to_grow
@@ -25,6 +27,11 @@ def test_missing_topics_and_changelogs_ahead_are_left_alone() -> None:
 
 
 def test_faust_producer_internals_k2_reads_are_still_there() -> None:
-    """k2.kafka.metadata reaches the aiokafka producer through faust's ``_ensure_producer``."""
+    """k2.kafka.metadata and k2.buffer.changelog reach the aiokafka producer through faust's ``_ensure_producer``."""
     assert callable(faust_aiokafka.Producer._ensure_producer)
     assert "return self._producer" in inspect.getsource(faust_aiokafka.Producer._ensure_producer)
+    assert list(inspect.signature(AIOKafkaClient.add_topic).parameters) == ["self", "topic"]
+    # What ChangelogWriter.send_many calls on it (aiokafka's public batch API).
+    assert list(inspect.signature(AIOKafkaProducer.create_batch).parameters) == ["self"]
+    assert list(inspect.signature(AIOKafkaProducer.send_batch).parameters) == ["self", "batch", "topic", "partition"]
+    assert list(inspect.signature(BatchBuilder.append).parameters) == ["self", "timestamp", "key", "value", "headers"]
