@@ -205,8 +205,9 @@ class K2Metrics:
         )
         self.ingest_block_seconds = Histogram(
             "k2_ingest_block_seconds",
-            "One block of a fetch, from its first admission to its last write handed to Kafka: a stretch in which "
-            "the event loop runs nothing else (timers, flushes, other agents). K2_INGEST_BLOCK_MAX bounds it.",
+            "One block of a fetch, from its first admission to its last write handed to Kafka: the loop runs nothing "
+            "else meanwhile (timers, flushes, other agents) but while a write waits for room in the producer's queue. "
+            "K2_INGEST_BLOCK_MAX bounds its records.",
             ["topic"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=registry,

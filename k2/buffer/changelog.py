@@ -14,8 +14,8 @@ delivery per record batch, not per record, which is most of what a send cost. Th
 producer is reached through faust's ``Producer._ensure_producer`` (private, pinned by
 ``tests/unit/test_growth.py``); ``create_batch`` and ``send_batch`` are aiokafka's public
 API. aiokafka queues a partition's records and batches in the order they were handed over,
-whichever way they came, and sends one request per partition at a time, so the order a
-restore relies on holds.
+whichever way they came, and sends them in that order, so the order a restore relies on
+holds (``tests/integration/test_producer_writes.py`` reads a partition back).
 """
 
 from __future__ import annotations
