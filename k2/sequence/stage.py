@@ -85,7 +85,7 @@ class SequenceStage:
         self.metrics = metrics
         self.worker_id = worker_id
         self.changelog = ChangelogWriter(table)
-        self._changes: dict[int, list[tuple[int, str, bytes | None]]] = {}
+        self._changes: dict[int, list[tuple[str, bytes | None]]] = {}
 
     def __call__(self, batch: Taken, now_ms: int) -> list[tuple[ChunkKey, pa.Table]]:
         rows = batch.rows
@@ -93,8 +93,8 @@ class SequenceStage:
             return []
         partition = batch.frames.partition
         result = track(self.topic, rows, self.book, None if partition == JOINED else partition, now_ms)
-        for change in result.changes:  # sent, in this order per partition, by persist()
-            self._changes.setdefault(change[0], []).append(change)
+        for owner, key, value in result.changes:  # sent, in this order per partition, by persist()
+            self._changes.setdefault(owner, []).append((key, value))
         if result.rejected:
             extra = []
             for row, verdict in result.rejected:
@@ -109,8 +109,7 @@ class SequenceStage:
 
     async def persist(self, partition: int) -> list[asyncio.Future[Any]]:
         """Send the state writes of ``partition``'s batch to the changelog, in order; returns their deliveries."""
-        changes = self._changes.pop(partition, [])
-        return await self.changelog.send_many(partition, [(key, value) for _, key, value in changes])
+        return await self.changelog.send_many(partition, self._changes.pop(partition, []))
 
     def _count(self, counts: dict[str, int], gaps: Sequence[GapRecord]) -> None:
         events = self.metrics.sequence_events
